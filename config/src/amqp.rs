@@ -1,0 +1,216 @@
+//! `[amqp]`: the broker connection and the topology names of SPEC §4.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::ConfigError;
+use crate::raw::RawAmqp;
+
+/// Connection to RabbitMQ and the names of the objects the worker uses.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// Broker URL, `amqp://` or `amqps://` (TLS with the system's roots).
+    pub url: AmqpUrl,
+    /// Topic exchange the events are published to.
+    pub exchange: String,
+    /// Quorum queue the worker consumes.
+    pub queue: String,
+    /// Fanout exchange for messages that cannot be processed.
+    pub dead_letter_exchange: String,
+    /// Quorum queue bound to the dead-letter exchange.
+    pub dead_letter_queue: String,
+    /// Unacknowledged deliveries the broker may send at once (at least 1).
+    pub prefetch: u16,
+    /// Larger message bodies are dead-lettered unread (at least 1).
+    pub max_message_bytes: usize,
+    /// Whether to declare the topology or only check that it exists.
+    pub declare: DeclareMode,
+    /// First delay before reconnecting after the connection is lost.
+    pub reconnect_initial: Duration,
+    /// Longest delay between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+/// How the worker treats the AMQP topology at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeclareMode {
+    /// Declare exchanges, queues and bindings (idempotent). TOML `"declare"`.
+    #[default]
+    Declare,
+    /// Only check passively that they exist, for brokers where the worker's
+    /// user may not declare. TOML `"passive"`.
+    Passive,
+}
+
+impl DeclareMode {
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclareMode::Declare => "declare",
+            DeclareMode::Passive => "passive",
+        }
+    }
+}
+
+/// An `amqp://` or `amqps://` URL, which usually holds a password.
+///
+/// `Display` and `Debug` print it with the password replaced by `***`;
+/// [`AmqpUrl::expose`] gives the real one, for the connection only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl {
+    url: String,
+    redacted: String,
+    tls: bool,
+}
+
+impl AmqpUrl {
+    /// Checks that `url` is an absolute `amqp://` or `amqps://` URL with a
+    /// host. The error never repeats the URL, which may hold a password.
+    pub fn parse(url: &str) -> Result<AmqpUrl, ConfigError> {
+        const KEY: &str = "amqp.url";
+        let parsed = Url::parse(url)
+            .map_err(|error| ConfigError::invalid(KEY, format!("not a valid URL: {error}")))?;
+        let tls = match parsed.scheme() {
+            "amqp" => false,
+            "amqps" => true,
+            other => {
+                return Err(ConfigError::invalid(
+                    KEY,
+                    format!("must start with amqp:// or amqps:// (got scheme `{other}`)"),
+                ));
+            }
+        };
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(ConfigError::invalid(KEY, "has no host"));
+        }
+        let mut redacted = parsed;
+        if redacted.password().is_some() {
+            // Cannot fail: the URL has a host.
+            let _ = redacted.set_password(Some("***"));
+        }
+        Ok(AmqpUrl {
+            url: url.to_owned(),
+            redacted: redacted.to_string(),
+            tls,
+        })
+    }
+
+    /// The URL with its password, to open the connection. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// `true` for `amqps://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = ConfigError;
+
+    fn from_str(url: &str) -> Result<AmqpUrl, ConfigError> {
+        AmqpUrl::parse(url)
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_tuple("AmqpUrl")
+            .field(&self.redacted)
+            .finish()
+    }
+}
+
+impl RawAmqp {
+    pub(crate) fn into_settings(self) -> Result<AmqpSettings, ConfigError> {
+        let url = AmqpUrl::parse(&self.url)?;
+        let exchange = object_name("amqp.exchange", self.exchange)?;
+        let queue = object_name("amqp.queue", self.queue)?;
+        let dead_letter_exchange =
+            object_name("amqp.dead_letter_exchange", self.dead_letter_exchange)?;
+        let dead_letter_queue = object_name("amqp.dead_letter_queue", self.dead_letter_queue)?;
+        if dead_letter_exchange == exchange {
+            return Err(ConfigError::invalid(
+                "amqp.dead_letter_exchange",
+                format!("must differ from amqp.exchange (both are `{exchange}`)"),
+            ));
+        }
+        if dead_letter_queue == queue {
+            return Err(ConfigError::invalid(
+                "amqp.dead_letter_queue",
+                format!("must differ from amqp.queue (both are `{queue}`)"),
+            ));
+        }
+        if self.prefetch == 0 {
+            // 0 means "unlimited" to the broker: memory would be unbounded.
+            return Err(ConfigError::invalid(
+                "amqp.prefetch",
+                "must be at least 1 (0 would mean unlimited)",
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "amqp.max_message_bytes",
+                "must be at least 1",
+            ));
+        }
+        let reconnect_initial = self.reconnect_initial.0;
+        let reconnect_max = self.reconnect_max.0;
+        if reconnect_initial.is_zero() {
+            return Err(ConfigError::invalid(
+                "amqp.reconnect_initial",
+                "must be longer than zero",
+            ));
+        }
+        if reconnect_initial > reconnect_max {
+            return Err(ConfigError::invalid(
+                "amqp.reconnect_initial",
+                format!(
+                    "must not be longer than amqp.reconnect_max = {} (got {})",
+                    humantime::format_duration(reconnect_max),
+                    humantime::format_duration(reconnect_initial)
+                ),
+            ));
+        }
+        Ok(AmqpSettings {
+            url,
+            exchange,
+            queue,
+            dead_letter_exchange,
+            dead_letter_queue,
+            prefetch: self.prefetch,
+            max_message_bytes: self.max_message_bytes,
+            declare: self.declare,
+            reconnect_initial,
+            reconnect_max,
+        })
+    }
+}
+
+/// AMQP names are short strings: at most 255 bytes. An empty name would mean
+/// the default exchange or a server-named queue, never what was intended.
+fn object_name(key: &str, name: String) -> Result<String, ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ConfigError::invalid(key, "must not be empty"));
+    }
+    if name.len() > 255 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be at most 255 bytes long (got {})", name.len()),
+        ));
+    }
+    Ok(name)
+}

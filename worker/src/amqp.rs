@@ -1,0 +1,515 @@
+//! RabbitMQ: topology, the consuming loop (which owns reconnection), dead
+//! lettering, and a confirming publisher. Only this module imports lapin.
+//!
+//! Architecture invariant: a delivery is acknowledged only on the channel it
+//! arrived on. When a connection dies, its unacknowledged deliveries are
+//! dropped with it (the broker redelivers them; the ledger deduplicates), and
+//! the loop builds a new connection, channel and consumer from scratch —
+//! lapin's own connection recovery is left off.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use palworker_config::{AmqpSettings, DeclareMode};
+use tokio_util::sync::CancellationToken;
+
+use crate::intake::{Disposition, Incoming, Intake};
+use crate::telemetry::{BrokerConnectionChanged, Metrics};
+
+/// Routing keys the events queue is bound with (SPEC §4).
+pub const EVENT_BINDINGS: [&str; 3] = ["hr.#", "project.#", "partner.#"];
+/// Header naming why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-palworker-reason";
+
+/// The names of the SPEC §4 topology.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+impl Topology {
+    pub fn from_settings(settings: &AmqpSettings) -> Self {
+        Topology {
+            exchange: settings.exchange.clone(),
+            queue: settings.queue.clone(),
+            dead_letter_exchange: settings.dead_letter_exchange.clone(),
+            dead_letter_queue: settings.dead_letter_queue.clone(),
+        }
+    }
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments
+}
+
+/// Declares (or, in passive mode, checks) the topology. Idempotent.
+pub async fn declare_topology(
+    channel: &Channel,
+    topology: &Topology,
+    mode: DeclareMode,
+) -> lapin::Result<()> {
+    let passive = matches!(mode, DeclareMode::Passive);
+    let exchange_options = ExchangeDeclareOptions {
+        durable: true,
+        passive,
+        ..ExchangeDeclareOptions::default()
+    };
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        passive,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            topology.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            exchange_options,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            topology.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            exchange_options,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            topology.queue.as_str().into(),
+            queue_options,
+            quorum_arguments(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            topology.dead_letter_queue.as_str().into(),
+            queue_options,
+            quorum_arguments(),
+        )
+        .await?;
+    if passive {
+        return Ok(());
+    }
+    for binding in EVENT_BINDINGS {
+        channel
+            .queue_bind(
+                topology.queue.as_str().into(),
+                topology.exchange.as_str().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .queue_bind(
+            topology.dead_letter_queue.as_str().into(),
+            topology.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the topology (tests and the demo clean up after themselves).
+pub async fn delete_topology(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
+    for queue in [&topology.queue, &topology.dead_letter_queue] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+/// The consuming side of the worker.
+pub struct Consumer {
+    settings: AmqpSettings,
+    topology: Topology,
+    intake: Intake,
+    metrics: Metrics,
+    connected: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    pub fn new(
+        settings: AmqpSettings,
+        intake: Intake,
+        metrics: Metrics,
+        connected: Arc<AtomicBool>,
+    ) -> Self {
+        Consumer {
+            topology: Topology::from_settings(&settings),
+            settings,
+            intake,
+            metrics,
+            connected,
+        }
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting with exponential
+    /// backoff (`amqp.reconnect_initial` … `amqp.reconnect_max`) whenever the
+    /// connection or channel fails.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut delay = self.settings.reconnect_initial;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let mut was_connected = false;
+            let result = self.session(&shutdown, &mut was_connected).await;
+            self.set_connected(false, "");
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    if was_connected {
+                        delay = self.settings.reconnect_initial;
+                    }
+                    BrokerConnectionChanged {
+                        connected: false,
+                        detail: &format!("{error:#}; retrying in {} ms", delay.as_millis()),
+                    }
+                    .emit(&self.metrics);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    delay = (delay * 2).min(self.settings.reconnect_max);
+                }
+            }
+        }
+        self.set_connected(false, "");
+    }
+
+    fn set_connected(&self, connected: bool, detail: &str) {
+        let was = self.connected.swap(connected, Ordering::SeqCst);
+        if connected && !was {
+            BrokerConnectionChanged {
+                connected: true,
+                detail,
+            }
+            .emit(&self.metrics);
+        } else if !connected {
+            self.metrics.amqp_connected.set(0);
+        }
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        was_connected: &mut bool,
+    ) -> anyhow::Result<()> {
+        let connection = connect(self.settings.url.expose(), "palworker").await?;
+        let channel = connection.create_channel().await?;
+        declare_topology(&channel, &self.topology, self.settings.declare).await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let dead_letters = connection.create_channel().await?;
+        dead_letters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let tag = format!("palworker-{}", uuid::Uuid::new_v4());
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        *was_connected = true;
+        self.set_connected(true, "");
+        let max_batch = usize::from(self.settings.prefetch.max(1));
+        loop {
+            let first = tokio::select! {
+                next = consumer.next() => next,
+                _ = shutdown.cancelled() => {
+                    // Unacknowledged deliveries go back to the queue when the channel closes.
+                    let _ = channel.close(200, "palworker shutting down".into()).await;
+                    let _ = connection.close(200, "palworker shutting down".into()).await;
+                    return Ok(());
+                }
+            };
+            let first = match first {
+                Some(delivery) => delivery?,
+                None => anyhow::bail!("the broker ended the consumer"),
+            };
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(error))) => return Err(error.into()),
+                    _ => break,
+                }
+            }
+            let incoming = batch
+                .iter()
+                .map(|delivery| Incoming {
+                    body: delivery.data.clone(),
+                    content_type: delivery
+                        .properties
+                        .content_type()
+                        .as_ref()
+                        .map(|s| s.as_str().to_owned()),
+                    user_id: delivery
+                        .properties
+                        .user_id()
+                        .as_ref()
+                        .map(|s| s.as_str().to_owned()),
+                    routing_key: delivery.routing_key.as_str().to_owned(),
+                })
+                .collect();
+            let dispositions = self.intake.handle_batch(incoming).await;
+            for (index, delivery) in batch.iter().enumerate() {
+                let disposition = dispositions
+                    .get(index)
+                    .cloned()
+                    .unwrap_or(Disposition::Requeue);
+                match disposition {
+                    Disposition::Ack => {
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                    }
+                    Disposition::Requeue => {
+                        delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            })
+                            .await?;
+                    }
+                    Disposition::DeadLetter { detail, .. } => {
+                        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                        headers.insert(
+                            REASON_HEADER.into(),
+                            AMQPValue::LongString(detail.as_str().into()),
+                        );
+                        headers.insert(
+                            "x-palworker-routing-key".into(),
+                            AMQPValue::LongString(delivery.routing_key.as_str().into()),
+                        );
+                        let mut properties = BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_headers(headers);
+                        if let Some(content_type) = delivery.properties.content_type() {
+                            properties = properties.with_content_type(content_type.clone());
+                        }
+                        let confirm = dead_letters
+                            .basic_publish(
+                                self.topology.dead_letter_exchange.as_str().into(),
+                                delivery.routing_key.clone(),
+                                BasicPublishOptions::default(),
+                                &delivery.data,
+                                properties,
+                            )
+                            .await?
+                            .await?;
+                        if confirm.is_ack() {
+                            delivery.acker.ack(BasicAckOptions::default()).await?;
+                        } else {
+                            tracing::error!(
+                                "The broker refused the dead-letter copy; the message is requeued."
+                            );
+                            delivery
+                                .acker
+                                .nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..BasicNackOptions::default()
+                                })
+                                .await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A publisher with confirms (the `publish` command, the demo, tests).
+pub struct Publisher {
+    connection: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+impl Publisher {
+    pub async fn connect(url: &str, exchange: &str) -> anyhow::Result<Publisher> {
+        let connection = connect(url, "palworker-publish").await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            connection,
+            channel,
+            exchange: exchange.to_owned(),
+        })
+    }
+
+    /// Publishes one message persistently and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        content_type: &str,
+        user_id: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(content_type.into());
+        if let Some(user) = user_id {
+            properties = properties.with_user_id(user.into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(
+            confirm.is_ack(),
+            "the broker did not confirm the message (nack)"
+        );
+        Ok(())
+    }
+
+    /// Publishes a CloudEvent in structured mode with its type as routing key.
+    pub async fn publish_event(
+        &self,
+        event: &serde_json::Value,
+        user_id: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let routing_key = event
+            .get("type")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| anyhow::anyhow!("the event has no string `type` to route by"))?;
+        let body = serde_json::to_vec(event)?;
+        self.publish(routing_key, &body, "application/cloudevents+json", user_id)
+            .await
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// A message fetched from a queue (tests, the demo, operators inspecting the DLQ).
+#[derive(Debug, Clone)]
+pub struct FetchedMessage {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    /// The `x-palworker-reason` header, when present.
+    pub reason: Option<String>,
+}
+
+/// A short-lived connection for administrative chores.
+pub struct BrokerAdmin {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl BrokerAdmin {
+    pub async fn connect(url: &str) -> anyhow::Result<BrokerAdmin> {
+        let connection = connect(url, "palworker-admin").await?;
+        let channel = connection.create_channel().await?;
+        Ok(BrokerAdmin {
+            connection,
+            channel,
+        })
+    }
+
+    pub async fn declare(&self, topology: &Topology) -> anyhow::Result<()> {
+        declare_topology(&self.channel, topology, DeclareMode::Declare).await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, topology: &Topology) -> anyhow::Result<()> {
+        delete_topology(&self.channel, topology).await?;
+        Ok(())
+    }
+
+    /// Takes every message currently in `queue` (acknowledging them).
+    pub async fn drain(&self, queue: &str) -> anyhow::Result<Vec<FetchedMessage>> {
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            let delivery = message.delivery;
+            let reason = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(&ShortString::from(REASON_HEADER)).cloned())
+                .and_then(|value| match value {
+                    AMQPValue::LongString(s) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                    _ => None,
+                });
+            out.push(FetchedMessage {
+                body: delivery.data,
+                routing_key: delivery.routing_key.as_str().to_owned(),
+                reason,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of messages ready in `queue`.
+    pub async fn message_count(&self, queue: &str) -> anyhow::Result<u32> {
+        let declared = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}

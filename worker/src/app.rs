@@ -1,0 +1,207 @@
+//! Building and running the worker: ledger, PAL client, executor, consumer and
+//! HTTP, wired together and stopped in order.
+//!
+//! Shutdown is a parameter ([`run`]): the binary passes SIGTERM-or-SIGINT,
+//! tests pass their own trigger.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use palworker_config::Settings;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::amqp::Consumer;
+use crate::clock::Clock;
+use crate::executor::{Executor, ExecutorSettings, ExecutorWake};
+use crate::http::{self, Health};
+use crate::intake::{Intake, IntakeSettings};
+use crate::ledger::Ledger;
+use crate::pal::PalClient;
+use crate::telemetry::Metrics;
+
+/// Opens the ledger named by the settings (blocking IO on a worker thread).
+pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<Ledger>> {
+    let path = settings.ledger.path.clone();
+    let cache = settings.ledger.cache_capacity_bytes;
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&path, cache))
+        .await?
+        .with_context(|| format!("opening the ledger at `{}`", settings.ledger.path.display()))?;
+    Ok(Arc::new(ledger))
+}
+
+/// A running worker.
+pub struct RunningApp {
+    pub ledger: Arc<Ledger>,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub http_addr: SocketAddr,
+    /// Pausing stops the executor from starting actions (benchmarks).
+    pub executor_paused: Arc<std::sync::atomic::AtomicBool>,
+    pub wake: ExecutorWake,
+    stop_consuming: CancellationToken,
+    stop_executing: CancellationToken,
+    stop_http: CancellationToken,
+    consumer: JoinHandle<()>,
+    executor: JoinHandle<()>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts every part of the worker and returns once they run.
+pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<RunningApp> {
+    let ledger = open_ledger(&settings).await?;
+    let metrics = Metrics::new();
+    {
+        let ledger = ledger.clone();
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            metrics.actions_pending.set(ledger.pending_count() as i64);
+            metrics.held_plans.set(ledger.held_plan_count() as i64);
+            metrics
+                .events_in_flight
+                .set(ledger.open_event_count() as i64);
+            metrics.ledger_size_bytes.set(ledger.size_on_disk() as f64);
+        })
+        .await?;
+    }
+    let health = Health::default();
+    health.ledger_open.store(true, Ordering::SeqCst);
+    if settings.security.is_open() {
+        tracing::warn!(
+            "security.publishers is empty: events from ANY publisher are accepted. \
+             Set an allow-list before production use."
+        );
+    }
+    if settings.worker.dry_run {
+        tracing::warn!("worker.dry_run is on: PAL is read but never written.");
+    }
+    let pal = PalClient::new(
+        &settings.pal,
+        &settings.credentials,
+        settings.limits.per_tenant_rps,
+        metrics.clone(),
+        clock.clone(),
+    )?;
+    let wake = ExecutorWake::default();
+    let executor = Executor::new(
+        ledger.clone(),
+        pal,
+        metrics.clone(),
+        clock.clone(),
+        ExecutorSettings {
+            concurrency: settings.limits.concurrency,
+            retry: settings.retry.clone(),
+            dry_run: settings.worker.dry_run,
+            shutdown_grace: settings.worker.shutdown_grace,
+        },
+        wake.clone(),
+    );
+    let executor_paused = executor.pause_handle();
+    let intake = Intake::new(
+        ledger.clone(),
+        metrics.clone(),
+        clock,
+        IntakeSettings {
+            max_message_bytes: settings.amqp.max_message_bytes,
+            max_actions_per_event: settings.limits.max_actions_per_event,
+            security: settings.security.clone(),
+        },
+        wake.clone(),
+    );
+    let consumer = Consumer::new(
+        settings.amqp.clone(),
+        intake,
+        metrics.clone(),
+        health.broker_connected.clone(),
+    );
+
+    let listener = http::bind(settings.http.listen).await?;
+    let http_addr = listener.local_addr()?;
+    let router = http::router(
+        metrics.clone(),
+        health.clone(),
+        Admin::running(ledger.clone(), metrics.clone(), wake.clone()),
+        settings.http.admin_token.clone(),
+    );
+    let stop_http = CancellationToken::new();
+    let stop_consuming = CancellationToken::new();
+    let stop_executing = CancellationToken::new();
+    let http = tokio::spawn(http::serve(
+        listener,
+        router,
+        stop_http.clone().cancelled_owned(),
+    ));
+    let consumer = tokio::spawn(consumer.run(stop_consuming.clone()));
+    let executor = tokio::spawn(executor.run(stop_executing.clone()));
+    tracing::info!(http = %http_addr, "palworker is running.");
+    Ok(RunningApp {
+        ledger,
+        metrics,
+        health,
+        http_addr,
+        executor_paused,
+        wake,
+        stop_consuming,
+        stop_executing,
+        stop_http,
+        consumer,
+        executor,
+        http,
+    })
+}
+
+impl RunningApp {
+    /// Graceful stop: stop consuming (unacknowledged deliveries return to the
+    /// queue), let in-flight actions finish within `worker.shutdown_grace`,
+    /// flush the ledger, stop HTTP.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("Stopping: no new deliveries.");
+        self.stop_consuming.cancel();
+        let _ = self.consumer.await;
+        self.stop_executing.cancel();
+        let _ = self.executor.await;
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.flush())
+            .await?
+            .context("flushing the ledger")?;
+        self.stop_http.cancel();
+        let _ = self.http.await;
+        tracing::info!("Stopped cleanly; the ledger is flushed.");
+        Ok(())
+    }
+}
+
+/// Runs the worker until `shutdown` resolves, then drains.
+pub async fn run(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let app = start(settings, clock).await?;
+    shutdown.await;
+    app.stop().await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("Shutdown signal received.");
+}

@@ -1,0 +1,430 @@
+//! A complete local environment on one machine: the PAL simulator in-process,
+//! a uniquely named topology on the local RabbitMQ, a ledger in a temporary
+//! directory and the real worker. Used by `palworker demo`, the benchmarks and
+//! the integration tests (the `spawn_app` of this codebase).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use palworker_config::Settings;
+
+use crate::amqp::{BrokerAdmin, FetchedMessage, Publisher, Topology};
+use crate::app::{self, RunningApp};
+use crate::clock::{Clock, SystemClock};
+use crate::sim::{Faults, SimClient, SimConfig, SimHandle, Simulator};
+
+/// The default local broker.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A service principal: one credential, one identity per tenant.
+#[derive(Debug, Clone)]
+pub struct ServicePrincipal {
+    /// Credential name in the worker's configuration.
+    pub credential: String,
+    pub client_id: String,
+    /// (tenant id, object id) pairs.
+    pub identities: Vec<(String, String)>,
+}
+
+/// Knobs of a harness (defaults suit tests: fast retries, small limits).
+#[derive(Debug, Clone)]
+pub struct HarnessOptions {
+    pub amqp_url: String,
+    pub principals: Vec<ServicePrincipal>,
+    /// Extra TOML appended to the generated configuration (overrides by section).
+    pub extra_toml: String,
+    pub faults: Faults,
+    /// Where the ledger lives; None = a fresh temporary directory.
+    pub ledger_path: Option<PathBuf>,
+    /// A name prefix for the topology (made unique per harness).
+    pub name: String,
+}
+
+impl Default for HarnessOptions {
+    fn default() -> Self {
+        HarnessOptions {
+            amqp_url: std::env::var("PALWORKER_TEST_AMQP_URL")
+                .unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned()),
+            principals: Vec::new(),
+            extra_toml: String::new(),
+            faults: Faults::default(),
+            ledger_path: None,
+            name: "palworker-test".to_owned(),
+        }
+    }
+}
+
+/// The secret of a harness principal (dev only; never a real secret).
+pub fn principal_secret(principal: &ServicePrincipal) -> String {
+    format!("sim-secret-{}", principal.client_id)
+}
+
+pub struct Harness {
+    pub simulator: Simulator,
+    sim_handle: Option<SimHandle>,
+    pub settings: Settings,
+    pub topology: Topology,
+    pub app: Option<RunningApp>,
+    publisher: Option<Publisher>,
+    /// Deliveries published through [`Harness::publish`] and friends.
+    pub published: u64,
+    clock: Arc<dyn Clock>,
+    _ledger_dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    /// Starts the simulator, declares a fresh topology and starts the worker.
+    pub async fn start(options: HarnessOptions) -> anyhow::Result<Harness> {
+        Self::start_with_clock(options, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        options: HarnessOptions,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Harness> {
+        let mut harness = Self::prepare(options, clock).await?;
+        harness.start_worker().await?;
+        Ok(harness)
+    }
+
+    /// Everything but the worker (tests that run the worker as a process use this).
+    pub async fn prepare(
+        options: HarnessOptions,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Harness> {
+        let clients = options
+            .principals
+            .iter()
+            .map(|p| {
+                let mut client = SimClient::with_secret(p.client_id.clone(), principal_secret(p));
+                for (tenant, object) in &p.identities {
+                    client = client.identity(tenant, object);
+                }
+                client
+            })
+            .collect();
+        let simulator = Simulator::new(SimConfig {
+            clients,
+            faults: options.faults.clone(),
+            ..SimConfig::default()
+        });
+        let sim_handle = simulator
+            .spawn("127.0.0.1:0".parse().expect("valid address"))
+            .await
+            .context("starting the PAL simulator")?;
+        let unique = format!("{}-{}", options.name, uuid::Uuid::new_v4().simple());
+        let (ledger_dir, ledger_path) = match &options.ledger_path {
+            Some(path) => (None, path.clone()),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("palworker-ledger-")
+                    .tempdir()?;
+                let path = dir.path().join("ledger");
+                (Some(dir), path)
+            }
+        };
+        let mut toml = format!(
+            r#"
+[amqp]
+url = "{amqp}"
+exchange = "{unique}.lifecycle"
+queue = "{unique}.events"
+dead_letter_exchange = "{unique}.lifecycle.dlx"
+dead_letter_queue = "{unique}.dead"
+prefetch = 64
+reconnect_initial = "100ms"
+reconnect_max = "2s"
+
+[pal]
+arm_endpoint = "{sim}"
+authority = "{sim}"
+request_timeout = "10s"
+
+[ledger]
+path = "{ledger}"
+cache_capacity = 16777216
+
+[http]
+listen = "127.0.0.1:0"
+admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
+"#,
+            amqp = options.amqp_url,
+            sim = sim_handle.base_url(),
+            ledger = ledger_path.display(),
+        );
+        let mut env = vec![(
+            "PALWORKER_HARNESS_ADMIN_TOKEN".to_owned(),
+            "harness-admin-token".to_owned(),
+        )];
+        for principal in &options.principals {
+            let variable = format!(
+                "PALWORKER_HARNESS_SECRET_{}",
+                principal.credential.to_ascii_uppercase().replace('-', "_")
+            );
+            toml.push_str(&format!(
+                "\n[credentials.{}]\nclient_id = \"{}\"\nclient_secret_env = \"{}\"\n",
+                principal.credential, principal.client_id, variable
+            ));
+            env.push((variable, principal_secret(principal)));
+        }
+        let settings = Settings::from_toml_str(&merge_toml(&toml, &options.extra_toml)?, env)
+            .context("harness configuration")?;
+        let topology = Topology::from_settings(&settings.amqp);
+        let admin = BrokerAdmin::connect(settings.amqp.url.expose())
+            .await
+            .context("connecting to the local RabbitMQ")?;
+        admin.declare(&topology).await?;
+        admin.close().await;
+        Ok(Harness {
+            simulator,
+            sim_handle: Some(sim_handle),
+            settings,
+            topology,
+            app: None,
+            publisher: None,
+            published: 0,
+            clock,
+            _ledger_dir: ledger_dir,
+        })
+    }
+
+    pub async fn start_worker(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.app.is_none(), "the worker is already running");
+        self.app = Some(app::start(self.settings.clone(), self.clock.clone()).await?);
+        Ok(())
+    }
+
+    /// Graceful stop of the worker (the simulator and the topology stay).
+    pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
+        if let Some(app) = self.app.take() {
+            app.stop().await?;
+        }
+        Ok(())
+    }
+
+    pub fn app(&self) -> &RunningApp {
+        self.app.as_ref().expect("the worker is running")
+    }
+
+    pub fn sim_url(&self) -> String {
+        self.sim_handle
+            .as_ref()
+            .map(|h| h.base_url())
+            .unwrap_or_default()
+    }
+
+    async fn publisher(&mut self) -> anyhow::Result<&Publisher> {
+        if self.publisher.is_none() {
+            self.publisher = Some(
+                Publisher::connect(
+                    self.settings.amqp.url.expose(),
+                    &self.settings.amqp.exchange,
+                )
+                .await?,
+            );
+        }
+        Ok(self.publisher.as_ref().expect("just connected"))
+    }
+
+    /// Publishes a CloudEvent (structured mode, type as routing key) with confirms.
+    pub async fn publish(&mut self, event: &serde_json::Value) -> anyhow::Result<()> {
+        self.publisher().await?.publish_event(event, None).await?;
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Publishes arbitrary bytes (malformed-input tests).
+    pub async fn publish_raw(
+        &mut self,
+        routing_key: &str,
+        body: &[u8],
+        content_type: &str,
+    ) -> anyhow::Result<()> {
+        self.publisher()
+            .await?
+            .publish(routing_key, body, content_type, None)
+            .await?;
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Deliveries the worker has counted (every outcome).
+    pub fn deliveries_seen(&self) -> u64 {
+        let Some(app) = &self.app else { return 0 };
+        prometheus::core::Collector::collect(&app.metrics.events_total)
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// Waits until every published delivery was counted and no action is
+    /// pending, scheduled or in flight.
+    pub async fn wait_until_settled(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for(
+            timeout,
+            "every delivery processed and no action pending",
+            |h| h.deliveries_seen() >= h.published && h.app().ledger.pending_count() == 0,
+        )
+        .await
+    }
+
+    /// Polls `condition` until it holds (waiting on a condition, not on time:
+    /// the timeout only bounds a broken run).
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut condition: impl FnMut(&Harness) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if condition(self) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "timed out after {timeout:?} waiting for: {what} (published {}, seen {}, pending {})",
+                    self.published,
+                    self.deliveries_seen(),
+                    self.app
+                        .as_ref()
+                        .map(|a| a.ledger.pending_count())
+                        .unwrap_or(0)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Takes every message from the dead-letter queue.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<FetchedMessage>> {
+        let admin = BrokerAdmin::connect(self.settings.amqp.url.expose()).await?;
+        let messages = admin.drain(&self.topology.dead_letter_queue).await?;
+        admin.close().await;
+        Ok(messages)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.app().metrics.render()
+    }
+
+    /// Stops everything and deletes the topology.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop_worker().await?;
+        if let Some(publisher) = self.publisher.take() {
+            publisher.close().await;
+        }
+        let admin = BrokerAdmin::connect(self.settings.amqp.url.expose()).await?;
+        admin.delete(&self.topology).await?;
+        admin.close().await;
+        if let Some(handle) = self.sim_handle.take() {
+            handle.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+/// Merges two TOML documents, the second winning key by key.
+fn merge_toml(base: &str, extra: &str) -> anyhow::Result<String> {
+    let mut base: toml::Table = base.parse().context("harness TOML")?;
+    let extra: toml::Table = extra.parse().context("extra TOML")?;
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, value) => {
+                    into.insert(key, value);
+                }
+            }
+        }
+    }
+    merge(&mut base, extra);
+    Ok(toml::to_string(&base)?)
+}
+
+/// CloudEvent builders for the six event types (demo, tests, benchmarks).
+pub mod events {
+    use serde_json::{Value, json};
+
+    fn envelope(kind: &str, id: &str, data: Value) -> Value {
+        json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": "urn:palworker:harness",
+            "type": kind,
+            "time": "2026-11-29T09:00:00Z",
+            "datacontenttype": "application/json",
+            "data": data,
+        })
+    }
+
+    pub fn assignment_started(
+        id: &str,
+        employee: &str,
+        tenant: &str,
+        object: &str,
+        partner: &str,
+        credential: Option<&str>,
+        contract: Option<&str>,
+    ) -> Value {
+        let mut data = json!({"employee_id": employee, "tenant_id": tenant, "object_id": object, "partner_id": partner});
+        if let Some(credential) = credential {
+            data["credential"] = json!(credential);
+        }
+        if let Some(contract) = contract {
+            data["contract_id"] = json!(contract);
+        }
+        envelope("project.assignment.started", id, data)
+    }
+
+    pub fn assignment_ended(id: &str, employee: &str, tenant: &str) -> Value {
+        envelope(
+            "project.assignment.ended",
+            id,
+            json!({"employee_id": employee, "tenant_id": tenant}),
+        )
+    }
+
+    pub fn contract_ended(id: &str, tenant: &str, contract: Option<&str>) -> Value {
+        let mut data = json!({"tenant_id": tenant});
+        if let Some(contract) = contract {
+            data["contract_id"] = json!(contract);
+        }
+        envelope("project.contract.ended", id, data)
+    }
+
+    pub fn employee_departed(
+        id: &str,
+        employee: &str,
+        successor: Option<&str>,
+        effective_at: Option<&str>,
+    ) -> Value {
+        let mut data = json!({"employee_id": employee});
+        if let Some(successor) = successor {
+            data["successor_employee_id"] = json!(successor);
+        }
+        if let Some(at) = effective_at {
+            data["effective_at"] = json!(at);
+        }
+        envelope("hr.employee.departed", id, data)
+    }
+
+    pub fn employee_transferred(id: &str, employee: &str, new_partner: &str) -> Value {
+        envelope(
+            "hr.employee.transferred",
+            id,
+            json!({"employee_id": employee, "new_partner_id": new_partner}),
+        )
+    }
+
+    pub fn partner_id_changed(id: &str, old: &str, new: &str, tenants: Option<&[&str]>) -> Value {
+        let mut data = json!({"old_partner_id": old, "new_partner_id": new});
+        if let Some(tenants) = tenants {
+            data["tenant_ids"] = json!(tenants);
+        }
+        envelope("partner.id.changed", id, data)
+    }
+}

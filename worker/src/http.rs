@@ -1,0 +1,421 @@
+//! The worker's HTTP surface on `http.listen`: `/metrics`, `/healthz`,
+//! `/readyz` and the admin API under `/admin/` (bearer token, compared in
+//! constant time).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use palworker_events::Event;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::admin::Admin;
+use crate::ledger::{LedgerError, StatusFilter};
+use crate::telemetry::Metrics;
+
+/// What `/readyz` looks at.
+#[derive(Clone, Default)]
+pub struct Health {
+    pub broker_connected: Arc<AtomicBool>,
+    pub ledger_open: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Health,
+    admin: Admin,
+    admin_token: Option<Arc<SecretString>>,
+}
+
+pub fn router(
+    metrics: Metrics,
+    health: Health,
+    admin: Admin,
+    admin_token: Option<SecretString>,
+) -> Router {
+    let state = AppState {
+        metrics,
+        health,
+        admin,
+        admin_token: admin_token.map(Arc::new),
+    };
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/admin/status", get(status))
+        .route("/admin/retry", post(retry))
+        .route("/admin/approve", post(approve))
+        .route("/admin/reject", post(reject))
+        .route("/admin/audit", get(audit))
+        .route(
+            "/admin/inventory",
+            get(inventory_list).post(inventory_import),
+        )
+        .route("/admin/plan", post(plan))
+        .with_state(state)
+}
+
+/// Binds `listen` and serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {listen}: {e}"))
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    let ledger = state.admin.ledger.clone();
+    if let Ok(size) = tokio::task::spawn_blocking(move || ledger.size_on_disk()).await {
+        state.metrics.ledger_size_bytes.set(size as f64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let broker = state.health.broker_connected.load(Ordering::SeqCst);
+    let ledger = state.health.ledger_open.load(Ordering::SeqCst);
+    match (broker, ledger) {
+        (true, true) => (StatusCode::OK, "ready\n").into_response(),
+        (false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: broker disconnected\n",
+        )
+            .into_response(),
+        (_, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: ledger not open\n",
+        )
+            .into_response(),
+    }
+}
+
+/// An admin API error, as JSON `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Rejected(message) => ApiError(StatusCode::BAD_REQUEST, message),
+            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "the admin API is disabled: set http.admin_token_file or http.admin_token_env".into(),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool = presented
+        .as_bytes()
+        .ct_eq(expected.expose_secret().as_bytes())
+        .into();
+    if matches && !presented.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin bearer token".into(),
+        ))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(filter): Query<StatusFilter>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let admin = state.admin.clone();
+    let rows = blocking(move || admin.status(&filter)).await?;
+    Ok(axum::Json(rows).into_response())
+}
+
+#[derive(Deserialize)]
+struct RetryRequest {
+    action: Option<u64>,
+    #[serde(default)]
+    failed: bool,
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<RetryRequest>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let admin = state.admin.clone();
+    let retried = blocking(move || admin.retry(request.action, request.failed)).await?;
+    Ok(axum::Json(serde_json::json!({ "retried": retried })).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventRef {
+    event: String,
+    source: Option<String>,
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<EventRef>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let admin = state.admin.clone();
+    let summary =
+        blocking(move || admin.approve(&request.event, request.source.as_deref())).await?;
+    Ok(axum::Json(summary).into_response())
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<EventRef>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let admin = state.admin.clone();
+    let summary = blocking(move || admin.reject(&request.event, request.source.as_deref())).await?;
+    Ok(axum::Json(summary).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    since: Option<DateTime<Utc>>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let admin = state.admin.clone();
+    let body = blocking(move || {
+        let mut out = String::new();
+        admin.audit(query.since, |record| {
+            out.push_str(&serde_json::to_string(&record).expect("audit records serialise"));
+            out.push('\n');
+        })?;
+        Ok(out)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+#[derive(Deserialize)]
+struct InventoryQuery {
+    employee: Option<String>,
+    tenant: Option<String>,
+}
+
+async fn inventory_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<InventoryQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let ledger = state.admin.ledger.clone();
+    let entries =
+        blocking(move || ledger.inventory_list(query.employee.as_deref(), query.tenant.as_deref()))
+            .await?;
+    Ok(axum::Json(entries).into_response())
+}
+
+async fn inventory_import(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let admin = state.admin.clone();
+    let imported = blocking(move || admin.import(&body)).await?;
+    Ok(axum::Json(serde_json::json!({ "imported": imported })).into_response())
+}
+
+async fn plan(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let event = Event::from_json_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let admin = state.admin.clone();
+    let plan = blocking(move || admin.plan(&event)).await?;
+    Ok(axum::Json(plan).into_response())
+}
+
+/// The CLI's client of a running worker's admin API.
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<SecretString>,
+}
+
+impl AdminClient {
+    pub fn new(listen: SocketAddr, token: Option<SecretString>) -> anyhow::Result<Self> {
+        // A worker listening on all interfaces is reached on loopback.
+        let host = if listen.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+        } else {
+            listen
+        };
+        Ok(AdminClient {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(300))
+                .build()?,
+            base: format!("http://{host}"),
+            token,
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        request
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "the ledger is in use by a running worker, and its admin API at {} did not answer: {e}",
+                self.base
+            )
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let message = body
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("no detail")
+            .to_owned();
+        anyhow::bail!(
+            "the worker's admin API answered {}: {message}",
+            status.as_u16()
+        )
+    }
+
+    pub async fn status(
+        &self,
+        filter: &StatusFilter,
+    ) -> anyhow::Result<Vec<crate::admin::StatusRow>> {
+        let request = self
+            .request(reqwest::Method::GET, "/admin/status")
+            .query(filter);
+        Ok(self.send(request).await?.json().await?)
+    }
+
+    pub async fn retry(&self, action: Option<u64>, failed: bool) -> anyhow::Result<Vec<u64>> {
+        let request = self
+            .request(reqwest::Method::POST, "/admin/retry")
+            .json(&serde_json::json!({ "action": action, "failed": failed }));
+        let body: serde_json::Value = self.send(request).await?.json().await?;
+        Ok(serde_json::from_value(body["retried"].clone())?)
+    }
+
+    pub async fn release(
+        &self,
+        verb: &str,
+        event: &str,
+        source: Option<&str>,
+    ) -> anyhow::Result<crate::admin::ReleaseSummary> {
+        let request = self
+            .request(reqwest::Method::POST, &format!("/admin/{verb}"))
+            .json(&serde_json::json!({ "event": event, "source": source }));
+        Ok(self.send(request).await?.json().await?)
+    }
+
+    pub async fn audit(&self, since: Option<DateTime<Utc>>) -> anyhow::Result<String> {
+        let mut request = self.request(reqwest::Method::GET, "/admin/audit");
+        if let Some(since) = since {
+            request = request.query(&[("since", since.to_rfc3339())]);
+        }
+        Ok(self.send(request).await?.text().await?)
+    }
+
+    pub async fn inventory(
+        &self,
+        employee: Option<&str>,
+        tenant: Option<&str>,
+    ) -> anyhow::Result<Vec<crate::ledger::InventoryEntry>> {
+        let mut query = Vec::new();
+        if let Some(employee) = employee {
+            query.push(("employee", employee));
+        }
+        if let Some(tenant) = tenant {
+            query.push(("tenant", tenant));
+        }
+        let request = self
+            .request(reqwest::Method::GET, "/admin/inventory")
+            .query(&query);
+        Ok(self.send(request).await?.json().await?)
+    }
+
+    pub async fn import(&self, text: String) -> anyhow::Result<u64> {
+        let request = self
+            .request(reqwest::Method::POST, "/admin/inventory")
+            .body(text);
+        let body: serde_json::Value = self.send(request).await?.json().await?;
+        Ok(body["imported"].as_u64().unwrap_or(0))
+    }
+
+    pub async fn plan(&self, event: Vec<u8>) -> anyhow::Result<serde_json::Value> {
+        let request = self
+            .request(reqwest::Method::POST, "/admin/plan")
+            .body(event);
+        Ok(self.send(request).await?.json().await?)
+    }
+}

@@ -1,0 +1,1267 @@
+//! The sled ledger: inventory, accepted events, plans and actions in one database.
+//!
+//! Only this module imports sled. Every state change of an event or an action
+//! is one sled transaction over the trees it touches, so a crash leaves either
+//! the old or the new state. Durability is explicit: callers `flush()` (group
+//! commit) before acknowledging a delivery.
+//!
+//! Trees and keys (all tenant-scoped data is keyed by tenant first):
+//! - `inventory`: `{tenant}/{object}` → [`InventoryEntry`]
+//! - `index`: `emp:{employee}\0{tenant}/{object}` → (); `key:{source}\0{id}` → seq;
+//!   `eid:{id}\0{source}` → seq; `held:{seq}` → ()
+//! - `events`: seq → [`EventRecord`]
+//! - `actions`: action id → [`ActionRecord`]
+//! - `event_actions`: seq ++ action id → ()
+//! - `due`: due-millis ++ action id → () (pending and scheduled actions)
+//! - `in_flight`: action id → ()
+//! - `open_events`: seq → remaining non-terminal actions
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeZone, Utc};
+use palworker_events::{
+    Account, AccountKey, ContractId, CredentialName, DesiredLink, EmployeeId, Event, EventType,
+    ObjectId, PartnerId, TenantId,
+};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use crate::planner::{self, InventoryView, Plan};
+
+pub type ActionId = u64;
+pub type EventSeq = u64;
+
+/// Errors of the ledger. All of them are internal failures (disk, corruption):
+/// a delivery that meets one is not acked and comes back later.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// sled reported an IO or corruption error.
+    #[error("ledger storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("ledger record `{key}` is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    /// The ledger directory is used by another process (a running worker).
+    #[error("the ledger at `{0}` is in use by another process (is the worker running?)")]
+    Locked(String),
+    /// An operator command referred to something that does not exist or is in the wrong state.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+pub type Result<T> = std::result::Result<T, LedgerError>;
+
+/// The state of an account in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEntry {
+    pub account: Account,
+    pub desired: DesiredLink,
+    /// False once an assignment ended (the account keeps its place in the inventory).
+    pub assignment_active: bool,
+    /// The latest accepted event that targeted this account.
+    pub last_event_seq: Option<EventSeq>,
+    /// The action of that event: older unfinished actions are superseded by it.
+    pub current_action: Option<ActionId>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    Accepted,
+    Held,
+    Approved,
+    Rejected,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Accepted => "accepted",
+            EventState::Held => "held",
+            EventState::Approved => "approved",
+            EventState::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: EventSeq,
+    pub event: Event,
+    pub state: EventState,
+    pub accepted_at: DateTime<Utc>,
+    pub action_count: u64,
+    /// Tenants where a departed employee's link had no successor account.
+    pub unassigned: Vec<TenantId>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The AMQP `user_id` of the publisher, when the broker provided one.
+    pub publisher: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    Pending,
+    Scheduled,
+    Held,
+    InFlight,
+    Done,
+    Noop,
+    Failed,
+    Cancelled,
+    Manual,
+}
+
+impl ActionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Scheduled => "scheduled",
+            ActionState::Held => "held",
+            ActionState::InFlight => "in_flight",
+            ActionState::Done => "done",
+            ActionState::Noop => "noop",
+            ActionState::Failed => "failed",
+            ActionState::Cancelled => "cancelled",
+            ActionState::Manual => "manual",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ActionState::Done
+                | ActionState::Noop
+                | ActionState::Failed
+                | ActionState::Cancelled
+                | ActionState::Manual
+        )
+    }
+}
+
+/// The kind of change an action makes (the `op` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Desired `Absent`.
+    Remove,
+    /// Desired `Linked(p)` where the account was not desired linked to another ID.
+    Link,
+    /// Desired `Linked(p)` replacing a desired link to another ID.
+    Update,
+}
+
+impl Op {
+    pub const ALL: [Op; 3] = [Op::Remove, Op::Link, Op::Update];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Remove => "remove",
+            Op::Link => "link",
+            Op::Update => "update",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub action_id: ActionId,
+    pub event_seq: EventSeq,
+    pub event_id: String,
+    pub event_source: String,
+    pub event_type: EventType,
+    pub tenant_id: TenantId,
+    pub object_id: ObjectId,
+    pub employee_id: EmployeeId,
+    pub credential: Option<CredentialName>,
+    pub contract_id: Option<ContractId>,
+    pub op: Op,
+    pub desired: DesiredLink,
+    pub state: ActionState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// `effective_at` of the event: the action does not run before it.
+    pub not_before: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    /// The partner ID PAL showed before the action (None: no link).
+    pub before_partner_id: Option<PartnerId>,
+    /// The partner ID after the action (None: no link).
+    pub after_partner_id: Option<PartnerId>,
+    pub dry_run: bool,
+    /// Free text for operators: why manual, what a dry run would have done.
+    pub detail: Option<String>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl ActionRecord {
+    pub fn account_key(&self) -> AccountKey {
+        AccountKey {
+            tenant_id: self.tenant_id.clone(),
+            object_id: self.object_id.clone(),
+        }
+    }
+
+    /// When the action may run next.
+    pub fn due_at(&self) -> DateTime<Utc> {
+        let mut due = self.created_at;
+        if let Some(at) = self.not_before {
+            due = due.max(at);
+        }
+        if let Some(at) = self.next_attempt_at {
+            due = due.max(at);
+        }
+        due
+    }
+}
+
+/// What accepting an event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcceptOutcome {
+    /// `(source, id)` was accepted before: nothing changed.
+    Duplicate,
+    /// The plan was stored and its actions are pending.
+    Accepted {
+        seq: EventSeq,
+        actions: u64,
+        unassigned: Vec<TenantId>,
+        /// Older unfinished actions that this event superseded.
+        cancelled: Vec<(ActionId, Op, bool)>,
+    },
+    /// The plan was stored and held for approval.
+    Held { seq: EventSeq, actions: u64 },
+}
+
+/// A terminal transition's effect on its event.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub record: ActionRecord,
+    /// Set when this was the event's last non-terminal action.
+    pub event_completed: Option<EventRecord>,
+}
+
+/// Filters of `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusFilter {
+    pub event_id: Option<String>,
+    pub event_source: Option<String>,
+    pub employee_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub failed: bool,
+    pub manual: bool,
+}
+
+impl StatusFilter {
+    fn matches(&self, action: &ActionRecord) -> bool {
+        if let Some(id) = &self.event_id
+            && &action.event_id != id
+        {
+            return false;
+        }
+        if let Some(source) = &self.event_source
+            && &action.event_source != source
+        {
+            return false;
+        }
+        if let Some(employee) = &self.employee_id
+            && action.employee_id.as_str() != employee
+        {
+            return false;
+        }
+        if let Some(tenant) = &self.tenant_id
+            && !action.tenant_id.as_str().eq_ignore_ascii_case(tenant)
+        {
+            return false;
+        }
+        if self.failed || self.manual {
+            let wanted = (self.failed && action.state == ActionState::Failed)
+                || (self.manual && action.state == ActionState::Manual);
+            if !wanted {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The palworker ledger.
+pub struct Ledger {
+    db: sled::Db,
+    inventory: sled::Tree,
+    index: sled::Tree,
+    events: sled::Tree,
+    actions: sled::Tree,
+    event_actions: sled::Tree,
+    due: sled::Tree,
+    in_flight: sled::Tree,
+    open_events: sled::Tree,
+    /// Serialises planning: plans read the inventory outside the transaction
+    /// that writes them, so only one plan may be computed and stored at a time.
+    planning: Mutex<()>,
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<LedgerError>>;
+
+fn tx_error(error: TransactionError<LedgerError>) -> LedgerError {
+    match error {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => LedgerError::Storage(error),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("ledger records serialise")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| LedgerError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn tx_decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> TxResult<T> {
+    decode(key, bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn account_key_bytes(tenant: &TenantId, object: &ObjectId) -> Vec<u8> {
+    format!("{}/{}", tenant.as_str(), object.as_str()).into_bytes()
+}
+
+fn employee_index_key(employee: &EmployeeId, tenant: &TenantId, object: &ObjectId) -> Vec<u8> {
+    format!(
+        "emp:{}\0{}/{}",
+        employee.as_str(),
+        tenant.as_str(),
+        object.as_str()
+    )
+    .into_bytes()
+}
+
+fn event_key(source: &str, id: &str) -> Vec<u8> {
+    format!("key:{source}\0{id}").into_bytes()
+}
+
+fn event_id_key(source: &str, id: &str) -> Vec<u8> {
+    format!("eid:{id}\0{source}").into_bytes()
+}
+
+fn held_key(seq: EventSeq) -> Vec<u8> {
+    let mut key = b"held:".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&a.to_be_bytes());
+    key[8..].copy_from_slice(&b.to_be_bytes());
+    key
+}
+
+fn millis(at: DateTime<Utc>) -> u64 {
+    at.timestamp_millis().max(0) as u64
+}
+
+fn due_key(at: DateTime<Utc>, action: ActionId) -> [u8; 16] {
+    pair_key(millis(at), action)
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut buffer = [0u8; 8];
+    let len = bytes.len().min(8);
+    buffer[..len].copy_from_slice(&bytes[..len]);
+    u64::from_be_bytes(buffer)
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger and recovers actions that were in flight
+    /// when the previous process stopped: they become pending again.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Ledger> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|error| match error {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    LedgerError::Locked(path.display().to_string())
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    LedgerError::Locked(path.display().to_string())
+                }
+                other => LedgerError::Storage(other),
+            })?;
+        let ledger = Ledger {
+            inventory: db.open_tree("inventory")?,
+            index: db.open_tree("index")?,
+            events: db.open_tree("events")?,
+            actions: db.open_tree("actions")?,
+            event_actions: db.open_tree("event_actions")?,
+            due: db.open_tree("due")?,
+            in_flight: db.open_tree("in_flight")?,
+            open_events: db.open_tree("open_events")?,
+            db,
+            planning: Mutex::new(()),
+        };
+        ledger.recover_in_flight()?;
+        Ok(ledger)
+    }
+
+    fn recover_in_flight(&self) -> Result<()> {
+        for entry in self.in_flight.iter() {
+            let (key, _) = entry?;
+            let action_id = read_u64(&key);
+            (&self.actions, &self.due, &self.in_flight)
+                .transaction(|(actions, due, in_flight)| {
+                    in_flight.remove(&key)?;
+                    let Some(bytes) = actions.get(action_id.to_be_bytes())? else {
+                        return Ok(());
+                    };
+                    let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                    if action.state == ActionState::InFlight {
+                        action.state = ActionState::Pending;
+                        actions.insert(&action_id.to_be_bytes(), encode(&action))?;
+                        due.insert(&due_key(action.due_at(), action_id), &[])?;
+                    }
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable. One flush covers every plan written
+    /// since the previous one (group commit). Blocking: call it from
+    /// `spawn_blocking` in async code.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Non-terminal, non-held actions (pending, scheduled, in flight).
+    pub fn pending_count(&self) -> u64 {
+        (self.due.len() + self.in_flight.len()) as u64
+    }
+
+    pub fn held_plan_count(&self) -> u64 {
+        self.index.scan_prefix(b"held:").count() as u64
+    }
+
+    pub fn open_event_count(&self) -> u64 {
+        self.open_events.len() as u64
+    }
+
+    // ---- inventory -------------------------------------------------------
+
+    pub fn inventory_entry(&self, key: &AccountKey) -> Result<Option<InventoryEntry>> {
+        let k = account_key_bytes(&key.tenant_id, &key.object_id);
+        self.inventory
+            .get(&k)?
+            .map(|bytes| decode(&k, &bytes))
+            .transpose()
+    }
+
+    /// Inserts or updates accounts without planning any action (an import
+    /// declares what is known, it is not an event). `linked` sets the desired link.
+    pub fn import_accounts(
+        &self,
+        rows: impl IntoIterator<Item = (Account, Option<PartnerId>)>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let _planning = self.planning.lock().expect("planning lock");
+        let mut count = 0;
+        for (account, partner) in rows {
+            let key = account_key_bytes(&account.tenant_id, &account.object_id);
+            let previous: Option<InventoryEntry> = self
+                .inventory
+                .get(&key)?
+                .map(|bytes| decode(&key, &bytes))
+                .transpose()?;
+            let entry = match previous.clone() {
+                Some(mut entry) => {
+                    entry.account = account;
+                    entry.assignment_active = true;
+                    if let Some(partner) = partner {
+                        entry.desired = DesiredLink::Linked(partner);
+                    }
+                    entry.updated_at = now;
+                    entry
+                }
+                None => InventoryEntry {
+                    account,
+                    desired: partner
+                        .map(DesiredLink::Linked)
+                        .unwrap_or(DesiredLink::Absent),
+                    assignment_active: true,
+                    last_event_seq: None,
+                    current_action: None,
+                    updated_at: now,
+                },
+            };
+            (&self.inventory, &self.index)
+                .transaction(|(inventory, index)| {
+                    write_inventory(inventory, index, previous.as_ref(), &entry)?;
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Inventory entries, optionally filtered.
+    pub fn inventory_list(
+        &self,
+        employee: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<InventoryEntry>> {
+        let mut out = Vec::new();
+        if let Some(employee) = employee {
+            let employee = EmployeeId::parse(employee)
+                .map_err(|e| LedgerError::Rejected(format!("--employee: {e}")))?;
+            for entry in self.by_employee(&employee)? {
+                if tenant.is_none_or(|t| entry.account.tenant_id.as_str().eq_ignore_ascii_case(t)) {
+                    out.push(entry);
+                }
+            }
+            return Ok(out);
+        }
+        let prefix = tenant.map(|t| format!("{}/", t.to_ascii_lowercase()));
+        let iter = match &prefix {
+            Some(prefix) => self.inventory.scan_prefix(prefix.as_bytes()),
+            None => self.inventory.iter(),
+        };
+        for item in iter {
+            let (key, value) = item?;
+            out.push(decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    // ---- events ----------------------------------------------------------
+
+    pub fn is_duplicate(&self, source: &str, id: &str) -> Result<bool> {
+        Ok(self.index.contains_key(event_key(source, id))?)
+    }
+
+    /// Computes the plan an event would produce, changing nothing.
+    pub fn preview(&self, event: &Event) -> Result<Plan> {
+        let _planning = self.planning.lock().expect("planning lock");
+        planner::plan(event, &LedgerView(self))
+    }
+
+    /// Accepts an event: deduplicates it by `(source, id)`, plans it against
+    /// the inventory, and stores the plan, the inventory changes and the
+    /// actions in one transaction. Not durable until [`Ledger::flush`].
+    pub fn accept(
+        &self,
+        event: &Event,
+        publisher: Option<&str>,
+        now: DateTime<Utc>,
+        max_actions_per_event: usize,
+    ) -> Result<AcceptOutcome> {
+        let _planning = self.planning.lock().expect("planning lock");
+        if self.is_duplicate(&event.source, &event.id)? {
+            return Ok(AcceptOutcome::Duplicate);
+        }
+        let plan = planner::plan(event, &LedgerView(self))?;
+        let seq = self.db.generate_id()?;
+        let held = plan.changes.len() > max_actions_per_event;
+        let not_before = event.effective_at().filter(|at| *at > now);
+        let mut new_actions = Vec::with_capacity(plan.changes.len());
+        for change in &plan.changes {
+            let action_id = self.db.generate_id()?;
+            new_actions.push(ActionRecord {
+                action_id,
+                event_seq: seq,
+                event_id: event.id.clone(),
+                event_source: event.source.clone(),
+                event_type: event.event_type,
+                tenant_id: change.account.tenant_id.clone(),
+                object_id: change.account.object_id.clone(),
+                employee_id: change.account.employee_id.clone(),
+                credential: change.account.credential.clone(),
+                contract_id: change.account.contract_id.clone(),
+                op: change.op,
+                desired: change.desired.clone(),
+                state: if held {
+                    ActionState::Held
+                } else if not_before.is_some() {
+                    ActionState::Scheduled
+                } else {
+                    ActionState::Pending
+                },
+                attempts: 0,
+                last_error: None,
+                created_at: now,
+                updated_at: now,
+                not_before,
+                next_attempt_at: None,
+                first_attempt_at: None,
+                before_partner_id: None,
+                after_partner_id: None,
+                dry_run: false,
+                detail: None,
+                completed_at: None,
+            });
+        }
+        let record = EventRecord {
+            seq,
+            event: event.clone(),
+            state: if held {
+                EventState::Held
+            } else {
+                EventState::Accepted
+            },
+            accepted_at: now,
+            action_count: new_actions.len() as u64,
+            unassigned: plan.unassigned.clone(),
+            completed_at: if new_actions.is_empty() {
+                Some(now)
+            } else {
+                None
+            },
+            publisher: publisher.map(str::to_owned),
+        };
+
+        let cancelled = (
+            &self.inventory,
+            &self.index,
+            &self.events,
+            &self.actions,
+            &self.event_actions,
+            &self.due,
+            &self.open_events,
+        )
+            .transaction(
+                |(inventory, index, events, actions, event_actions, due, open_events)| {
+                    index.insert(event_key(&event.source, &event.id), &seq.to_be_bytes())?;
+                    index.insert(event_id_key(&event.source, &event.id), &seq.to_be_bytes())?;
+                    events.insert(&seq.to_be_bytes(), encode(&record))?;
+                    if held {
+                        index.insert(held_key(seq), &[])?;
+                    } else if !new_actions.is_empty() {
+                        open_events.insert(
+                            &seq.to_be_bytes(),
+                            &(new_actions.len() as u64).to_be_bytes(),
+                        )?;
+                    }
+                    let mut cancelled = Vec::new();
+                    for (change, action) in plan.changes.iter().zip(&new_actions) {
+                        actions.insert(&action.action_id.to_be_bytes(), encode(action))?;
+                        event_actions.insert(&pair_key(seq, action.action_id), &[])?;
+                        if held {
+                            continue;
+                        }
+                        due.insert(&due_key(action.due_at(), action.action_id), &[])?;
+                        let entry = InventoryEntry {
+                            account: change.account.clone(),
+                            desired: change.desired.clone(),
+                            assignment_active: change.assignment_active,
+                            last_event_seq: Some(seq),
+                            current_action: Some(action.action_id),
+                            updated_at: now,
+                        };
+                        if let Some(previous) = change.before.as_ref()
+                            && let Some(previous_action) = previous.current_action
+                            && let Some(c) =
+                                supersede(actions, due, open_events, events, previous_action, now)?
+                        {
+                            cancelled.push(c);
+                        }
+                        write_inventory(inventory, index, change.before.as_ref(), &entry)?;
+                    }
+                    Ok(cancelled)
+                },
+            )
+            .map_err(tx_error)?;
+        let actions = new_actions.len() as u64;
+        Ok(if held {
+            AcceptOutcome::Held { seq, actions }
+        } else {
+            AcceptOutcome::Accepted {
+                seq,
+                actions,
+                unassigned: plan.unassigned,
+                cancelled,
+            }
+        })
+    }
+
+    pub fn event(&self, seq: EventSeq) -> Result<Option<EventRecord>> {
+        let key = seq.to_be_bytes();
+        self.events
+            .get(key)?
+            .map(|bytes| decode(&key, &bytes))
+            .transpose()
+    }
+
+    /// Finds accepted events by CloudEvent `id` (and `source` when given).
+    pub fn find_events(&self, id: &str, source: Option<&str>) -> Result<Vec<EventRecord>> {
+        let mut out = Vec::new();
+        let prefix = format!("eid:{id}\0");
+        for item in self.index.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = item?;
+            let found_source = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if source.is_some_and(|s| s != found_source) {
+                continue;
+            }
+            if let Some(record) = self.event(read_u64(&value))? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves the `EVENT` argument of `approve`/`reject`/`status --event`.
+    pub fn resolve_event(&self, id: &str, source: Option<&str>) -> Result<EventRecord> {
+        let mut found = self.find_events(id, source)?;
+        match found.len() {
+            0 => Err(LedgerError::Rejected(format!(
+                "no accepted event has id `{id}`"
+            ))),
+            1 => Ok(found.remove(0)),
+            _ => Err(LedgerError::Rejected(format!(
+                "{} accepted events have id `{id}`; add --source (one of: {})",
+                found.len(),
+                found
+                    .iter()
+                    .map(|r| r.event.source.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    pub fn event_actions(&self, seq: EventSeq) -> Result<Vec<ActionRecord>> {
+        let mut out = Vec::new();
+        for item in self.event_actions.scan_prefix(seq.to_be_bytes()) {
+            let (key, _) = item?;
+            if let Some(action) = self.action(read_u64(&key[8..]))? {
+                out.push(action);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Releases a held plan. Actions whose account a later accepted event
+    /// already targeted end `cancelled`; the rest become pending.
+    /// Returns the actions released and the ones cancelled.
+    pub fn approve(
+        &self,
+        seq: EventSeq,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<ActionRecord>, Vec<ActionRecord>)> {
+        let _planning = self.planning.lock().expect("planning lock");
+        let mut record = self
+            .event(seq)?
+            .ok_or_else(|| LedgerError::Rejected(format!("no event with sequence {seq}")))?;
+        if record.state != EventState::Held {
+            return Err(LedgerError::Rejected(format!(
+                "event `{}` is {}, not held",
+                record.event.id,
+                record.state.as_str()
+            )));
+        }
+        let not_before = record.event.effective_at().filter(|at| *at > now);
+        let mut released = Vec::new();
+        let mut cancelled = Vec::new();
+        let mut remaining = 0u64;
+        for action in self.event_actions(seq)? {
+            let key = account_key_bytes(&action.tenant_id, &action.object_id);
+            let result = (
+                &self.inventory,
+                &self.index,
+                &self.actions,
+                &self.due,
+                &self.open_events,
+                &self.events,
+            )
+                .transaction(|(inventory, index, actions, due, open_events, events)| {
+                    let before: Option<InventoryEntry> = match inventory.get(&key)? {
+                        Some(bytes) => Some(tx_decode(&key, &bytes)?),
+                        None => None,
+                    };
+                    let mut action = action.clone();
+                    action.updated_at = now;
+                    if before
+                        .as_ref()
+                        .and_then(|entry| entry.last_event_seq)
+                        .is_some_and(|later| later > seq)
+                    {
+                        action.state = ActionState::Cancelled;
+                        action.detail = Some(
+                            "superseded: a later event targeted this account before approval"
+                                .into(),
+                        );
+                        action.completed_at = Some(now);
+                        actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
+                        return Ok((action, false));
+                    }
+                    if let Some(previous) = before.as_ref().and_then(|e| e.current_action) {
+                        supersede(actions, due, open_events, events, previous, now)?;
+                    }
+                    let mut account =
+                        before
+                            .as_ref()
+                            .map(|e| e.account.clone())
+                            .unwrap_or_else(|| Account {
+                                tenant_id: action.tenant_id.clone(),
+                                object_id: action.object_id.clone(),
+                                employee_id: action.employee_id.clone(),
+                                credential: action.credential.clone(),
+                                contract_id: action.contract_id.clone(),
+                            });
+                    if record.event.event_type == EventType::AssignmentStarted {
+                        account.employee_id = action.employee_id.clone();
+                        account.credential = action.credential.clone();
+                        account.contract_id = action.contract_id.clone();
+                    }
+                    let entry = InventoryEntry {
+                        account,
+                        desired: action.desired.clone(),
+                        assignment_active: match action.desired {
+                            DesiredLink::Absent => {
+                                // A successor link keeps the assignment; removals end it.
+                                false
+                            }
+                            DesiredLink::Linked(_) => true,
+                        },
+                        last_event_seq: Some(seq),
+                        current_action: Some(action.action_id),
+                        updated_at: now,
+                    };
+                    write_inventory(inventory, index, before.as_ref(), &entry)?;
+                    action.state = if not_before.is_some() {
+                        ActionState::Scheduled
+                    } else {
+                        ActionState::Pending
+                    };
+                    action.not_before = not_before;
+                    actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
+                    due.insert(&due_key(action.due_at(), action.action_id), &[])?;
+                    Ok((action, true))
+                })
+                .map_err(tx_error)?;
+            match result {
+                (action, true) => {
+                    remaining += 1;
+                    released.push(action);
+                }
+                (action, false) => cancelled.push(action),
+            }
+        }
+        record.state = EventState::Approved;
+        if remaining == 0 {
+            record.completed_at = Some(now);
+        }
+        (&self.events, &self.index, &self.open_events)
+            .transaction(|(events, index, open_events)| {
+                events.insert(&seq.to_be_bytes(), encode(&record))?;
+                index.remove(held_key(seq))?;
+                if remaining > 0 {
+                    let current = open_events
+                        .get(seq.to_be_bytes())?
+                        .map(|v| read_u64(&v))
+                        .unwrap_or(0);
+                    open_events.insert(&seq.to_be_bytes(), &(current + remaining).to_be_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        Ok((released, cancelled))
+    }
+
+    /// Discards a held plan: its actions end `cancelled` and nothing is written to PAL.
+    pub fn reject(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<Vec<ActionRecord>> {
+        let _planning = self.planning.lock().expect("planning lock");
+        let mut record = self
+            .event(seq)?
+            .ok_or_else(|| LedgerError::Rejected(format!("no event with sequence {seq}")))?;
+        if record.state != EventState::Held {
+            return Err(LedgerError::Rejected(format!(
+                "event `{}` is {}, not held",
+                record.event.id,
+                record.state.as_str()
+            )));
+        }
+        let mut cancelled = Vec::new();
+        for mut action in self.event_actions(seq)? {
+            action.state = ActionState::Cancelled;
+            action.detail = Some("plan rejected by an operator".into());
+            action.updated_at = now;
+            action.completed_at = Some(now);
+            self.actions
+                .insert(action.action_id.to_be_bytes(), encode(&action))?;
+            cancelled.push(action);
+        }
+        record.state = EventState::Rejected;
+        record.completed_at = Some(now);
+        (&self.events, &self.index)
+            .transaction(|(events, index)| {
+                events.insert(&seq.to_be_bytes(), encode(&record))?;
+                index.remove(held_key(seq))?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        Ok(cancelled)
+    }
+
+    pub fn held_events(&self) -> Result<Vec<EventRecord>> {
+        let mut out = Vec::new();
+        for item in self.index.scan_prefix(b"held:") {
+            let (key, _) = item?;
+            if let Some(record) = self.event(read_u64(&key[5..]))? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- actions ---------------------------------------------------------
+
+    pub fn action(&self, id: ActionId) -> Result<Option<ActionRecord>> {
+        let key = id.to_be_bytes();
+        self.actions
+            .get(key)?
+            .map(|bytes| decode(&key, &bytes))
+            .transpose()
+    }
+
+    /// Actions matching a filter, in creation order.
+    pub fn actions(&self, filter: &StatusFilter) -> Result<Vec<ActionRecord>> {
+        let mut out = Vec::new();
+        if let Some(id) = &filter.event_id {
+            for record in self.find_events(id, filter.event_source.as_deref())? {
+                for action in self.event_actions(record.seq)? {
+                    if filter.matches(&action) {
+                        out.push(action);
+                    }
+                }
+            }
+            out.sort_by_key(|a| a.action_id);
+            return Ok(out);
+        }
+        for item in self.actions.iter() {
+            let (key, value) = item?;
+            let action: ActionRecord = decode(&key, &value)?;
+            if filter.matches(&action) {
+                out.push(action);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Visits every action (for audit export) without collecting them.
+    pub fn for_each_action(&self, mut visit: impl FnMut(ActionRecord)) -> Result<()> {
+        for item in self.actions.iter() {
+            let (key, value) = item?;
+            visit(decode(&key, &value)?);
+        }
+        Ok(())
+    }
+
+    /// The due time of the earliest pending or scheduled action.
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.due.first()?.map(|(key, _)| {
+            Utc.timestamp_millis_opt(read_u64(&key[..8]) as i64)
+                .single()
+                .unwrap_or_else(Utc::now)
+        }))
+    }
+
+    /// Pending or scheduled actions due at `now`, earliest first, skipping
+    /// those for which `skip` is true (accounts already busy). At most `limit`.
+    pub fn due_actions(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        mut skip: impl FnMut(&ActionRecord) -> bool,
+    ) -> Result<Vec<ActionRecord>> {
+        let mut out = Vec::new();
+        let end = due_key(now, u64::MAX);
+        for item in self.due.range(..=end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item?;
+            let Some(action) = self.action(read_u64(&key[8..]))? else {
+                self.due.remove(key)?;
+                continue;
+            };
+            if skip(&action) {
+                continue;
+            }
+            out.push(action);
+        }
+        Ok(out)
+    }
+
+    /// Moves a pending or scheduled action to in flight and counts the attempt.
+    /// Returns None when the action is no longer claimable (cancelled meanwhile).
+    pub fn claim(&self, id: ActionId, now: DateTime<Utc>) -> Result<Option<ActionRecord>> {
+        (&self.actions, &self.due, &self.in_flight)
+            .transaction(|(actions, due, in_flight)| {
+                let key = id.to_be_bytes();
+                let Some(bytes) = actions.get(key)? else {
+                    return Ok(None);
+                };
+                let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                if !matches!(action.state, ActionState::Pending | ActionState::Scheduled) {
+                    return Ok(None);
+                }
+                due.remove(&due_key(action.due_at(), id))?;
+                action.state = ActionState::InFlight;
+                action.attempts += 1;
+                action.first_attempt_at.get_or_insert(now);
+                action.updated_at = now;
+                actions.insert(&key, encode(&action))?;
+                in_flight.insert(&key, &[])?;
+                Ok(Some(action))
+            })
+            .map_err(tx_error)
+    }
+
+    /// Whether the action is still the latest one for its account.
+    pub fn is_current(&self, action: &ActionRecord) -> Result<bool> {
+        Ok(self
+            .inventory_entry(&action.account_key())?
+            .is_none_or(|entry| entry.current_action == Some(action.action_id)))
+    }
+
+    /// Records the end of an in-flight action.
+    pub fn finish(&self, action: &ActionRecord) -> Result<Completion> {
+        debug_assert!(action.state.is_terminal());
+        let id = action.action_id;
+        (
+            &self.actions,
+            &self.in_flight,
+            &self.open_events,
+            &self.events,
+        )
+            .transaction(|(actions, in_flight, open_events, events)| {
+                actions.insert(&id.to_be_bytes(), encode(action))?;
+                in_flight.remove(&id.to_be_bytes())?;
+                let event_completed =
+                    decrement_open(open_events, events, action.event_seq, action.updated_at)?;
+                Ok(Completion {
+                    record: action.clone(),
+                    event_completed,
+                })
+            })
+            .map_err(tx_error)
+    }
+
+    /// Records a failed attempt that will be retried at `action.next_attempt_at`.
+    pub fn reschedule(&self, action: &ActionRecord) -> Result<()> {
+        let id = action.action_id;
+        (&self.actions, &self.in_flight, &self.due)
+            .transaction(|(actions, in_flight, due)| {
+                actions.insert(&id.to_be_bytes(), encode(action))?;
+                in_flight.remove(&id.to_be_bytes())?;
+                due.insert(&due_key(action.due_at(), id), &[])?;
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// Puts a failed action back in the queue with a fresh retry budget.
+    pub fn retry_action(&self, id: ActionId, now: DateTime<Utc>) -> Result<ActionRecord> {
+        let action = self
+            .action(id)?
+            .ok_or_else(|| LedgerError::Rejected(format!("no action {id}")))?;
+        if action.state != ActionState::Failed {
+            return Err(LedgerError::Rejected(format!(
+                "action {id} is {}, only failed actions can be retried",
+                action.state.as_str()
+            )));
+        }
+        if !self.is_current(&action)? {
+            return Err(LedgerError::Rejected(format!(
+                "action {id} was superseded by a later event for the same account"
+            )));
+        }
+        (&self.actions, &self.due, &self.open_events)
+            .transaction(|(actions, due, open_events)| {
+                let mut action = action.clone();
+                action.state = ActionState::Pending;
+                action.first_attempt_at = None;
+                action.next_attempt_at = Some(now);
+                action.completed_at = None;
+                action.updated_at = now;
+                actions.insert(&id.to_be_bytes(), encode(&action))?;
+                due.insert(&due_key(action.due_at(), id), &[])?;
+                let key = action.event_seq.to_be_bytes();
+                let current = open_events.get(key)?.map(|v| read_u64(&v)).unwrap_or(0);
+                open_events.insert(&key, &(current + 1).to_be_bytes())?;
+                Ok(action)
+            })
+            .map_err(tx_error)
+    }
+
+    pub fn failed_action_ids(&self) -> Result<Vec<ActionId>> {
+        Ok(self
+            .actions(&StatusFilter {
+                failed: true,
+                ..StatusFilter::default()
+            })?
+            .into_iter()
+            .map(|a| a.action_id)
+            .collect())
+    }
+
+    /// Counts of actions by state (for summaries and `wait_until_settled`).
+    pub fn action_state_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut counts = BTreeMap::new();
+        self.for_each_action(|action| *counts.entry(action.state.as_str()).or_insert(0) += 1)?;
+        Ok(counts)
+    }
+}
+
+/// Writes an inventory entry and keeps the employee index in step.
+fn write_inventory(
+    inventory: &TransactionalTree,
+    index: &TransactionalTree,
+    before: Option<&InventoryEntry>,
+    entry: &InventoryEntry,
+) -> TxResult<()> {
+    let account = &entry.account;
+    if let Some(before) = before
+        && before.account.employee_id != account.employee_id
+    {
+        index.remove(employee_index_key(
+            &before.account.employee_id,
+            &before.account.tenant_id,
+            &before.account.object_id,
+        ))?;
+    }
+    index.insert(
+        employee_index_key(&account.employee_id, &account.tenant_id, &account.object_id),
+        &[],
+    )?;
+    inventory.insert(
+        account_key_bytes(&account.tenant_id, &account.object_id),
+        encode(entry),
+    )?;
+    Ok(())
+}
+
+/// Cancels an older unfinished action that a newer event superseded. In-flight
+/// actions are left alone: the executor sees at its next checkpoint that the
+/// action is no longer current and cancels it itself.
+fn supersede(
+    actions: &TransactionalTree,
+    due: &TransactionalTree,
+    open_events: &TransactionalTree,
+    events: &TransactionalTree,
+    previous: ActionId,
+    now: DateTime<Utc>,
+) -> TxResult<Option<(ActionId, Op, bool)>> {
+    let key = previous.to_be_bytes();
+    let Some(bytes) = actions.get(key)? else {
+        return Ok(None);
+    };
+    let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+    let was_pending = match action.state {
+        ActionState::Pending | ActionState::Scheduled => true,
+        ActionState::Held => false,
+        _ => return Ok(None),
+    };
+    if was_pending {
+        due.remove(&due_key(action.due_at(), previous))?;
+    }
+    action.state = ActionState::Cancelled;
+    action.detail = Some("superseded by a later event for the same account".into());
+    action.updated_at = now;
+    action.completed_at = Some(now);
+    actions.insert(&key, encode(&action))?;
+    if was_pending {
+        decrement_open(open_events, events, action.event_seq, now)?;
+    }
+    Ok(Some((previous, action.op, was_pending)))
+}
+
+fn decrement_open(
+    open_events: &TransactionalTree,
+    events: &TransactionalTree,
+    seq: EventSeq,
+    now: DateTime<Utc>,
+) -> TxResult<Option<EventRecord>> {
+    let key = seq.to_be_bytes();
+    let Some(remaining) = open_events.get(key)? else {
+        return Ok(None);
+    };
+    let remaining = read_u64(&remaining).saturating_sub(1);
+    if remaining > 0 {
+        open_events.insert(&key, &remaining.to_be_bytes())?;
+        return Ok(None);
+    }
+    open_events.remove(&key)?;
+    let Some(bytes) = events.get(key)? else {
+        return Ok(None);
+    };
+    let mut record: EventRecord = tx_decode(&key, &bytes)?;
+    record.completed_at = Some(now);
+    events.insert(&key, encode(&record))?;
+    Ok(Some(record))
+}
+
+/// The planner's read-only view of the ledger's inventory.
+struct LedgerView<'a>(&'a Ledger);
+
+impl Ledger {
+    fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>> {
+        let prefix = format!("emp:{}\0", employee.as_str());
+        let mut out = Vec::new();
+        for item in self.index.scan_prefix(prefix.as_bytes()) {
+            let (key, _) = item?;
+            let account_key = &key[prefix.len()..];
+            if let Some(bytes) = self.inventory.get(account_key)? {
+                out.push(decode(account_key, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl InventoryView for LedgerView<'_> {
+    fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>> {
+        self.0.inventory_entry(key)
+    }
+
+    fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>> {
+        self.0.by_employee(employee)
+    }
+
+    fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>> {
+        let prefix = format!("{}/", tenant.as_str());
+        let mut out = Vec::new();
+        for item in self.0.inventory.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = item?;
+            out.push(decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<()> {
+        for item in self.0.inventory.iter() {
+            let (key, value) = item?;
+            visit(decode(&key, &value)?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,491 @@
+//! Planning: the pure function (event, inventory) → plan of SPEC §3.
+//!
+//! Planning reads only the inventory's *desired* links, never PAL. It is a
+//! function of the event and the partition's inventory (SPEC §10), so the same
+//! code serves one process or many partitions.
+
+use std::collections::BTreeMap;
+
+use palworker_events::{
+    Account, AccountKey, DesiredLink, EmployeeId, Event, EventData, PartnerId, TenantId,
+};
+use serde::Serialize;
+
+use crate::ledger::{InventoryEntry, Op, Result};
+
+/// Read access to the inventory.
+pub trait InventoryView {
+    fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>>;
+    fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>>;
+    fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>>;
+    fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<()>;
+}
+
+/// One account's new desired state, and the action that reconciles towards it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedChange {
+    /// The inventory entry before the event (None: a new account).
+    #[serde(skip)]
+    pub before: Option<InventoryEntry>,
+    pub account: Account,
+    pub desired: DesiredLink,
+    pub assignment_active: bool,
+    pub op: Op,
+}
+
+/// The actions one event implies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub changes: Vec<PlannedChange>,
+    /// Tenants where a departed employee had a link but the successor has no
+    /// (active) account: reported, not failed.
+    pub unassigned: Vec<TenantId>,
+}
+
+fn op_for(before: Option<&InventoryEntry>, desired: &DesiredLink) -> Op {
+    match desired {
+        DesiredLink::Absent => Op::Remove,
+        DesiredLink::Linked(partner) => match before.map(|e| &e.desired) {
+            Some(DesiredLink::Linked(previous)) if previous != partner => Op::Update,
+            _ => Op::Link,
+        },
+    }
+}
+
+/// Collects changes keyed by account so that one plan never holds two
+/// actions for the same account (the later rule wins).
+#[derive(Default)]
+struct Changes(BTreeMap<(TenantId, palworker_events::ObjectId), PlannedChange>);
+
+impl Changes {
+    fn set(&mut self, entry: &InventoryEntry, desired: DesiredLink, assignment_active: bool) {
+        let key = (
+            entry.account.tenant_id.clone(),
+            entry.account.object_id.clone(),
+        );
+        let op = op_for(Some(entry), &desired);
+        self.0.insert(
+            key,
+            PlannedChange {
+                before: Some(entry.clone()),
+                account: entry.account.clone(),
+                desired,
+                assignment_active,
+                op,
+            },
+        );
+    }
+
+    fn into_vec(self) -> Vec<PlannedChange> {
+        self.0.into_values().collect()
+    }
+}
+
+fn linked_to(entry: &InventoryEntry) -> Option<&PartnerId> {
+    match &entry.desired {
+        DesiredLink::Linked(partner) => Some(partner),
+        DesiredLink::Absent => None,
+    }
+}
+
+/// Computes the plan of `event` against `inventory`.
+pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
+    let mut changes = Changes::default();
+    let mut unassigned = Vec::new();
+    match &event.data {
+        EventData::AssignmentStarted {
+            employee_id,
+            tenant_id,
+            object_id,
+            partner_id,
+            credential,
+            contract_id,
+        } => {
+            let key = AccountKey {
+                tenant_id: tenant_id.clone(),
+                object_id: object_id.clone(),
+            };
+            let before = inventory.get(&key)?;
+            let account = Account {
+                tenant_id: tenant_id.clone(),
+                object_id: object_id.clone(),
+                employee_id: employee_id.clone(),
+                credential: credential.clone(),
+                contract_id: contract_id.clone(),
+            };
+            let desired = DesiredLink::Linked(partner_id.clone());
+            let op = op_for(before.as_ref(), &desired);
+            return Ok(Plan {
+                changes: vec![PlannedChange {
+                    before,
+                    account,
+                    desired,
+                    assignment_active: true,
+                    op,
+                }],
+                unassigned,
+            });
+        }
+        EventData::AssignmentEnded {
+            employee_id,
+            tenant_id,
+            contract_id,
+        } => {
+            for entry in inventory.by_employee(employee_id)? {
+                if &entry.account.tenant_id != tenant_id {
+                    continue;
+                }
+                if contract_id.is_some()
+                    && entry.account.contract_id.as_ref() != contract_id.as_ref()
+                {
+                    continue;
+                }
+                changes.set(&entry, DesiredLink::Absent, false);
+            }
+        }
+        EventData::ContractEnded {
+            tenant_id,
+            contract_id,
+        } => {
+            for entry in inventory.by_tenant(tenant_id)? {
+                if contract_id.is_some()
+                    && entry.account.contract_id.as_ref() != contract_id.as_ref()
+                {
+                    continue;
+                }
+                changes.set(&entry, DesiredLink::Absent, false);
+            }
+        }
+        EventData::EmployeeDeparted {
+            employee_id,
+            successor_employee_id,
+            ..
+        } => {
+            let departed = inventory.by_employee(employee_id)?;
+            // Tenant → partner IDs the departed employee was linked with there.
+            let mut linked_tenants: BTreeMap<TenantId, PartnerId> = BTreeMap::new();
+            for entry in &departed {
+                if let Some(partner) = linked_to(entry) {
+                    linked_tenants
+                        .entry(entry.account.tenant_id.clone())
+                        .or_insert_with(|| partner.clone());
+                }
+                changes.set(entry, DesiredLink::Absent, false);
+            }
+            if let Some(successor) = successor_employee_id {
+                let successor_accounts = inventory.by_employee(successor)?;
+                for (tenant, partner) in linked_tenants {
+                    let mut found = false;
+                    for entry in successor_accounts
+                        .iter()
+                        .filter(|e| e.account.tenant_id == tenant && e.assignment_active)
+                    {
+                        found = true;
+                        changes.set(entry, DesiredLink::Linked(partner.clone()), true);
+                    }
+                    if !found {
+                        unassigned.push(tenant);
+                    }
+                }
+            }
+        }
+        EventData::EmployeeTransferred {
+            employee_id,
+            new_partner_id,
+            ..
+        } => {
+            for entry in inventory.by_employee(employee_id)? {
+                if linked_to(&entry).is_some() {
+                    let active = entry.assignment_active;
+                    changes.set(&entry, DesiredLink::Linked(new_partner_id.clone()), active);
+                }
+            }
+        }
+        EventData::PartnerIdChanged {
+            old_partner_id,
+            new_partner_id,
+            tenant_ids,
+        } => {
+            let mut visit = |entry: InventoryEntry| {
+                if linked_to(&entry) == Some(old_partner_id) {
+                    let active = entry.assignment_active;
+                    changes.set(&entry, DesiredLink::Linked(new_partner_id.clone()), active);
+                }
+            };
+            match tenant_ids {
+                Some(tenants) => {
+                    for tenant in tenants {
+                        for entry in inventory.by_tenant(tenant)? {
+                            visit(entry);
+                        }
+                    }
+                }
+                None => inventory.for_each(&mut visit)?,
+            }
+        }
+    }
+    Ok(Plan {
+        changes: changes.into_vec(),
+        unassigned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use chrono::Utc;
+    use palworker_events::{ContractId, ObjectId};
+
+    use super::*;
+
+    const T1: &str = "11111111-1111-4111-8111-111111111111";
+    const T2: &str = "22222222-2222-4222-8222-222222222222";
+
+    /// An in-memory inventory for pure planner tests (the ledger's own tests
+    /// and the integration tests use real sled).
+    #[derive(Default)]
+    struct Memory(RefCell<Vec<InventoryEntry>>);
+
+    impl Memory {
+        fn add(
+            &self,
+            tenant: &str,
+            object: u8,
+            employee: &str,
+            desired: Option<&str>,
+            active: bool,
+            contract: Option<&str>,
+        ) {
+            self.0.borrow_mut().push(InventoryEntry {
+                account: Account {
+                    tenant_id: TenantId::parse(tenant).unwrap(),
+                    object_id: ObjectId::parse(&format!(
+                        "aaaaaaaa-aaaa-4aaa-8aaa-0000000000{object:02x}"
+                    ))
+                    .unwrap(),
+                    employee_id: EmployeeId::parse(employee).unwrap(),
+                    credential: None,
+                    contract_id: contract.map(|c| ContractId::parse(c).unwrap()),
+                },
+                desired: desired
+                    .map(|p| DesiredLink::Linked(PartnerId::parse(p).unwrap()))
+                    .unwrap_or(DesiredLink::Absent),
+                assignment_active: active,
+                last_event_seq: None,
+                current_action: None,
+                updated_at: Utc::now(),
+            });
+        }
+    }
+
+    impl InventoryView for Memory {
+        fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>> {
+            Ok(self
+                .0
+                .borrow()
+                .iter()
+                .find(|e| e.account.key() == *key)
+                .cloned())
+        }
+        fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>> {
+            Ok(self
+                .0
+                .borrow()
+                .iter()
+                .filter(|e| &e.account.employee_id == employee)
+                .cloned()
+                .collect())
+        }
+        fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>> {
+            Ok(self
+                .0
+                .borrow()
+                .iter()
+                .filter(|e| &e.account.tenant_id == tenant)
+                .cloned()
+                .collect())
+        }
+        fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<()> {
+            self.0.borrow().iter().cloned().for_each(visit);
+            Ok(())
+        }
+    }
+
+    fn event(kind: &str, data: serde_json::Value) -> Event {
+        let body = serde_json::json!({
+            "specversion": "1.0", "id": "e-1", "source": "urn:test", "type": kind,
+            "time": "2026-11-29T09:00:00Z", "data": data,
+        });
+        Event::from_json_slice(body.to_string().as_bytes()).unwrap()
+    }
+
+    fn summary(plan: &Plan) -> Vec<(String, String, String, &'static str)> {
+        plan.changes
+            .iter()
+            .map(|c| {
+                (
+                    c.account.tenant_id.as_str()[..2].to_owned(),
+                    c.account.employee_id.as_str().to_owned(),
+                    c.desired
+                        .partner_id()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "-".into()),
+                    c.op.as_str(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn departure_removes_every_link_and_links_the_successor_where_it_has_an_active_account() {
+        let inv = Memory::default();
+        inv.add(T1, 1, "E-1", Some("111"), true, None);
+        inv.add(T2, 2, "E-1", Some("222"), true, None);
+        inv.add(T1, 3, "E-2", None, true, None);
+        let plan = plan(
+            &event(
+                "hr.employee.departed",
+                serde_json::json!({"employee_id": "E-1", "successor_employee_id": "E-2"}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&plan),
+            vec![
+                ("11".into(), "E-1".into(), "-".into(), "remove"),
+                ("11".into(), "E-2".into(), "111".into(), "link"),
+                ("22".into(), "E-1".into(), "-".into(), "remove"),
+            ]
+        );
+        assert_eq!(plan.unassigned, vec![TenantId::parse(T2).unwrap()]);
+    }
+
+    #[test]
+    fn a_successor_whose_assignment_ended_is_not_linked() {
+        let inv = Memory::default();
+        inv.add(T1, 1, "E-1", Some("111"), true, None);
+        inv.add(T1, 3, "E-2", None, false, None);
+        let plan = plan(
+            &event(
+                "hr.employee.departed",
+                serde_json::json!({"employee_id": "E-1", "successor_employee_id": "E-2"}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(plan.changes.len(), 1);
+        assert_eq!(plan.unassigned, vec![TenantId::parse(T1).unwrap()]);
+    }
+
+    #[test]
+    fn contract_end_touches_only_that_contract_in_that_tenant() {
+        let inv = Memory::default();
+        inv.add(T1, 1, "E-1", Some("111"), true, Some("C-1"));
+        inv.add(T1, 2, "E-2", Some("111"), true, Some("C-2"));
+        inv.add(T2, 3, "E-3", Some("111"), true, Some("C-1"));
+        let plan = plan(
+            &event(
+                "project.contract.ended",
+                serde_json::json!({"tenant_id": T1, "contract_id": "C-1"}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&plan),
+            vec![("11".into(), "E-1".into(), "-".into(), "remove")]
+        );
+        assert!(!plan.changes[0].assignment_active);
+    }
+
+    #[test]
+    fn partner_id_change_moves_only_accounts_desired_linked_to_the_old_id() {
+        let inv = Memory::default();
+        inv.add(T1, 1, "E-1", Some("111"), true, None);
+        inv.add(T1, 2, "E-2", Some("999"), true, None);
+        inv.add(T2, 3, "E-3", Some("111"), true, None);
+        inv.add(T2, 4, "E-4", None, false, None);
+        let all = plan(
+            &event(
+                "partner.id.changed",
+                serde_json::json!({"old_partner_id": "111", "new_partner_id": "333"}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&all),
+            vec![
+                ("11".into(), "E-1".into(), "333".into(), "update"),
+                ("22".into(), "E-3".into(), "333".into(), "update"),
+            ]
+        );
+        let scoped = plan(
+            &event(
+                "partner.id.changed",
+                serde_json::json!({"old_partner_id": "111", "new_partner_id": "333", "tenant_ids": [T2]}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&scoped),
+            vec![("22".into(), "E-3".into(), "333".into(), "update")]
+        );
+    }
+
+    #[test]
+    fn transfer_relinks_only_linked_accounts() {
+        let inv = Memory::default();
+        inv.add(T1, 1, "E-1", Some("111"), true, None);
+        inv.add(T2, 2, "E-1", None, false, None);
+        let plan = plan(
+            &event(
+                "hr.employee.transferred",
+                serde_json::json!({"employee_id": "E-1", "new_partner_id": "444"}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&plan),
+            vec![("11".into(), "E-1".into(), "444".into(), "update")]
+        );
+    }
+
+    #[test]
+    fn assignment_start_upserts_and_links() {
+        let inv = Memory::default();
+        let plan = plan(
+            &event(
+                "project.assignment.started",
+                serde_json::json!({"employee_id": "E-9", "tenant_id": T1,
+                    "object_id": "aaaaaaaa-aaaa-4aaa-8aaa-000000000009", "partner_id": "555"}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&plan),
+            vec![("11".into(), "E-9".into(), "555".into(), "link")]
+        );
+        assert!(plan.changes[0].before.is_none());
+    }
+
+    #[test]
+    fn assignment_end_without_an_account_plans_nothing() {
+        let inv = Memory::default();
+        inv.add(T1, 1, "E-1", Some("111"), true, None);
+        let plan = plan(
+            &event(
+                "project.assignment.ended",
+                serde_json::json!({"employee_id": "E-1", "tenant_id": T2}),
+            ),
+            &inv,
+        )
+        .unwrap();
+        assert!(plan.changes.is_empty());
+    }
+}

@@ -1,0 +1,408 @@
+//! A local PAL simulator: the Microsoft identity platform's token endpoint and
+//! Azure Resource Manager's `Microsoft.ManagementPartner` provider, following
+//! `PAL-API.md`, with fault injection and inspection. Used in-process by tests
+//! ([`Simulator::spawn`]) and as `palworker sim` ([`run`]).
+//!
+//! # HTTP surface
+//!
+//! | request | behaviour |
+//! | --- | --- |
+//! | `POST /{tenant}/oauth2/v2.0/token` | client credentials with `client_secret` or a certificate `client_assertion` (RS256/PS256, `x5t#S256`, `aud` = this token URL or `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`); scope must be `https://management.azure.com/.default`. Issues an HS256 JWT with `tid`, `oid`, `appid`, `aud`, `iss`, `iat`, `nbf`, `exp`. Errors carry `error`, `error_description` (`AADSTSnnnn: …`), `error_codes`, `timestamp`, `trace_id`, `correlation_id`. Never subject to fault injection. |
+//! | `GET /providers/Microsoft.ManagementPartner/partners` | the caller's Active link, or 404 `ManagementPartnerNotFound` |
+//! | `GET …/partners/{id}` | 200 if the caller's Active link carries `{id}`, else 404 |
+//! | `PUT …/partners/{id}` | upsert; version bump; `createdTime` kept |
+//! | `PATCH …/partners/{id}` | re-point the caller's Active link; 404 without one |
+//! | `DELETE …/partners/{id}` | 200 with an empty body; marks the link Deleted (version bump) only if it carries `{id}` |
+//!
+//! ARM requests are processed in this order: bearer token (401
+//! `AuthenticationFailed` without a header, `InvalidAuthenticationToken`,
+//! `ExpiredAuthenticationToken`), then the fault profile of the token's tenant
+//! (latency, then a pending `Retry-After`, then the 429 and 5xx dice), then
+//! `api-version=2018-02-01` (400 `MissingApiVersionParameter` /
+//! `InvalidApiVersionParameter`), then the call; partner IDs must be 1–10
+//! digits (400 `PartnerIdInvalid`), and with [`SimConfig::valid_partner_ids`]
+//! set, PUT and PATCH to an unknown ID answer 400 `PartnerIdInvalid` too.
+//! Every ARM answer carries `x-ms-request-id`, `x-ms-correlation-request-id`
+//! (the caller's, if it sent a UUID) and `x-ms-ratelimit-remaining-tenant-reads`
+//! or `-writes`, computed from ARM's documented token buckets (never enforced).
+//!
+//! Throttling follows ARM: after an injected 429 the identity (tenant, object
+//! ID) is throttled for `retry_after_secs`; a request it sends before then is
+//! recorded as a throttle violation, answered 429 again and restarts the wait.
+//!
+//! # Admin API (`/_sim`, JSON, no authentication: bind the simulator to loopback)
+//!
+//! | request | does |
+//! | --- | --- |
+//! | `GET /_sim/healthz` | `{"status":"ok"}` |
+//! | `GET /_sim/links[?state=all]` | Active links ([`LinkView`]); `all` adds Deleted ones |
+//! | `POST /_sim/links` | seed `{tenant_id, object_id, partner_id}` (PUT semantics) |
+//! | `GET /_sim/requests` | ARM requests in arrival order ([`RequestRecord`]) |
+//! | `GET /_sim/token-requests` | token requests ([`TokenRequestRecord`]) |
+//! | `GET /_sim/violations` | requests sent before their `Retry-After` expired |
+//! | `GET /_sim/faults`, `PUT /_sim/faults` | read or replace [`Faults`] |
+//! | `GET /_sim/clients`, `POST /_sim/clients` | list (without secrets) or add/replace a [`SimClient`] |
+//! | `GET /_sim/clock`, `POST /_sim/clock` | the simulator's clock; `{"advance_secs": N}` moves it forward (token expiry, `Retry-After`) |
+//!
+//! # Tenants
+//!
+//! A tenant "exists" when a registered client has an identity in it or a link
+//! lives there; any other tenant, or one that is not a GUID, gets AADSTS90002.
+
+mod admin;
+mod arm;
+mod certificate;
+mod config;
+mod state;
+mod token;
+
+use std::collections::BTreeSet;
+use std::future::{Future, IntoFuture as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::routing::post;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use arm::API_VERSION;
+pub use config::{
+    ConfigError, DEFAULT_TOKEN_LIFETIME_SECS, FaultProfile, Faults, SeedLink, SimClient, SimConfig,
+};
+pub use state::{LinkView, RequestRecord, TokenRequestRecord};
+pub use token::{ARM_AUDIENCE, ARM_SCOPE, AccessTokenClaims, JWT_BEARER};
+
+use state::{IdentityKey, State};
+
+/// A PAL + token-endpoint simulator. Cheap to clone: clones share one state.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// HS256 key of the access tokens, random per simulator.
+    signing_key: [u8; 32],
+    state: Mutex<State>,
+}
+
+impl Simulator {
+    /// A simulator with `config`'s clients, faults and seeded links. Invalid
+    /// certificates are logged and ignored; call [`SimConfig::validate`] first
+    /// to refuse them instead.
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                signing_key: rand::random(),
+                state: Mutex::new(State::new(config)),
+            }),
+        }
+    }
+
+    /// The whole HTTP surface, for `axum::serve` or tests.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token::handle))
+            .nest("/_sim", admin::router())
+            .fallback(arm::handle)
+            .with_state(self.clone())
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in a background task
+    /// until the handle is shut down or dropped.
+    pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<SimHandle> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "Simulator server failed.");
+            }
+        });
+        Ok(SimHandle {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Registers a client, replacing one with the same client ID (any case).
+    pub fn add_client(&self, client: SimClient) {
+        self.lock().add_client(client);
+    }
+
+    /// Replaces the fault profiles (pending `Retry-After`s stay in force).
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults.normalized();
+    }
+
+    /// The fault profiles in force.
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    /// Replaces the set of partner IDs PUT and PATCH accept (`None`: any).
+    pub fn set_valid_partner_ids(&self, ids: Option<BTreeSet<String>>) {
+        self.lock().valid_partner_ids = ids;
+    }
+
+    /// Creates or re-points a link as a PUT by that identity would.
+    pub fn seed_link(&self, tenant_id: &str, object_id: &str, partner_id: &str) -> LinkView {
+        let mut state = self.lock();
+        let key = IdentityKey::new(tenant_id, object_id);
+        let now = state.now();
+        let link = state.put_link(key.clone(), partner_id, now);
+        State::link_view(&key, &link)
+    }
+
+    /// Every Active link.
+    pub fn links(&self) -> Vec<LinkView> {
+        self.all_links()
+            .into_iter()
+            .filter(LinkView::is_active)
+            .collect()
+    }
+
+    /// Every link record, Active and Deleted.
+    pub fn all_links(&self) -> Vec<LinkView> {
+        self.lock()
+            .links
+            .iter()
+            .map(|(key, link)| State::link_view(key, link))
+            .collect()
+    }
+
+    /// The record of one identity's link, Active or Deleted (check
+    /// [`LinkView::is_active`]); `None` if it never had one.
+    pub fn link(&self, tenant_id: &str, object_id: &str) -> Option<LinkView> {
+        let key = IdentityKey::new(tenant_id, object_id);
+        self.lock()
+            .links
+            .get(&key)
+            .map(|link| State::link_view(&key, link))
+    }
+
+    /// The identity's link if it is Active.
+    pub fn active_link(&self, tenant_id: &str, object_id: &str) -> Option<LinkView> {
+        self.link(tenant_id, object_id).filter(LinkView::is_active)
+    }
+
+    /// Answered ARM requests in arrival order (token requests are in
+    /// [`Simulator::token_requests`]).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|record| record.status != 0)
+            .cloned()
+            .collect()
+    }
+
+    /// Token endpoint requests in arrival order.
+    pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
+        self.lock().token_requests.clone()
+    }
+
+    /// ARM requests of an identity that arrived before its `Retry-After` had
+    /// expired.
+    pub fn throttle_violations(&self) -> Vec<RequestRecord> {
+        self.requests()
+            .into_iter()
+            .filter(|record| record.throttle_violation)
+            .collect()
+    }
+
+    /// The simulator's clock: wall clock plus every [`Simulator::advance_clock`].
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.lock().now()
+    }
+
+    /// Moves the simulator's clock forward, so tests can expire tokens and
+    /// `Retry-After` waits without sleeping.
+    pub fn advance_clock(&self, by: Duration) {
+        let by = chrono::TimeDelta::from_std(by).unwrap_or(chrono::TimeDelta::MAX);
+        let mut state = self.lock();
+        state.clock_offset = state
+            .clock_offset
+            .checked_add(&by)
+            .unwrap_or(state.clock_offset);
+    }
+
+    /// An access token for an identity, as the token endpoint would issue it
+    /// to `client_id` (no client registration needed): for tests that are not
+    /// about authentication.
+    pub fn issue_token(&self, tenant_id: &str, object_id: &str, client_id: &str) -> String {
+        let (now, lifetime) = {
+            let state = self.lock();
+            (state.now(), state.token_lifetime_secs)
+        };
+        token::issue_access_token(
+            self.signing_key(),
+            &IdentityKey::new(tenant_id, object_id),
+            client_id,
+            token::Credential::Secret,
+            now,
+            lifetime,
+        )
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not turn every later request into a panic.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn signing_key(&self) -> &[u8] {
+        &self.inner.signing_key
+    }
+}
+
+/// A simulator serving in the background; stops on [`SimHandle::shutdown`] or drop.
+pub struct SimHandle {
+    /// The bound address (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// `http://127.0.0.1:PORT` (loopback instead of an unspecified address).
+    pub fn base_url(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the server.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// `palworker sim`: serves a simulator on `listen` until `shutdown` resolves,
+/// then drains in-flight requests.
+pub async fn run(
+    listen: SocketAddr,
+    config: SimConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .context("invalid simulator configuration")?;
+    let simulator = Simulator::new(config);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the simulator's address")?;
+    tracing::info!(%addr, "Simulator listening.");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = axum::serve(listener, simulator.router())
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .into_future();
+    tokio::pin!(server);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = &mut server => return result.context("simulator server failed"),
+        () = &mut shutdown => {}
+    }
+    tracing::info!("Simulator shutting down.");
+    let _ = stop.send(());
+    server.await.context("simulator server failed")
+}
+
+/// Inserts a header whose value is known to be valid (UUIDs, numbers).
+pub(crate) fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TENANT: &str = "1b1121dd-6900-412a-af73-e8d44f81e1c1";
+    const OBJECT: &str = "aa67f786-0552-423e-8849-244ed12bf581";
+
+    #[test]
+    fn seeded_links_are_listed_until_deleted() {
+        let simulator = Simulator::new(SimConfig::default());
+        let view = simulator.seed_link(&TENANT.to_uppercase(), OBJECT, "42");
+        assert_eq!((view.tenant_id.as_str(), view.version), (TENANT, 1));
+        assert_eq!(simulator.links(), vec![view.clone()]);
+        assert_eq!(simulator.active_link(TENANT, OBJECT), Some(view));
+        let now = simulator.now();
+        simulator
+            .lock()
+            .delete_link(&IdentityKey::new(TENANT, OBJECT), "42", now);
+        assert!(simulator.links().is_empty());
+        assert!(simulator.active_link(TENANT, OBJECT).is_none());
+        assert_eq!(simulator.link(TENANT, OBJECT).unwrap().state, "Deleted");
+        assert_eq!(simulator.all_links().len(), 1);
+    }
+
+    #[test]
+    fn advancing_the_clock_moves_now_forward() {
+        let simulator = Simulator::new(SimConfig::default());
+        let before = simulator.now();
+        simulator.advance_clock(Duration::from_secs(3600));
+        assert!(simulator.now() - before >= chrono::TimeDelta::seconds(3600));
+    }
+
+    #[test]
+    fn set_faults_lower_cases_tenant_keys() {
+        let simulator = Simulator::new(SimConfig::default());
+        let mut faults = Faults::none();
+        faults
+            .per_tenant
+            .insert(TENANT.to_uppercase(), FaultProfile::default());
+        simulator.set_faults(faults);
+        assert!(simulator.faults().per_tenant.contains_key(TENANT));
+    }
+
+    #[test]
+    fn base_url_replaces_unspecified_addresses_with_loopback() {
+        let handle = SimHandle {
+            addr: "0.0.0.0:8080".parse().unwrap(),
+            stop: None,
+            task: None,
+        };
+        assert_eq!(handle.base_url(), "http://127.0.0.1:8080");
+        let handle = SimHandle {
+            addr: "[::]:8080".parse().unwrap(),
+            stop: None,
+            task: None,
+        };
+        assert_eq!(handle.base_url(), "http://[::1]:8080");
+    }
+}
