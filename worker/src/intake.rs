@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use palworker_config::SecuritySettings;
-use palworker_events::{Event, RejectReason};
+use palworker_events::{Event, EventType, RejectReason};
 
 use crate::clock::Clock;
 use crate::executor::ExecutorWake;
@@ -62,7 +62,9 @@ pub struct Intake {
 
 enum Processed {
     Stored(Event, AcceptOutcome),
-    Rejected(Option<Event>, RejectReason, String),
+    /// The event (when it parsed), why, the detail, and the catalogue type it
+    /// declared (for the metric label) when it had one.
+    Rejected(Option<Event>, RejectReason, String, Option<EventType>),
     Failed(LedgerError),
 }
 
@@ -122,9 +124,9 @@ impl Intake {
                     }
                     Disposition::Ack
                 }
-                Processed::Rejected(event, reason, detail) => {
+                Processed::Rejected(event, reason, detail, declared) => {
                     EventDeadLettered {
-                        event_type: event.as_ref().map(|e| e.event_type),
+                        event_type: event.as_ref().map(|e| e.event_type).or(declared),
                         event_id: event.as_ref().map(|e| e.id.as_str()),
                         reason,
                         detail: &detail,
@@ -205,6 +207,7 @@ impl Intake {
                     message.body.len(),
                     self.settings.max_message_bytes
                 ),
+                None,
             );
         }
         if let Some(content_type) = message.content_type.as_deref() {
@@ -222,12 +225,20 @@ impl Intake {
                         "unsupported_content_type: `{}` (expected application/cloudevents+json or application/json, structured mode)",
                         truncate(content_type, 64)
                     ),
+                    None,
                 );
             }
         }
         let event = match Event::from_json_slice(&message.body) {
             Ok(event) => event,
-            Err(error) => return Processed::Rejected(None, error.reason(), error.to_string()),
+            Err(error) => {
+                return Processed::Rejected(
+                    None,
+                    error.reason(),
+                    error.to_string(),
+                    declared_type(&message.body),
+                );
+            }
         };
         if !self
             .settings
@@ -245,7 +256,12 @@ impl Intake {
                     event.event_type.as_str()
                 ),
             };
-            return Processed::Rejected(Some(event), RejectReason::PublisherNotAllowed, detail);
+            return Processed::Rejected(
+                Some(event),
+                RejectReason::PublisherNotAllowed,
+                detail,
+                None,
+            );
         }
         let span = tracing::info_span!(
             "event",
@@ -264,6 +280,14 @@ impl Intake {
             Err(error) => Processed::Failed(error),
         }
     }
+}
+
+/// The catalogue type a rejected message declared, if any: the `type` label
+/// of `palworker_events_total` is the event type whenever the message had a
+/// valid one, even if its data was bad.
+fn declared_type(body: &[u8]) -> Option<EventType> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("type")?.as_str()?.parse().ok()
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -735,11 +735,20 @@ async fn injected_429_throttles_the_identity_and_early_requests_are_violations()
         StatusCode::NOT_FOUND
     );
 
+    // 20 s later: too early, so the 30 s wait restarts from here.
     sim.advance_clock(20).await;
-    // 20 s after the restart is still too early (the wait is 30 s from the last 429).
     assert_eq!(
         sim.arm(Method::GET, None, &one_in_a).await.status,
         StatusCode::TOO_MANY_REQUESTS
+    );
+    // 31 s after the first 429 but only 11 s after the restart: still too early.
+    sim.advance_clock(11).await;
+    let restarted = sim.arm(Method::GET, None, &one_in_a).await;
+    assert_eq!(restarted.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        restarted.header("retry-after"),
+        Some("30"),
+        "the announced period"
     );
     sim.advance_clock(31).await;
     assert_eq!(
@@ -750,7 +759,7 @@ async fn injected_429_throttles_the_identity_and_early_requests_are_violations()
 
     let violations = sim.admin_get("/_sim/violations").await;
     let violations = violations.as_array().unwrap();
-    assert_eq!(violations.len(), 3);
+    assert_eq!(violations.len(), 4);
     for violation in violations {
         assert_eq!(violation["tenant_id"], TENANT_A);
         assert_eq!(violation["object_id"], ONE_IN_A);

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::Simulator;
 use super::config::is_partner_id;
 use super::state::{
-    IdentityKey, LinkRecord, RequestKind, RequestRecord, State as SimState, arm_time,
+    IdentityKey, LinkRecord, RequestKind, RequestRecord, State as SimState, Throttle, arm_time,
 };
 use super::token::{AuthFailure, Caller, verify_authorization};
 
