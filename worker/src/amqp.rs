@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
@@ -180,7 +181,16 @@ impl Consumer {
     /// backoff (`amqp.reconnect_initial` … `amqp.reconnect_max`) whenever the
     /// connection or channel fails.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut delay = self.settings.reconnect_initial;
+        let schedule = || {
+            ExponentialBuilder::new()
+                .with_min_delay(self.settings.reconnect_initial)
+                .with_max_delay(self.settings.reconnect_max)
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut delays = schedule();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -192,8 +202,10 @@ impl Consumer {
                 Ok(()) => break,
                 Err(error) => {
                     if was_connected {
-                        delay = self.settings.reconnect_initial;
+                        // A session that got as far as consuming restarts the schedule.
+                        delays = schedule();
                     }
+                    let delay = delays.next().unwrap_or(self.settings.reconnect_max);
                     BrokerConnectionChanged {
                         connected: false,
                         detail: &format!("{error:#}; retrying in {} ms", delay.as_millis()),
@@ -203,7 +215,6 @@ impl Consumer {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,
                     }
-                    delay = (delay * 2).min(self.settings.reconnect_max);
                 }
             }
         }

@@ -157,7 +157,13 @@ pub struct UsageError(pub String);
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init(cli.log_format);
+    // The demo prints its own summary; its logs stay quiet unless asked for.
+    let default_directive = if matches!(cli.command, Command::Demo) {
+        "warn"
+    } else {
+        "info"
+    };
+    crate::logging::init(cli.log_format, default_directive);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
