@@ -193,7 +193,6 @@ with open(sys.argv[2], "w") as out:
                     .replace("$__range", "1h").replace("$job", ".*").replace("$instance", ".*"))
         out.write(f"      - record: dashboard:query_{number}\n")
         out.write(f"        expr: {json.dumps(expr)}\n")
-print(len(expressions))
 EOF
     check "Grafana dashboard queries parse (promtool)" promtool check rules "$work_dir/dashboard-rules.yml"
 else
