@@ -5,6 +5,11 @@
 #   ops/check.sh --with-rabbitmq    # also boot a throwaway RabbitMQ node (needs a
 #                                   # local rabbitmq-server install) and load the
 #                                   # definitions into it
+#   ops/check.sh --with-worker target/debug/palworker
+#                                   # also run the compose stack's files for real on
+#                                   # loopback: throwaway node, `palworker sim`,
+#                                   # `palworker run`, the sample events, broker
+#                                   # permissions, the production config, SIGTERM drain
 #
 # Checks:
 #   - every JSON file parses (python3 -m json.tool)
@@ -33,12 +38,20 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
 with_rabbitmq=0
-for argument in "$@"; do
-    case "$argument" in
+worker_binary=""
+usage="usage: ops/check.sh [--with-rabbitmq] [--with-worker BINARY]"
+while [ $# -gt 0 ]; do
+    case "$1" in
         --with-rabbitmq) with_rabbitmq=1 ;;
+        --with-worker)
+            [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
+            worker_binary="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+            shift
+            ;;
         -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "usage: ops/check.sh [--with-rabbitmq]" >&2; exit 2 ;;
+        *) echo "$usage" >&2; exit 2 ;;
     esac
+    shift
 done
 
 failures=0
@@ -350,76 +363,294 @@ else
 fi
 
 # --------------------------------------------------------------------------
+# A throwaway RabbitMQ node for --with-rabbitmq and --with-worker: its own data
+# directory, ports 5797/25797 on loopback, no plugins. Never the local broker.
+rabbitmq_bin=/usr/lib/rabbitmq/bin
+if [ ! -x "$rabbitmq_bin/rabbitmq-server" ] && command -v rabbitmq-server > /dev/null; then
+    rabbitmq_bin="$(dirname "$(command -v rabbitmq-server)")"
+fi
+node_name="palworkercheck$$@localhost"
+
+# node_run NODE_DIR COMMAND...: COMMAND with the node's environment.
+node_run() {
+    local node_dir="$1"
+    shift
+    (
+        export HOME="$node_dir/home" RABBITMQ_NODENAME="$node_name" RABBITMQ_NODE_PORT=5797 \
+            RABBITMQ_DIST_PORT=25797 RABBITMQ_MNESIA_BASE="$node_dir/mnesia" \
+            RABBITMQ_LOG_BASE="$node_dir/log" RABBITMQ_LOGS="$node_dir/log/node.log" \
+            RABBITMQ_CONFIG_FILE="$node_dir/rabbitmq.conf" RABBITMQ_CONFIG_FILES="$node_dir/conf.d" \
+            RABBITMQ_ENABLED_PLUGINS_FILE="$node_dir/enabled_plugins" RABBITMQ_CONF_ENV_FILE=/dev/null \
+            RABBITMQ_PID_FILE="$node_dir/pid" RABBITMQ_FEATURE_FLAGS_FILE="$node_dir/feature_flags" \
+            RABBITMQ_PLUGINS_EXPAND_DIR="$node_dir/plugins" RABBITMQ_QUORUM_DIR="$node_dir/quorum" \
+            ERL_CRASH_DUMP="$node_dir/erl_crash.dump" ERL_EPMD_ADDRESS=127.0.0.1
+        cd "$node_dir" && "$@"
+    )
+}
+
+node_ctl() {
+    local node_dir="$1"
+    shift
+    node_run "$node_dir" "$rabbitmq_bin/rabbitmqctl" -n "$node_name" -q "$@"
+}
+
+# node_start NODE_DIR DEFINITIONS_DIR: boot and wait until it serves.
+node_start() {
+    local node_dir="$1" definitions="$2"
+    mkdir -p "$node_dir/home" "$node_dir/mnesia" "$node_dir/log" "$node_dir/conf.d"
+    echo '[].' > "$node_dir/enabled_plugins"
+    printf 'listeners.tcp.default = 127.0.0.1:5797\nload_definitions = %s\n' "$definitions" \
+        > "$node_dir/rabbitmq.conf"
+    node_run "$node_dir" "$rabbitmq_bin/rabbitmq-server" > "$node_dir/server.out" 2>&1 &
+    echo $! > "$node_dir/server.pid"
+    for _ in $(seq 1 90); do
+        if node_ctl "$node_dir" await_startup > /dev/null 2>&1; then
+            return 0
+        fi
+        kill -0 "$(cat "$node_dir/server.pid")" 2> /dev/null || break
+        sleep 1
+    done
+    echo "RabbitMQ node did not start:"
+    tail -n 20 "$node_dir/server.out"
+    return 1
+}
+
+node_stop() {
+    local node_dir="$1" server_pid
+    [ -f "$node_dir/server.pid" ] || return 0
+    server_pid="$(cat "$node_dir/server.pid")"
+    node_ctl "$node_dir" stop > /dev/null 2>&1 || kill "$server_pid" 2> /dev/null
+    for _ in $(seq 1 30); do
+        kill -0 "$server_pid" 2> /dev/null || break
+        sleep 1
+    done
+    rm -f "$node_dir/server.pid"
+}
+
+# Definitions directories as production and the compose stack load them.
+prepare_definitions() {
+    mkdir -p "$work_dir/defs-production" "$work_dir/defs-compose"
+    cp ops/rabbitmq/definitions.json "$work_dir/defs-production/10-palworker.json"
+    cp ops/rabbitmq/definitions.json "$work_dir/defs-compose/10-palworker.json"
+    cp docker/rabbitmq-dev-users.json "$work_dir/defs-compose/20-dev-users.json"
+}
+
+# definitions_check DEFINITIONS_DIR EXPECTATION...: boot a node with them, check
+# the topology and the logins ("user:password:ok" or "user:password:refused").
+definitions_check() {
+    local definitions="$1" node_dir status=0 queues bindings expected expectation
+    local user rest password want got
+    shift
+    node_dir="$(mktemp -d "$work_dir/node.XXXX")"
+    if ! node_start "$node_dir" "$definitions"; then
+        node_stop "$node_dir"
+        return 1
+    fi
+    queues="$(node_ctl "$node_dir" list_queues -p / name type durable 2>&1)"
+    bindings="$(node_ctl "$node_dir" list_bindings -p / source_name destination_name routing_key 2>&1)"
+    for expected in $'palworker.events\tquorum\ttrue' $'palworker.dead\tquorum\ttrue'; do
+        grep -q "$expected" <<< "$queues" || { echo "queue missing: $expected"; status=1; }
+    done
+    for expected in $'pal.lifecycle\tpalworker.events\thr.#' $'pal.lifecycle\tpalworker.events\tproject.#' \
+        $'pal.lifecycle\tpalworker.events\tpartner.#' $'pal.lifecycle.dlx\tpalworker.dead'; do
+        grep -q "$expected" <<< "$bindings" || { echo "binding missing: $expected"; status=1; }
+    done
+    for expectation in "$@"; do
+        user="${expectation%%:*}" rest="${expectation#*:}"
+        password="${rest%:*}" want="${rest##*:}"
+        if node_ctl "$node_dir" authenticate_user "$user" "$password" > /dev/null 2>&1; then
+            got=ok
+        else
+            got=refused
+        fi
+        [ "$got" = "$want" ] || { echo "login $user: expected $want, got $got"; status=1; }
+    done
+    node_stop "$node_dir"
+    return $status
+}
+
 if [ "$with_rabbitmq" = 1 ]; then
     step "RabbitMQ definitions (throwaway node, never the local broker)"
-    rabbitmq_bin=/usr/lib/rabbitmq/bin
-    [ -x "$rabbitmq_bin/rabbitmq-server" ] || rabbitmq_bin="$(dirname "$(command -v rabbitmq-server 2> /dev/null || echo /nonexistent/x)")"
     if [ ! -x "$rabbitmq_bin/rabbitmq-server" ]; then
         fail "--with-rabbitmq: rabbitmq-server is not installed"
     else
-        # boot_node DIRECTORY_OF_DEFINITIONS EXPECTATION...: each expectation is
-        # "user:password:ok" or "user:password:refused".
-        boot_node() {
-            local definitions="$1"
-            shift
-            local node_dir node="palworkercheck$$@localhost" rabbitmqctl
-            node_dir="$(mktemp -d "$work_dir/node.XXXX")"
-            rabbitmqctl="$rabbitmq_bin/rabbitmqctl"
-            mkdir -p "$node_dir/home" "$node_dir/mnesia" "$node_dir/log" "$node_dir/conf.d"
-            echo '[].' > "$node_dir/enabled_plugins"
-            printf 'listeners.tcp.default = 127.0.0.1:5797\nload_definitions = %s\n' "$definitions" > "$node_dir/rabbitmq.conf"
-            (
-                cd "$node_dir" || exit 1
-                export HOME="$node_dir/home" RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT=5797 \
-                    RABBITMQ_DIST_PORT=25797 RABBITMQ_MNESIA_BASE="$node_dir/mnesia" \
-                    RABBITMQ_LOG_BASE="$node_dir/log" RABBITMQ_LOGS="$node_dir/log/node.log" \
-                    RABBITMQ_CONFIG_FILE="$node_dir/rabbitmq.conf" RABBITMQ_CONFIG_FILES="$node_dir/conf.d" \
-                    RABBITMQ_ENABLED_PLUGINS_FILE="$node_dir/enabled_plugins" RABBITMQ_CONF_ENV_FILE=/dev/null \
-                    RABBITMQ_PID_FILE="$node_dir/pid" RABBITMQ_FEATURE_FLAGS_FILE="$node_dir/feature_flags" \
-                    RABBITMQ_PLUGINS_EXPAND_DIR="$node_dir/plugins" RABBITMQ_QUORUM_DIR="$node_dir/quorum" \
-                    ERL_CRASH_DUMP="$node_dir/erl_crash.dump" ERL_EPMD_ADDRESS=127.0.0.1
-                "$rabbitmq_bin/rabbitmq-server" > "$node_dir/server.out" 2>&1 &
-                server_pid=$!
-                started=0
-                for _ in $(seq 1 90); do
-                    if "$rabbitmqctl" -n "$node" -q await_startup > /dev/null 2>&1; then started=1; break; fi
-                    kill -0 "$server_pid" 2> /dev/null || break
-                    sleep 1
-                done
-                status=0
-                if [ "$started" = 1 ]; then
-                    queues="$("$rabbitmqctl" -n "$node" -q list_queues -p / name type durable 2>&1)"
-                    bindings="$("$rabbitmqctl" -n "$node" -q list_bindings -p / source_name destination_name routing_key 2>&1)"
-                    for expected in $'palworker.events\tquorum\ttrue' $'palworker.dead\tquorum\ttrue'; do
-                        grep -q "$expected" <<< "$queues" || { echo "queue missing: $expected"; status=1; }
-                    done
-                    for expected in $'pal.lifecycle\tpalworker.events\thr.#' $'pal.lifecycle\tpalworker.events\tproject.#' \
-                        $'pal.lifecycle\tpalworker.events\tpartner.#' $'pal.lifecycle.dlx\tpalworker.dead'; do
-                        grep -q "$expected" <<< "$bindings" || { echo "binding missing: $expected"; status=1; }
-                    done
-                    for expectation in "$@"; do
-                        user="${expectation%%:*}" rest="${expectation#*:}"
-                        password="${rest%:*}" want="${rest##*:}"
-                        if "$rabbitmqctl" -n "$node" -q authenticate_user "$user" "$password" > /dev/null 2>&1; then got=ok; else got=refused; fi
-                        [ "$got" = "$want" ] || { echo "login $user: expected $want, got $got"; status=1; }
-                    done
-                else
-                    echo "node did not start:"; tail -n 20 "$node_dir/server.out"; status=1
-                fi
-                "$rabbitmqctl" -n "$node" -q stop > /dev/null 2>&1 || kill "$server_pid" 2> /dev/null
-                wait "$server_pid" 2> /dev/null
-                exit $status
-            )
-        }
-        mkdir -p "$work_dir/defs-production" "$work_dir/defs-compose"
-        cp ops/rabbitmq/definitions.json "$work_dir/defs-production/10-palworker.json"
-        cp ops/rabbitmq/definitions.json "$work_dir/defs-compose/10-palworker.json"
-        cp docker/rabbitmq-dev-users.json "$work_dir/defs-compose/20-dev-users.json"
+        prepare_definitions
         check "ops/rabbitmq/definitions.json loads; placeholder users cannot log in" \
-            boot_node "$work_dir/defs-production" palworker:dev-only-palworker:refused hr-system:dev-only-hr-system:refused
+            definitions_check "$work_dir/defs-production" \
+            palworker:dev-only-palworker:refused hr-system:dev-only-hr-system:refused
         check "compose definitions (ops + dev users) load; dev-only logins work" \
-            boot_node "$work_dir/defs-compose" palworker:dev-only-palworker:ok hr-system:dev-only-hr-system:ok \
+            definitions_check "$work_dir/defs-compose" \
+            palworker:dev-only-palworker:ok hr-system:dev-only-hr-system:ok \
             project-system:dev-only-project-system:ok admin:dev-only-admin:ok palworker:wrong:refused
+    fi
+fi
+
+# --------------------------------------------------------------------------
+# --with-worker BINARY: the compose stack's files, run for real on loopback:
+# the throwaway node with the compose definitions, `palworker sim` with
+# docker/sim-clients.json, `palworker run` with docker/palworker.compose.toml
+# (endpoints, ports and ledger overridden by PALWORKER__* variables), and the
+# sample events of docker/dev-events published as their publishers.
+smoke_dir="$work_dir/smoke"
+sim_pid=""
+worker_pid=""
+
+http_get() {
+    python3 -c 'import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+except Exception as error:
+    sys.exit(str(error))' "$1"
+}
+
+# wait_for SECONDS COMMAND...: until COMMAND succeeds.
+wait_for() {
+    local seconds="$1"
+    shift
+    for _ in $(seq 1 "$((seconds * 2))"); do
+        "$@" > /dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+refused() { ! "$@" > /dev/null 2>&1; }
+
+smoke_pw() { "$worker_binary" --config docker/palworker.compose.toml "$@"; }
+
+smoke_publish_as() { # USER PASSWORD FILE [publish options...]
+    local user="$1" password="$2" file="$3"
+    shift 3
+    PALWORKER__AMQP__URL="amqp://$user:$password@127.0.0.1:5797/%2f" smoke_pw publish "$@" "$file"
+}
+
+smoke_both_done() {
+    local states
+    states="$(smoke_pw status --json | python3 -c 'import json, sys
+rows = [json.loads(line) for line in sys.stdin if line.strip()]
+print(sorted((r["event_id"], r["op"], r["state"]) for r in rows))')"
+    [ "$states" = "[('dev-assignment-0001', 'link', 'done'), ('dev-departure-0001', 'remove', 'done')]" ]
+}
+
+smoke_dead_lettered() {
+    http_get http://127.0.0.1:19797/metrics \
+        | grep -q '^palworker_dead_letters_total{reason="publisher_not_allowed"} 1$'
+}
+
+smoke_drain() {
+    local status
+    kill -TERM "$worker_pid"
+    wait "$worker_pid"
+    status=$?
+    worker_pid=""
+    if [ "$status" != 0 ]; then
+        echo "exit status $status"
+        tail -n 5 "$smoke_dir/worker.log"
+        return 1
+    fi
+}
+
+smoke_cleanup() {
+    if [ -n "$worker_pid" ]; then kill "$worker_pid" 2> /dev/null; wait "$worker_pid" 2> /dev/null; fi
+    if [ -n "$sim_pid" ]; then kill "$sim_pid" 2> /dev/null; wait "$sim_pid" 2> /dev/null; fi
+    worker_pid="" sim_pid=""
+    node_stop "$smoke_dir/node"
+}
+
+if [ -n "$worker_binary" ]; then
+    step "worker smoke test ($worker_binary, throwaway node, loopback only)"
+    if [ ! -x "$rabbitmq_bin/rabbitmq-server" ]; then
+        fail "--with-worker: rabbitmq-server is not installed"
+    elif [ ! -x "$worker_binary" ]; then
+        fail "--with-worker: $worker_binary is not an executable"
+    else
+        mkdir -p "$smoke_dir/node" "$smoke_dir/secrets"
+        trap 'smoke_cleanup; rm -rf "$work_dir"' EXIT
+        prepare_definitions
+        export PALWORKER__AMQP__URL='amqp://palworker:dev-only-palworker@127.0.0.1:5797/%2f' \
+            PALWORKER__PAL__ARM_ENDPOINT=http://127.0.0.1:18797 \
+            PALWORKER__PAL__AUTHORITY=http://127.0.0.1:18797 \
+            PALWORKER__LEDGER__PATH="$smoke_dir/ledger" \
+            PALWORKER__HTTP__LISTEN=127.0.0.1:19797 \
+            PALWORKER_DEV_CLIENT_SECRET=dev-only-secret \
+            PALWORKER_ADMIN_TOKEN=dev-only-admin-token
+
+        check "throwaway RabbitMQ node with the compose definitions" \
+            node_start "$smoke_dir/node" "$work_dir/defs-compose"
+        "$worker_binary" sim --listen 127.0.0.1:18797 --clients docker/sim-clients.json \
+            > "$smoke_dir/sim.log" 2>&1 &
+        sim_pid=$!
+        check "palworker sim serves docker/sim-clients.json" \
+            wait_for 20 http_get http://127.0.0.1:18797/_sim/healthz
+        # Started directly, not through the smoke_pw function, so that $! is the
+        # worker itself and SIGTERM reaches it.
+        "$worker_binary" --config docker/palworker.compose.toml run > "$smoke_dir/worker.log" 2>&1 &
+        worker_pid=$!
+        if wait_for 30 http_get http://127.0.0.1:19797/readyz; then
+            pass "palworker run with docker/palworker.compose.toml is ready (declared the topology as user palworker)"
+        else
+            fail "palworker run with docker/palworker.compose.toml is not ready"
+            tail -n 20 "$smoke_dir/worker.log" | sed 's/^/        /'
+        fi
+
+        check "project-system publishes dev-events/01 with --user-id project-system" \
+            smoke_publish_as project-system dev-only-project-system \
+            docker/dev-events/01-project-assignment-started.json --user-id project-system
+        check "hr-system publishes dev-events/02 with --user-id hr-system" \
+            smoke_publish_as hr-system dev-only-hr-system \
+            docker/dev-events/02-hr-employee-departed.json --user-id hr-system
+        check "the sample events link, then remove, in the simulator (status --json)" \
+            wait_for 30 smoke_both_done
+
+        sed 's/dev-departure-0001/dev-departure-no-user-id/' docker/dev-events/02-hr-employee-departed.json \
+            > "$smoke_dir/no-user-id.json"
+        smoke_publish_as hr-system dev-only-hr-system "$smoke_dir/no-user-id.json" > /dev/null 2>&1
+        check "an event without user_id is dead-lettered as publisher_not_allowed (palworker writes to the DLX)" \
+            wait_for 20 smoke_dead_lettered
+        check "RabbitMQ refuses hr-system publishing a project.* routing key (topic permission)" \
+            refused smoke_publish_as hr-system dev-only-hr-system \
+            docker/dev-events/01-project-assignment-started.json --user-id hr-system
+        check "RabbitMQ refuses the palworker user publishing events (write permission)" \
+            refused smoke_pw publish --user-id palworker "$smoke_dir/no-user-id.json"
+
+        http_get http://127.0.0.1:19797/metrics > "$smoke_dir/metrics.txt" 2>&1
+        check "every metric the dashboard and the alerts query is exported" python3 -c '
+import re, sys
+exported = {line.split("{")[0].split(" ")[0] for line in open(sys.argv[1]) if line[:1].isalpha()}
+used = set()
+for path in ("ops/grafana/palworker-dashboard.json", "ops/prometheus/alerts.yml"):
+    used |= set(re.findall(r"\b(?:palworker|process)_[a-z0-9_]+", open(path).read()))
+histograms = {name[: -len("_bucket")] for name in exported if name.endswith("_bucket")}
+missing = sorted(name for name in used if name not in exported and name not in histograms)
+if missing:
+    sys.exit(f"not exported: {missing}")
+' "$smoke_dir/metrics.txt"
+
+        # The production example loads, with its /run/secrets files faked.
+        if command -v openssl > /dev/null; then
+            openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=palworker-check \
+                -keyout "$smoke_dir/secrets/key.pem" -out "$smoke_dir/secrets/cert.pem" > /dev/null 2>&1
+            cat "$smoke_dir/secrets/cert.pem" "$smoke_dir/secrets/key.pem" > "$smoke_dir/secrets/automation.pem"
+        else
+            printf -- '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' \
+                > "$smoke_dir/secrets/automation.pem"
+        fi
+        echo check-admin-token > "$smoke_dir/secrets/admin-token"
+        sed "s|\"/run/secrets/|\"$smoke_dir/secrets/|" ops/palworker.production.toml > "$smoke_dir/production.toml"
+        check "ops/palworker.production.toml loads (status on an empty ledger)" \
+            env PALWORKER__LEDGER__PATH="$smoke_dir/production-ledger" \
+            "$worker_binary" --config "$smoke_dir/production.toml" status
+
+        # Not through `check`: its command substitution is a subshell, which
+        # cannot wait for the worker it did not start.
+        if smoke_drain > "$smoke_dir/drain.out" 2>&1; then
+            pass "SIGTERM drains and exits 0"
+        else
+            fail "SIGTERM drains and exits 0"
+            sed 's/^/        /' "$smoke_dir/drain.out"
+        fi
+        smoke_cleanup
+        trap 'rm -rf "$work_dir"' EXIT
     fi
 fi
 

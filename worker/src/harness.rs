@@ -70,6 +70,13 @@ pub struct Harness {
     publisher: Option<Publisher>,
     /// Deliveries published through [`Harness::publish`] and friends.
     pub published: u64,
+    /// The generated configuration (TOML) and the environment it reads
+    /// secrets from, for running the CLI or the worker as a process.
+    pub config_toml: String,
+    pub config_env: Vec<(String, String)>,
+    /// Deliveries counted by workers of this harness that were stopped since
+    /// (a restarted worker's metrics start at zero).
+    seen_by_stopped_workers: u64,
     clock: Arc<dyn Clock>,
     _ledger_dir: Option<tempfile::TempDir>,
 }
@@ -169,8 +176,9 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
             ));
             env.push((variable, principal_secret(principal)));
         }
-        let settings = Settings::from_toml_str(&merge_toml(&toml, &options.extra_toml)?, env)
-            .context("harness configuration")?;
+        let config_toml = merge_toml(&toml, &options.extra_toml)?;
+        let settings =
+            Settings::from_toml_str(&config_toml, env.clone()).context("harness configuration")?;
         let topology = Topology::from_settings(&settings.amqp);
         let admin = BrokerAdmin::connect(settings.amqp.url.expose())
             .await
@@ -185,6 +193,9 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
             app: None,
             publisher: None,
             published: 0,
+            config_toml,
+            config_env: env,
+            seen_by_stopped_workers: 0,
             clock,
             _ledger_dir: ledger_dir,
         })
@@ -198,9 +209,35 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
 
     /// Graceful stop of the worker (the simulator and the topology stay).
     pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
+        let seen = self.deliveries_seen();
         if let Some(app) = self.app.take() {
+            self.seen_by_stopped_workers = seen;
             app.stop().await?;
         }
+        Ok(())
+    }
+
+    /// Forgets the publishing connection, so the next publish opens a new one
+    /// (after the broker closed it).
+    pub async fn reset_publisher(&mut self) {
+        if let Some(publisher) = self.publisher.take() {
+            publisher.close().await;
+        }
+    }
+
+    /// Writes the configuration to `path`, with `http.listen` set to the
+    /// running worker's actual address (so a CLI process reaches its admin API).
+    pub fn write_config(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let mut table: toml::Table = self.config_toml.parse()?;
+        if let Some(app) = &self.app
+            && let Some(toml::Value::Table(http)) = table.get_mut("http")
+        {
+            http.insert(
+                "listen".into(),
+                toml::Value::String(app.http_addr.to_string()),
+            );
+        }
+        std::fs::write(path, toml::to_string(&table)?)?;
         Ok(())
     }
 
@@ -250,14 +287,18 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
         Ok(())
     }
 
-    /// Deliveries the worker has counted (every outcome).
+    /// Deliveries the workers of this harness have counted (every outcome),
+    /// including those counted before a restart.
     pub fn deliveries_seen(&self) -> u64 {
-        let Some(app) = &self.app else { return 0 };
-        prometheus::core::Collector::collect(&app.metrics.events_total)
+        let Some(app) = &self.app else {
+            return self.seen_by_stopped_workers;
+        };
+        let current: u64 = prometheus::core::Collector::collect(&app.metrics.events_total)
             .iter()
             .flat_map(|family| family.get_metric())
             .map(|metric| metric.get_counter().get_value() as u64)
-            .sum()
+            .sum();
+        self.seen_by_stopped_workers + current
     }
 
     /// Waits until every published delivery was counted and no action is

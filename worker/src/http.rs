@@ -48,10 +48,8 @@ pub fn router(
         admin,
         admin_token: admin_token.map(Arc::new),
     };
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    // The token is checked before any request body or query is looked at.
+    let admin = Router::new()
         .route("/admin/status", get(status))
         .route("/admin/retry", post(retry))
         .route("/admin/approve", post(approve))
@@ -62,6 +60,15 @@ pub fn router(
             get(inventory_list).post(inventory_import),
         )
         .route("/admin/plan", post(plan))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_token,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(admin)
         .with_state(state)
 }
 
@@ -133,6 +140,17 @@ impl From<LedgerError> for ApiError {
     }
 }
 
+async fn require_admin_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token else {
         return Err(ApiError(
@@ -170,10 +188,8 @@ async fn blocking<T: Send + 'static>(
 
 async fn status(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(filter): Query<StatusFilter>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let admin = state.admin.clone();
     let rows = blocking(move || admin.status(&filter)).await?;
     Ok(axum::Json(rows).into_response())
@@ -188,10 +204,8 @@ struct RetryRequest {
 
 async fn retry(
     State(state): State<AppState>,
-    headers: HeaderMap,
     axum::Json(request): axum::Json<RetryRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let admin = state.admin.clone();
     let retried = blocking(move || admin.retry(request.action, request.failed)).await?;
     Ok(axum::Json(serde_json::json!({ "retried": retried })).into_response())
@@ -205,10 +219,8 @@ struct EventRef {
 
 async fn approve(
     State(state): State<AppState>,
-    headers: HeaderMap,
     axum::Json(request): axum::Json<EventRef>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let admin = state.admin.clone();
     let summary =
         blocking(move || admin.approve(&request.event, request.source.as_deref())).await?;
@@ -217,10 +229,8 @@ async fn approve(
 
 async fn reject(
     State(state): State<AppState>,
-    headers: HeaderMap,
     axum::Json(request): axum::Json<EventRef>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let admin = state.admin.clone();
     let summary = blocking(move || admin.reject(&request.event, request.source.as_deref())).await?;
     Ok(axum::Json(summary).into_response())
@@ -233,10 +243,8 @@ struct AuditQuery {
 
 async fn audit(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let admin = state.admin.clone();
     let body = blocking(move || {
         let mut out = String::new();
@@ -258,10 +266,8 @@ struct InventoryQuery {
 
 async fn inventory_list(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(query): Query<InventoryQuery>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let ledger = state.admin.ledger.clone();
     let entries =
         blocking(move || ledger.inventory_list(query.employee.as_deref(), query.tenant.as_deref()))
@@ -271,10 +277,8 @@ async fn inventory_list(
 
 async fn inventory_import(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let admin = state.admin.clone();
     let imported = blocking(move || admin.import(&body)).await?;
     Ok(axum::Json(serde_json::json!({ "imported": imported })).into_response())
@@ -282,10 +286,8 @@ async fn inventory_import(
 
 async fn plan(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let event = Event::from_json_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let admin = state.admin.clone();
@@ -310,6 +312,7 @@ impl AdminClient {
         };
         Ok(AdminClient {
             http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(300))
                 .build()?,
             base: format!("http://{host}"),

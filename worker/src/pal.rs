@@ -211,6 +211,10 @@ struct Inner {
     api_version: String,
     credentials: HashMap<String, Credential>,
     tokens: Mutex<HashMap<TokenKey, AccessToken>>,
+    /// Identities (tenant, object) that PAL answered with a `Retry-After`,
+    /// and until when: no request for them is sent before, whichever action
+    /// it belongs to (a newer action for the same account must wait too).
+    throttled: Mutex<HashMap<(String, String), DateTime<Utc>>>,
     /// One async lock per (credential, tenant): concurrent misses fetch one token.
     token_fetch: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
     limiter: DefaultKeyedRateLimiter<String>,
@@ -248,6 +252,7 @@ impl PalClient {
                 api_version: settings.api_version.clone(),
                 credentials: resolved,
                 tokens: Mutex::new(HashMap::new()),
+                throttled: Mutex::new(HashMap::new()),
                 token_fetch: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::keyed(tenant_quota(per_tenant_rps)),
                 metrics,
@@ -293,6 +298,31 @@ impl PalClient {
         let token = tokens.get(key)?;
         let margin = chrono::Duration::from_std(TOKEN_RENEWAL_MARGIN).expect("small duration");
         (token.expires_at - margin > self.inner.clock.now()).then(|| token.clone())
+    }
+
+    /// How long the token's identity must still wait after a `Retry-After`.
+    fn throttled_for(&self, token: &AccessToken) -> Option<Duration> {
+        let throttled = self.inner.throttled.lock().expect("throttle lock");
+        let until = throttled.get(&(token.tenant_id.clone(), token.object_id.clone()))?;
+        (*until - self.inner.clock.now())
+            .to_std()
+            .ok()
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Records a `Retry-After`, counted from now (the response just arrived).
+    fn throttle(&self, token: &AccessToken, wait: Duration) {
+        let now = self.inner.clock.now();
+        let until = chrono::Duration::from_std(wait)
+            .ok()
+            .and_then(|wait| now.checked_add_signed(wait))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut throttled = self.inner.throttled.lock().expect("throttle lock");
+        throttled.retain(|_, until| *until > now);
+        let entry = throttled
+            .entry((token.tenant_id.clone(), token.object_id.clone()))
+            .or_insert(until);
+        *entry = (*entry).max(until);
     }
 
     /// Drops a cached token (after a 401).
@@ -463,6 +493,17 @@ impl PalClient {
         };
         let url = format!("{}{}", self.inner.arm_endpoint, path);
         self.inner.limiter.until_key_ready(&token.tenant_id).await;
+        if let Some(wait) = self.throttled_for(token) {
+            return Err(PalError::Transient {
+                reason: RetryReason::Throttled,
+                retry_after: Some(wait),
+                budget: None,
+                message: format!(
+                    "{method} {path}: not sent: PAL throttled this identity, its Retry-After runs for another {} ms",
+                    wait.as_millis()
+                ),
+            });
+        }
         let method_label = method_label(&method);
         let started = Instant::now();
         let mut request = self
@@ -499,6 +540,11 @@ impl PalClient {
         };
         let status = response.status();
         let headers = response.headers().clone();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            if let Some(wait) = retry_after(&headers) {
+                self.throttle(token, wait);
+            }
+        }
         let body = response.bytes().await;
         ApiRequestCompleted {
             method: method_label,
@@ -641,7 +687,8 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v >= 0.0)
         {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+            // An absurd value saturates rather than panicking.
+            return Some(Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX));
         }
     }
     let value = headers
@@ -650,7 +697,8 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .ok()?
         .trim();
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX));
     }
     let at = DateTime::parse_from_rfc2822(value)
         .ok()?

@@ -38,7 +38,8 @@ pub fn next_delay(
     let floor = retry_after.map(|d| d.as_secs_f64()).unwrap_or(0.0);
     let delay = capped.max(floor);
     let jitter = settings.jitter.clamp(0.0, 1.0) * jitter_sample.clamp(0.0, 1.0);
-    Duration::from_secs_f64(delay * (1.0 + jitter))
+    // A huge Retry-After saturates instead of panicking (the budget then ends the action).
+    Duration::try_from_secs_f64(delay * (1.0 + jitter)).unwrap_or(Duration::MAX)
 }
 
 /// Decides whether and when to retry, given when the first attempt started and
@@ -58,10 +59,15 @@ pub fn decide(
     let budget = budget
         .map(|b| b.min(settings.max_elapsed))
         .unwrap_or(settings.max_elapsed);
-    let due = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-    let deadline =
-        first_attempt_at + chrono::Duration::from_std(budget).unwrap_or(chrono::Duration::MAX);
-    if due > deadline {
+    let after = |at: DateTime<Utc>, span: Duration| {
+        chrono::Duration::from_std(span)
+            .ok()
+            .and_then(|span| at.checked_add_signed(span))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    };
+    let due = after(now, delay);
+    let deadline = after(first_attempt_at, budget);
+    if due > deadline || due == DateTime::<Utc>::MAX_UTC {
         RetryDecision::GiveUp
     } else {
         RetryDecision::RetryAt(due)
@@ -142,6 +148,25 @@ mod tests {
         );
         assert_eq!(
             decide(&s, 4, None, 0.0, start, now, None),
+            RetryDecision::GiveUp
+        );
+    }
+
+    #[test]
+    fn an_absurd_retry_after_gives_up_instead_of_overflowing() {
+        let s = settings();
+        let start = DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(next_delay(&s, 1, Some(Duration::MAX), 0.5), Duration::MAX);
+        assert_eq!(
+            decide(&s, 1, Some(Duration::MAX), 0.5, start, start, None),
+            RetryDecision::GiveUp
+        );
+        let mut unbounded = settings();
+        unbounded.max_elapsed = Duration::MAX;
+        assert_eq!(
+            decide(&unbounded, 1, Some(Duration::MAX), 0.5, start, start, None),
             RetryDecision::GiveUp
         );
     }
