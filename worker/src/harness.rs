@@ -40,6 +40,9 @@ pub struct HarnessOptions {
     pub ledger_path: Option<PathBuf>,
     /// A name prefix for the topology (made unique per harness).
     pub name: String,
+    /// Environment the configuration reads secrets from (besides the
+    /// principals' own), e.g. for credentials added through `extra_toml`.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for HarnessOptions {
@@ -52,6 +55,7 @@ impl Default for HarnessOptions {
             faults: Faults::default(),
             ledger_path: None,
             name: "palworker-test".to_owned(),
+            extra_env: Vec::new(),
         }
     }
 }
@@ -176,6 +180,7 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
             ));
             env.push((variable, principal_secret(principal)));
         }
+        env.extend(options.extra_env.iter().cloned());
         let config_toml = merge_toml(&toml, &options.extra_toml)?;
         let settings =
             Settings::from_toml_str(&config_toml, env.clone()).context("harness configuration")?;

@@ -251,7 +251,6 @@ pub struct Completion {
 
 /// Filters of `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct StatusFilter {
     pub event_id: Option<String>,
     pub event_source: Option<String>,
@@ -373,24 +372,8 @@ fn millis(at: DateTime<Utc>) -> u64 {
     at.timestamp_millis().max(0) as u64
 }
 
-/// `at` in milliseconds, rounded up: a due key never names an instant
-/// before the action's due time.
-fn millis_ceil(at: DateTime<Utc>) -> u64 {
-    let floor = millis(at);
-    if at.timestamp_subsec_nanos() % 1_000_000 == 0 {
-        floor
-    } else {
-        floor + 1
-    }
-}
-
-/// Due keys round the due time up, so the executor, sleeping until the
-/// earliest key, never wakes before an action's due time; and
-/// [`Ledger::due_actions`] compares the exact due time, so an action is never
-/// claimed early — not even by the fraction of a millisecond that would let a
-/// retry arrive before a `Retry-After` expired.
 fn due_key(at: DateTime<Utc>, action: ActionId) -> [u8; 16] {
-    pair_key(millis_ceil(at), action)
+    pair_key(millis(at), action)
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {
@@ -1010,7 +993,7 @@ impl Ledger {
         mut skip: impl FnMut(&ActionRecord) -> bool,
     ) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
-        let end = pair_key(millis_ceil(now), u64::MAX);
+        let end = due_key(now, u64::MAX);
         for item in self.due.range(..=end) {
             if out.len() >= limit {
                 break;
@@ -1020,9 +1003,7 @@ impl Ledger {
                 self.due.remove(key)?;
                 continue;
             };
-            // Keys are whole milliseconds: the last one may hold actions due
-            // a fraction of a millisecond from now, which must wait.
-            if action.due_at() > now || skip(&action) {
+            if skip(&action) {
                 continue;
             }
             out.push(action);

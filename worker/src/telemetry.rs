@@ -100,6 +100,9 @@ pub struct Metrics {
     pub events_in_flight: IntGauge,
 }
 
+/// HTTP methods palworker sends to PAL (the `method` label).
+pub const API_METHODS: [&str; 4] = ["GET", "PUT", "PATCH", "DELETE"];
+
 const TERMINAL_OUTCOMES: [ActionState; 5] = [
     ActionState::Done,
     ActionState::Noop,
@@ -237,6 +240,15 @@ impl Metrics {
         }
         for reason in RetryReason::ALL {
             action_retries_total.with_label_values(&[reason.as_str()]);
+        }
+        // The methods are a closed set; the status is open, so only the
+        // success and no-response series are created up front (error ratios
+        // then have a denominator from the first scrape).
+        for method in API_METHODS {
+            api_request_duration_seconds.with_label_values(&[method]);
+            for status in ["200", "transport_error"] {
+                api_requests_total.with_label_values(&[method, status]);
+            }
         }
         for reason in RejectReason::ALL {
             dead_letters_total.with_label_values(&[reason.as_str()]);

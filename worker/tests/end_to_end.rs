@@ -399,3 +399,140 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_and_the_worker_g
     assert_eq!(linked(&h, 1, 2).as_deref(), Some("111111"));
     h.shutdown().await.unwrap();
 }
+
+/// The value of one sample line of the Prometheus text (`name{labels} value`).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_export_every_contract_name_and_count_what_happened() {
+    let mut h = harness().await;
+    let fresh = h.metrics_text();
+    for name in [
+        "palworker_events_total",
+        "palworker_actions_total",
+        "palworker_action_retries_total",
+        "palworker_actions_pending",
+        "palworker_api_requests_total",
+        "palworker_api_request_duration_seconds",
+        "palworker_event_completion_seconds",
+        "palworker_amqp_connected",
+    ] {
+        assert!(
+            fresh.contains(&format!("# TYPE {name} ")),
+            "{name} missing at start-up"
+        );
+    }
+    // Closed label sets start at zero.
+    assert_eq!(
+        sample(
+            &fresh,
+            r#"palworker_actions_total{op="update",outcome="cancelled"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &fresh,
+            r#"palworker_action_retries_total{reason="unauthorized"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &fresh,
+            r#"palworker_events_total{outcome="held",type="partner.id.changed"}"#
+        ),
+        0.0
+    );
+
+    for t in 1..=2 {
+        assign(&mut h, 1, t, "111111", None).await;
+    }
+    h.wait_until_settled(SETTLE).await.unwrap();
+    h.publish(&events::employee_departed("departure", "E-1", None, None))
+        .await
+        .unwrap();
+    h.publish(&events::employee_departed("departure", "E-1", None, None))
+        .await
+        .unwrap();
+    h.publish_raw("hr.employee.departed", b"[]", "application/json")
+        .await
+        .unwrap();
+    h.wait_until_settled(SETTLE).await.unwrap();
+
+    let metrics = h.metrics_text();
+    let events = |kind: &str, outcome: &str| {
+        sample(
+            &metrics,
+            &format!(r#"palworker_events_total{{outcome="{outcome}",type="{kind}"}}"#),
+        )
+    };
+    assert_eq!(events("project.assignment.started", "accepted"), 2.0);
+    assert_eq!(events("hr.employee.departed", "accepted"), 1.0);
+    assert_eq!(events("hr.employee.departed", "duplicate"), 1.0);
+    assert_eq!(events("unknown", "dead_lettered"), 1.0);
+    let actions = |op: &str, outcome: &str| {
+        sample(
+            &metrics,
+            &format!(r#"palworker_actions_total{{op="{op}",outcome="{outcome}"}}"#),
+        )
+    };
+    assert_eq!(actions("link", "done"), 2.0);
+    assert_eq!(actions("remove", "done"), 2.0);
+    assert_eq!(actions("remove", "noop"), 0.0);
+    assert_eq!(sample(&metrics, "palworker_actions_pending"), 0.0);
+    assert_eq!(sample(&metrics, "palworker_amqp_connected"), 1.0);
+    // Each action: one GET and one write, one token per (credential, tenant).
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"palworker_api_requests_total{method="GET",status="404"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"palworker_api_requests_total{method="GET",status="200"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"palworker_api_requests_total{method="PUT",status="200"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"palworker_api_requests_total{method="DELETE",status="200"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"palworker_api_request_duration_seconds_count{method="GET"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(&metrics, "palworker_event_completion_seconds_count"),
+        3.0
+    );
+    assert_eq!(h.simulator.requests().len(), 8);
+    assert!(metrics.contains("process_resident_memory_bytes"));
+    h.shutdown().await.unwrap();
+}
