@@ -86,6 +86,9 @@ pub enum Command {
     },
     /// End-to-end demo: simulator in-process, local RabbitMQ, sample events, summary.
     Demo,
+    /// Benchmarks against the local RabbitMQ and the in-process simulator; one
+    /// machine-readable line per scenario.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +234,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 None => Settings::load(None, environment())?,
             };
             crate::demo::run(settings).await
+        }
+        Command::Bench(args) => {
+            let settings = match cli.config.as_deref() {
+                Some(path) => load_settings(Some(path))?,
+                None => Settings::load(None, environment())?,
+            };
+            crate::bench::run(settings, args).await
         }
         Command::Run => {
             let settings = load_settings(cli.config.as_deref())?;
@@ -453,7 +463,11 @@ async fn operate(target: Target, command: Command) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        Command::Run | Command::Publish { .. } | Command::Sim { .. } | Command::Demo => {
+        Command::Run
+        | Command::Publish { .. }
+        | Command::Sim { .. }
+        | Command::Demo
+        | Command::Bench(_) => {
             unreachable!("dispatched before")
         }
     }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::ledger::{ActionRecord, ActionState, Ledger};
+use crate::ledger::{ActionRecord, ActionState, Completion, Ledger, Rescheduled};
 use crate::pal::{AccessToken, PalClient, PalError, check_identity};
 use crate::retry::{self, RetryDecision};
 use crate::telemetry::{ActionFinished, ActionRetryScheduled, Metrics, RetryReason};
@@ -262,9 +262,16 @@ impl Executor {
                         action.state = ActionState::Scheduled;
                         action.next_attempt_at = Some(at);
                         let delay = (at - now).to_std().unwrap_or_default();
-                        if let Err(e) = self.ledger.reschedule(&action) {
-                            tracing::error!(error = %e, "Recording a retry failed; the action resumes at the next start.");
-                            return;
+                        match self.ledger.reschedule(&action) {
+                            Ok(Rescheduled::Scheduled) => {}
+                            Ok(Rescheduled::Superseded(completion)) => {
+                                self.report(completion);
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "Recording a retry failed; the action resumes at the next start.");
+                                return;
+                            }
                         }
                         ActionRetryScheduled {
                             action_id: action.action_id,
@@ -294,13 +301,17 @@ impl Executor {
     }
 
     async fn finish(&self, action: ActionRecord) {
-        let completion = match self.ledger.finish(&action) {
-            Ok(completion) => completion,
+        match self.ledger.finish(&action) {
+            Ok(completion) => self.report(completion),
             Err(error) => {
                 tracing::error!(error = %error, "Recording an action outcome failed; it resumes at the next start.");
-                return;
             }
-        };
+        }
+    }
+
+    /// Logs and counts a terminal transition recorded in the ledger.
+    fn report(&self, completion: Completion) {
+        let action = &completion.record;
         let detail = action.last_error.as_deref().or(action.detail.as_deref());
         ActionFinished {
             action_id: action.action_id,

@@ -249,8 +249,18 @@ pub struct Completion {
     pub event_completed: Option<EventRecord>,
 }
 
+/// What [`Ledger::reschedule`] did.
+#[derive(Debug, Clone)]
+pub enum Rescheduled {
+    /// The action waits for its next attempt.
+    Scheduled,
+    /// A later event superseded the action while it was in flight: it ended `cancelled`.
+    Superseded(Completion),
+}
+
 /// Filters of `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StatusFilter {
     pub event_id: Option<String>,
     pub event_source: Option<String>,
@@ -372,8 +382,24 @@ fn millis(at: DateTime<Utc>) -> u64 {
     at.timestamp_millis().max(0) as u64
 }
 
+/// `at` in milliseconds, rounded up: a due key never names an instant
+/// before the action's due time.
+fn millis_ceil(at: DateTime<Utc>) -> u64 {
+    let floor = millis(at);
+    if at.timestamp_subsec_nanos() % 1_000_000 == 0 {
+        floor
+    } else {
+        floor + 1
+    }
+}
+
+/// Due keys round the due time up, so the executor, sleeping until the
+/// earliest key, never wakes before an action's due time; and
+/// [`Ledger::due_actions`] compares the exact due time, so an action is never
+/// claimed early — not even by the fraction of a millisecond that would let a
+/// retry arrive before a `Retry-After` expired.
 fn due_key(at: DateTime<Utc>, action: ActionId) -> [u8; 16] {
-    pair_key(millis(at), action)
+    pair_key(millis_ceil(at), action)
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {
@@ -993,7 +1019,7 @@ impl Ledger {
         mut skip: impl FnMut(&ActionRecord) -> bool,
     ) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
-        let end = due_key(now, u64::MAX);
+        let end = pair_key(millis_ceil(now), u64::MAX);
         for item in self.due.range(..=end) {
             if out.len() >= limit {
                 break;
@@ -1003,7 +1029,9 @@ impl Ledger {
                 self.due.remove(key)?;
                 continue;
             };
-            if skip(&action) {
+            // Keys are whole milliseconds: the last one may hold actions due
+            // a fraction of a millisecond from now, which must wait.
+            if action.due_at() > now || skip(&action) {
                 continue;
             }
             out.push(action);
@@ -1066,15 +1094,49 @@ impl Ledger {
             .map_err(tx_error)
     }
 
-    /// Records a failed attempt that will be retried at `action.next_attempt_at`.
-    pub fn reschedule(&self, action: &ActionRecord) -> Result<()> {
+    /// Records a failed attempt that will be retried at `action.next_attempt_at`
+    /// — unless a later event superseded the action while it was in flight:
+    /// then it ends `cancelled` instead (checked in the same transaction that
+    /// a superseding plan writes the inventory in, so no retry of a
+    /// superseded action is ever scheduled).
+    pub fn reschedule(&self, action: &ActionRecord) -> Result<Rescheduled> {
         let id = action.action_id;
-        (&self.actions, &self.in_flight, &self.due)
-            .transaction(|(actions, in_flight, due)| {
-                actions.insert(&id.to_be_bytes(), encode(action))?;
+        let account = account_key_bytes(&action.tenant_id, &action.object_id);
+        (
+            &self.actions,
+            &self.in_flight,
+            &self.due,
+            &self.inventory,
+            &self.open_events,
+            &self.events,
+        )
+            .transaction(|(actions, in_flight, due, inventory, open_events, events)| {
+                let superseded = match inventory.get(&account)? {
+                    Some(bytes) => {
+                        let entry: InventoryEntry = tx_decode(&account, &bytes)?;
+                        entry.current_action != Some(id)
+                    }
+                    None => false,
+                };
                 in_flight.remove(&id.to_be_bytes())?;
+                if superseded {
+                    let mut cancelled = action.clone();
+                    cancelled.state = ActionState::Cancelled;
+                    cancelled.detail =
+                        Some("superseded by a later event for the same account".into());
+                    cancelled.next_attempt_at = None;
+                    cancelled.completed_at = Some(action.updated_at);
+                    actions.insert(&id.to_be_bytes(), encode(&cancelled))?;
+                    let event_completed =
+                        decrement_open(open_events, events, action.event_seq, action.updated_at)?;
+                    return Ok(Rescheduled::Superseded(Completion {
+                        record: cancelled,
+                        event_completed,
+                    }));
+                }
+                actions.insert(&id.to_be_bytes(), encode(action))?;
                 due.insert(&due_key(action.due_at(), id), &[])?;
-                Ok(())
+                Ok(Rescheduled::Scheduled)
             })
             .map_err(tx_error)
     }
@@ -1263,5 +1325,73 @@ impl InventoryView for LedgerView<'_> {
             visit(decode(&key, &value)?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ledger = Ledger::open(&dir.path().join("ledger"), 1 << 20).expect("ledger opens");
+        (dir, ledger)
+    }
+
+    fn assignment(id: &str) -> Event {
+        let json = serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "urn:test", "type": "project.assignment.started",
+            "time": "2026-11-29T09:00:00Z",
+            "data": {"employee_id": "E-1", "tenant_id": "11111111-1111-4111-8111-111111111111",
+                     "object_id": "22222222-2222-4222-8222-222222222222", "partner_id": "123",
+                     "credential": "sp"}
+        });
+        Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).expect("valid event")
+    }
+
+    #[test]
+    fn an_action_is_never_due_before_its_exact_due_time() {
+        let (_dir, ledger) = ledger();
+        let base = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        let created = base + chrono::Duration::microseconds(600);
+        ledger.accept(&assignment("a"), None, created, 10).unwrap();
+
+        // Same millisecond, 0.4 ms early: not due, and the executor's wake-up
+        // time (the earliest due key) is not before the due time either.
+        let early = base + chrono::Duration::microseconds(200);
+        assert!(ledger.due_actions(early, 10, |_| false).unwrap().is_empty());
+        assert!(ledger.next_due().unwrap().unwrap() >= created);
+        // At the due time and after: due.
+        assert_eq!(ledger.due_actions(created, 10, |_| false).unwrap().len(), 1);
+        let later = base + chrono::Duration::milliseconds(5);
+        assert_eq!(ledger.due_actions(later, 10, |_| false).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_retry_of_an_action_superseded_in_flight_is_not_scheduled() {
+        let (_dir, ledger) = ledger();
+        let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        ledger.accept(&assignment("old"), None, now, 10).unwrap();
+        let old = ledger.due_actions(now, 10, |_| false).unwrap().remove(0);
+        let mut old = ledger.claim(old.action_id, now).unwrap().unwrap();
+        ledger.accept(&assignment("new"), None, now, 10).unwrap();
+
+        old.state = ActionState::Scheduled;
+        old.next_attempt_at = Some(now + chrono::Duration::seconds(1));
+        match ledger.reschedule(&old).unwrap() {
+            Rescheduled::Superseded(completion) => {
+                assert_eq!(completion.record.state, ActionState::Cancelled);
+                assert!(completion.event_completed.is_some());
+            }
+            Rescheduled::Scheduled => panic!("a superseded action was rescheduled"),
+        }
+        let stored = ledger.action(old.action_id).unwrap().unwrap();
+        assert_eq!(stored.state, ActionState::Cancelled);
+        let due = ledger
+            .due_actions(now + chrono::Duration::hours(1), 10, |_| false)
+            .unwrap();
+        assert_eq!(due.len(), 1, "only the newer action remains");
+        assert_ne!(due[0].action_id, old.action_id);
+        assert_eq!(ledger.pending_count(), 1);
     }
 }

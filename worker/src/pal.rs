@@ -933,6 +933,15 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
+        // Absurd values saturate instead of panicking.
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "1e300")])),
+            Some(Duration::MAX)
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "1e300")])),
+            Some(Duration::MAX)
+        );
         assert_eq!(retry_after(&headers(&[])), None);
     }
 

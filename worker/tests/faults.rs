@@ -167,6 +167,45 @@ async fn with_30_percent_5xx_and_10_percent_429_every_link_converges_and_no_retr
     h.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_held_back_by_its_rate_limit_does_not_stall_the_other_tenants() {
+    // T0 has a backlog that its rate limit (2 requests/s) lets through only
+    // slowly; T1's actions, accepted after that backlog, must not wait behind it.
+    const BACKLOG: usize = 30;
+    let extra = "[limits]\nconcurrency = 8\nper_tenant_rps = 2.0\n";
+    let mut h = start(BACKLOG, 2, Faults::none(), extra).await;
+    for e in 0..BACKLOG {
+        h.publish(&assignment(&format!("start-{e}-0"), e, 0, "111111"))
+            .await
+            .unwrap();
+    }
+    for e in 0..4 {
+        h.publish(&assignment(&format!("start-{e}-1"), e, 1, "111111"))
+            .await
+            .unwrap();
+    }
+    h.wait_for(SETTLE, "T1's actions are terminal", |h| {
+        (0..4).all(|e| {
+            let actions = actions_of(h, &format!("start-{e}-1"));
+            actions.len() == 1 && actions[0].state.is_terminal()
+        })
+    })
+    .await
+    .unwrap();
+    let backlog_done = (0..BACKLOG)
+        .filter(|e| action_of(&h, &format!("start-{e}-0")).state.is_terminal())
+        .count();
+    assert!(
+        backlog_done < BACKLOG,
+        "T1 finished only after T0's whole backlog ({backlog_done} of {BACKLOG} done)"
+    );
+    for e in 0..4 {
+        assert_eq!(linked(&h, e, 1).as_deref(), Some("111111"));
+    }
+    eprintln!("rate limit: T1 done while T0 had {backlog_done} of {BACKLOG} actions done");
+    h.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_newer_event_cancels_an_older_action_still_scheduled_for_the_same_account() {
     let clock = manual_clock();
@@ -307,6 +346,56 @@ async fn a_newer_event_cancels_an_older_action_waiting_out_a_retry_after_and_the
         first_after.at - requests[0].at >= TimeDelta::seconds(RETRY_AFTER as i64),
         "{requests:#?}"
     );
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying() {
+    // Slow and failing: the first action is still waiting for its GET when
+    // the newer event arrives, and that GET then fails with a 503.
+    let mut faults = Faults::none();
+    faults.per_tenant.insert(
+        tenant(0),
+        FaultProfile {
+            latency_ms: 500,
+            rate_5xx: 1.0,
+            ..FaultProfile::default()
+        },
+    );
+    let mut h = start(1, 1, faults, FAST).await;
+    h.publish(&assignment("first", 0, 0, "111111")).await.unwrap();
+    h.wait_for(SETTLE, "the first action is in flight", |h| {
+        let actions = actions_of(h, "first");
+        actions.len() == 1 && actions[0].state == ActionState::InFlight
+    })
+    .await
+    .unwrap();
+    h.publish(&assignment("second", 0, 0, "222222")).await.unwrap();
+    h.wait_for(SETTLE, "the first action's GET failed", |h| {
+        !requests_of(h, &tenant(0), &object(0, 0)).is_empty()
+    })
+    .await
+    .unwrap();
+    h.simulator.set_faults(Faults::none());
+    h.wait_until_settled(SETTLE).await.unwrap();
+
+    let first = action_of(&h, "first");
+    assert_eq!(first.state, ActionState::Cancelled, "{first:#?}");
+    assert_eq!(first.attempts, 1, "a superseded action is not retried: {first:#?}");
+    assert_eq!(action_of(&h, "second").state, ActionState::Done);
+    let log: Vec<(String, u16, Option<String>)> = requests_of(&h, &tenant(0), &object(0, 0))
+        .into_iter()
+        .map(|r| (r.method, r.status, r.partner_id))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            ("GET".to_owned(), 503, None),
+            ("GET".to_owned(), 404, None),
+            ("PUT".to_owned(), 200, Some("222222".to_owned())),
+        ]
+    );
+    assert_eq!(linked(&h, 0, 0).as_deref(), Some("222222"));
     h.shutdown().await.unwrap();
 }
 
