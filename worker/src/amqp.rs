@@ -301,14 +301,25 @@ impl Consumer {
                 })
                 .collect();
             let dispositions = self.intake.handle_batch(incoming).await;
+            // Consecutive acks go out as one `basic.ack` with `multiple`: it
+            // covers every earlier unacknowledged delivery of this channel,
+            // and all of those are acked ones of this batch (earlier batches
+            // are settled, and a requeue or dead-letter first sends the acks
+            // before it). One frame per batch instead of one per delivery.
+            let mut last_ack: Option<&lapin::message::Delivery> = None;
             for (index, delivery) in batch.iter().enumerate() {
                 let disposition = dispositions
                     .get(index)
                     .cloned()
                     .unwrap_or(Disposition::Requeue);
+                if !matches!(disposition, Disposition::Ack)
+                    && let Some(acked) = last_ack.take()
+                {
+                    acked.acker.ack(BasicAckOptions { multiple: true }).await?;
+                }
                 match disposition {
                     Disposition::Ack => {
-                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                        last_ack = Some(delivery);
                     }
                     Disposition::Requeue => {
                         delivery
@@ -361,6 +372,9 @@ impl Consumer {
                         }
                     }
                 }
+            }
+            if let Some(acked) = last_ack {
+                acked.acker.ack(BasicAckOptions { multiple: true }).await?;
             }
         }
     }
@@ -633,7 +647,11 @@ pub async fn ceiling_benchmark(
         ceiling_rounds(&connection, &channel, &queue, bodies, prefetch, window),
     )
     .await
-    .unwrap_or_else(|_| Err(anyhow::anyhow!("the ceiling benchmark took longer than {timeout:?}")));
+    .unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the ceiling benchmark took longer than {timeout:?}"
+        ))
+    });
     let deleted = channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;

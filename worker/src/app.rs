@@ -94,6 +94,10 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         clock.clone(),
         ExecutorSettings {
             concurrency: settings.limits.concurrency,
+            // As many actions per tenant as it may start requests per second:
+            // enough to use its whole rate at ordinary PAL latencies, never
+            // all the slots while its requests queue behind the rate limit.
+            per_tenant_concurrency: (settings.limits.per_tenant_rps.ceil() as usize).max(1),
             retry: settings.retry.clone(),
             dry_run: settings.worker.dry_run,
             shutdown_grace: settings.worker.shutdown_grace,

@@ -100,6 +100,12 @@ pub struct BenchArgs {
     /// idle-restart: pending actions in the ledger.
     #[arg(long, default_value_t = 10_000)]
     pub pending: u64,
+    /// ingest: `amqp.prefetch` of the worker and of the ceiling consumer.
+    #[arg(long, default_value_t = 64)]
+    pub prefetch: u16,
+    /// execution: `limits.concurrency` of the worker.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
 }
 
 /// Confirms in flight while publishing.
@@ -219,7 +225,13 @@ fn medians(runs: &[Sample]) -> Sample {
     out
 }
 
-fn line(scenario: &str, fixed: &[(&str, String)], median: &Sample, target: &str, met: bool) -> String {
+fn line(
+    scenario: &str,
+    fixed: &[(&str, String)],
+    median: &Sample,
+    target: &str,
+    met: bool,
+) -> String {
     let mut text = format!("bench scenario={scenario}");
     for (key, value) in fixed {
         text.push_str(&format!(" {key}={value}"));
@@ -347,6 +359,7 @@ async fn ingest(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>> {
         &[
             ("events", args.events.to_string()),
             ("event_bytes", body_bytes.to_string()),
+            ("prefetch", args.prefetch.to_string()),
             ("runs", args.runs.to_string()),
         ],
         &median,
@@ -360,7 +373,10 @@ async fn ingest_run(url: &str, args: &BenchArgs, bodies: &[Vec<u8>]) -> anyhow::
         HarnessOptions {
             amqp_url: url.to_owned(),
             name: "palworker-bench-ingest".to_owned(),
-            extra_toml: format!("[ledger]\ncache_capacity = {LEDGER_CACHE_BYTES}\n"),
+            extra_toml: format!(
+                "[ledger]\ncache_capacity = {LEDGER_CACHE_BYTES}\n[amqp]\nprefetch = {}\n",
+                args.prefetch
+            ),
             ..HarnessOptions::default()
         },
         Arc::new(SystemClock),
@@ -427,18 +443,23 @@ async fn ingest_measure(
     let own_cpu = cpu_seconds(Some(std::process::id()));
     let broker_cpu = cpu_seconds(broker);
     harness.start_worker().await?;
-    harness
-        .app()
-        .executor_paused
-        .store(true, Ordering::SeqCst);
-    let connected = wait(PHASE_TIMEOUT, Duration::from_millis(1), "the consumer connects", || {
-        harness.app().health.broker_connected.load(Ordering::SeqCst)
-    })
+    harness.app().executor_paused.store(true, Ordering::SeqCst);
+    let connected = wait(
+        PHASE_TIMEOUT,
+        Duration::from_millis(1),
+        "the consumer connects",
+        || harness.app().health.broker_connected.load(Ordering::SeqCst),
+    )
     .await?;
-    let accepted_at = wait(PHASE_TIMEOUT, Duration::from_millis(5), "every event accepted", || {
-        events_with_outcome(harness.app(), "accepted") >= args.events
-            || events_with_outcome(harness.app(), "dead_lettered") > 0
-    })
+    let accepted_at = wait(
+        PHASE_TIMEOUT,
+        Duration::from_millis(5),
+        "every event accepted",
+        || {
+            events_with_outcome(harness.app(), "accepted") >= args.events
+                || events_with_outcome(harness.app(), "dead_lettered") > 0
+        },
+    )
     .await?;
     let seconds = (accepted_at - connected).as_secs_f64();
     let worker_cpu = cpu_seconds(Some(std::process::id())) - own_cpu;
@@ -574,7 +595,8 @@ async fn execution_run(
         name: "palworker-bench-execution".to_owned(),
         principals: principals(SET_EXECUTION, args.tenants, per_tenant),
         extra_toml: format!(
-            "[ledger]\ncache_capacity = {LEDGER_CACHE_BYTES}\n[limits]\nmax_actions_per_event = 100000000\n"
+            "[ledger]\ncache_capacity = {LEDGER_CACHE_BYTES}\n[limits]\nmax_actions_per_event = 100000000\nconcurrency = {}\n",
+            args.concurrency
         ),
         faults: Faults::none(),
         ..HarnessOptions::default()
@@ -639,10 +661,12 @@ async fn execution_phases(
         (2, "update_latency", args.latency_ms, PARTNER_B, PARTNER_C),
     ] {
         harness.app().executor_paused.store(true, Ordering::SeqCst);
-        harness.simulator.set_faults(Faults::everywhere(FaultProfile {
-            latency_ms: latency,
-            ..FaultProfile::default()
-        }));
+        harness
+            .simulator
+            .set_faults(Faults::everywhere(FaultProfile {
+                latency_ms: latency,
+                ..FaultProfile::default()
+            }));
         harness
             .publish(&events::partner_id_changed(
                 &format!("bench-exec-change-{new}"),
@@ -670,9 +694,12 @@ async fn execute_phase(
 ) -> anyhow::Result<Sample> {
     let expected = accounts.len() as i64;
     let published = harness.published;
-    wait(PHASE_TIMEOUT, Duration::from_millis(5), "every event accepted", || {
-        harness.deliveries_seen() >= published
-    })
+    wait(
+        PHASE_TIMEOUT,
+        Duration::from_millis(5),
+        "every event accepted",
+        || harness.deliveries_seen() >= published,
+    )
     .await?;
     let app = harness.app();
     anyhow::ensure!(
@@ -685,6 +712,7 @@ async fn execute_phase(
         "{pending} actions pending before the phase, expected {expected}"
     );
     let failed_before = actions_with_outcome(app, "failed");
+    let (request_secs_before, request_count_before) = request_durations(app);
     let requests_before = harness.simulator.requests().len();
     let tokens_before = harness.simulator.token_requests().len();
     let own_cpu = cpu_seconds(Some(std::process::id()));
@@ -692,9 +720,12 @@ async fn execute_phase(
     let started = Instant::now();
     app.executor_paused.store(false, Ordering::SeqCst);
     app.wake.wake();
-    let finished = wait(PHASE_TIMEOUT, Duration::from_millis(5), "every action finished", || {
-        app.metrics.actions_pending.get() <= 0
-    })
+    let finished = wait(
+        PHASE_TIMEOUT,
+        Duration::from_millis(5),
+        "every action finished",
+        || app.metrics.actions_pending.get() <= 0,
+    )
     .await?;
     let seconds = (finished - started).as_secs_f64();
     let cpu = cpu_seconds(Some(std::process::id())) - own_cpu;
@@ -703,7 +734,10 @@ async fn execute_phase(
     anyhow::ensure!(failed == 0, "{failed} action(s) failed");
     let ledger = app.ledger.clone();
     let pending = tokio::task::spawn_blocking(move || ledger.pending_count()).await?;
-    anyhow::ensure!(pending == 0, "{pending} actions still pending in the ledger");
+    anyhow::ensure!(
+        pending == 0,
+        "{pending} actions still pending in the ledger"
+    );
     let mut wrong = 0usize;
     for &(t, p) in accounts {
         let link = harness
@@ -739,8 +773,29 @@ async fn execute_phase(
     sample.push("token_fetches", Unit::Count, tokens as f64);
     sample.push("bound_per_s", Unit::Rate, bound);
     sample.push("ratio", Unit::Ratio, (actions / seconds) / bound);
+    let (request_secs, request_count) = request_durations(app);
+    sample.push(
+        "mean_request_ms",
+        Unit::Ratio,
+        (request_secs - request_secs_before) * 1000.0
+            / (request_count - request_count_before).max(1) as f64,
+    );
     sample.push("process_cpu_s", Unit::Seconds, cpu);
     Ok(sample)
+}
+
+/// Total seconds and number of PAL requests the worker timed (every method).
+fn request_durations(app: &RunningApp) -> (f64, u64) {
+    prometheus::core::Collector::collect(&app.metrics.api_request_duration_seconds)
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .fold((0.0, 0), |(secs, count), metric| {
+            let histogram = metric.get_histogram();
+            (
+                secs + histogram.get_sample_sum(),
+                count + histogram.get_sample_count(),
+            )
+        })
 }
 
 fn actions_with_outcome(app: &RunningApp, outcome: &str) -> u64 {
@@ -980,8 +1035,10 @@ async fn idle_restart(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>
         let base = base.clone();
         let pending = pending.clone();
         let (finished, tenants) = (args.accounts, args.tenants);
-        tokio::task::spawn_blocking(move || build_restart_ledger(&base, finished, tenants, &pending))
-            .await??;
+        tokio::task::spawn_blocking(move || {
+            build_restart_ledger(&base, finished, tenants, &pending)
+        })
+        .await??;
     }
     eprintln!(
         "idle-restart: built a ledger with {} finished and {} pending actions in {:.1} s",

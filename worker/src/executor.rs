@@ -1,11 +1,14 @@
 //! The executor: runs due actions against PAL, at most `limits.concurrency` at
-//! a time, one at a time per account, and records every outcome in the ledger.
+//! a time, one at a time per account, at most `ceil(limits.per_tenant_rps)`
+//! per tenant (so a tenant queueing behind its rate limit never holds every
+//! slot), and records every outcome in the ledger.
 //!
 //! Architecture invariant: the executor never holds more than
 //! `limits.concurrency` actions in memory; everything else waits in the
 //! ledger's `due` tree, ordered by due time.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +29,10 @@ use crate::telemetry::{ActionFinished, ActionRetryScheduled, Metrics, RetryReaso
 #[derive(Debug, Clone)]
 pub struct ExecutorSettings {
     pub concurrency: usize,
+    /// At most this many actions of one tenant in flight at once, so that a
+    /// tenant whose requests wait on its rate limit (`limits.per_tenant_rps`)
+    /// never occupies every slot and stalls the other tenants.
+    pub per_tenant_concurrency: usize,
     pub retry: RetrySettings,
     pub dry_run: bool,
     /// How long a shutdown waits for in-flight actions before leaving them to
@@ -112,8 +119,30 @@ impl Executor {
                 let now = this.clock.now();
                 let candidates = {
                     let busy = busy.lock().expect("busy lock");
-                    this.ledger
-                        .due_actions(now, free, |a| busy.contains(&a.account_key()))
+                    let cap = this.settings.per_tenant_concurrency.max(1);
+                    let mut in_flight: HashMap<String, usize> = HashMap::new();
+                    for key in busy.iter() {
+                        *in_flight
+                            .entry(key.tenant_id.as_str().to_owned())
+                            .or_default() += 1;
+                    }
+                    // Counts the candidates taken so far as well as the running actions.
+                    let in_flight = RefCell::new(in_flight);
+                    this.ledger.due_actions_in(
+                        now,
+                        free,
+                        |tenant| in_flight.borrow().get(tenant).is_some_and(|n| *n >= cap),
+                        |action| {
+                            if busy.contains(&action.account_key()) {
+                                return true;
+                            }
+                            *in_flight
+                                .borrow_mut()
+                                .entry(action.tenant_id.as_str().to_owned())
+                                .or_default() += 1;
+                            false
+                        },
+                    )
                 };
                 match candidates {
                     Ok(candidates) => {
@@ -265,7 +294,7 @@ impl Executor {
                         match self.ledger.reschedule(&action) {
                             Ok(Rescheduled::Scheduled) => {}
                             Ok(Rescheduled::Superseded(completion)) => {
-                                self.report(completion);
+                                self.report(*completion);
                                 return;
                             }
                             Err(e) => {

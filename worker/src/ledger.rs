@@ -12,7 +12,7 @@
 //! - `events`: seq → [`EventRecord`]
 //! - `actions`: action id → [`ActionRecord`]
 //! - `event_actions`: seq ++ action id → ()
-//! - `due`: due-millis ++ action id → () (pending and scheduled actions)
+//! - `due`: due-millis (rounded up) ++ action id → tenant (pending and scheduled actions)
 //! - `in_flight`: action id → ()
 //! - `open_events`: seq → remaining non-terminal actions
 
@@ -255,7 +255,7 @@ pub enum Rescheduled {
     /// The action waits for its next attempt.
     Scheduled,
     /// A later event superseded the action while it was in flight: it ended `cancelled`.
-    Superseded(Completion),
+    Superseded(Box<Completion>),
 }
 
 /// Filters of `status`.
@@ -386,7 +386,7 @@ fn millis(at: DateTime<Utc>) -> u64 {
 /// before the action's due time.
 fn millis_ceil(at: DateTime<Utc>) -> u64 {
     let floor = millis(at);
-    if at.timestamp_subsec_nanos() % 1_000_000 == 0 {
+    if at.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
         floor
     } else {
         floor + 1
@@ -457,7 +457,10 @@ impl Ledger {
                     if action.state == ActionState::InFlight {
                         action.state = ActionState::Pending;
                         actions.insert(&action_id.to_be_bytes(), encode(&action))?;
-                        due.insert(&due_key(action.due_at(), action_id), &[])?;
+                        due.insert(
+                            &due_key(action.due_at(), action_id),
+                            action.tenant_id.as_str().as_bytes(),
+                        )?;
                     }
                     Ok(())
                 })
@@ -693,7 +696,10 @@ impl Ledger {
                         if held {
                             continue;
                         }
-                        due.insert(&due_key(action.due_at(), action.action_id), &[])?;
+                        due.insert(
+                            &due_key(action.due_at(), action.action_id),
+                            action.tenant_id.as_str().as_bytes(),
+                        )?;
                         let entry = InventoryEntry {
                             account: change.account.clone(),
                             desired: change.desired.clone(),
@@ -879,7 +885,10 @@ impl Ledger {
                     };
                     action.not_before = not_before;
                     actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                    due.insert(&due_key(action.due_at(), action.action_id), &[])?;
+                    due.insert(
+                        &due_key(action.due_at(), action.action_id),
+                        action.tenant_id.as_str().as_bytes(),
+                    )?;
                     Ok((action, true))
                 })
                 .map_err(tx_error)?;
@@ -1016,6 +1025,20 @@ impl Ledger {
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        skip: impl FnMut(&ActionRecord) -> bool,
+    ) -> Result<Vec<ActionRecord>> {
+        self.due_actions_in(now, limit, |_| false, skip)
+    }
+
+    /// [`Ledger::due_actions`], also skipping every action of the tenants for
+    /// which `skip_tenant` is true — decided from the due index alone, without
+    /// reading the actions, so a long backlog of a tenant at its limit is
+    /// cheap to pass over.
+    pub fn due_actions_in(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        mut skip_tenant: impl FnMut(&str) -> bool,
         mut skip: impl FnMut(&ActionRecord) -> bool,
     ) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
@@ -1024,14 +1047,17 @@ impl Ledger {
             if out.len() >= limit {
                 break;
             }
-            let (key, _) = item?;
+            let (key, tenant) = item?;
+            if std::str::from_utf8(&tenant).is_ok_and(|t| !t.is_empty() && skip_tenant(t)) {
+                continue;
+            }
             let Some(action) = self.action(read_u64(&key[8..]))? else {
                 self.due.remove(key)?;
                 continue;
             };
             // Keys are whole milliseconds: the last one may hold actions due
             // a fraction of a millisecond from now, which must wait.
-            if action.due_at() > now || skip(&action) {
+            if action.due_at() > now || skip_tenant(action.tenant_id.as_str()) || skip(&action) {
                 continue;
             }
             out.push(action);
@@ -1110,34 +1136,43 @@ impl Ledger {
             &self.open_events,
             &self.events,
         )
-            .transaction(|(actions, in_flight, due, inventory, open_events, events)| {
-                let superseded = match inventory.get(&account)? {
-                    Some(bytes) => {
-                        let entry: InventoryEntry = tx_decode(&account, &bytes)?;
-                        entry.current_action != Some(id)
+            .transaction(
+                |(actions, in_flight, due, inventory, open_events, events)| {
+                    let superseded = match inventory.get(&account)? {
+                        Some(bytes) => {
+                            let entry: InventoryEntry = tx_decode(&account, &bytes)?;
+                            entry.current_action != Some(id)
+                        }
+                        None => false,
+                    };
+                    in_flight.remove(&id.to_be_bytes())?;
+                    if superseded {
+                        let mut cancelled = action.clone();
+                        cancelled.state = ActionState::Cancelled;
+                        cancelled.detail =
+                            Some("superseded by a later event for the same account".into());
+                        cancelled.next_attempt_at = None;
+                        cancelled.completed_at = Some(action.updated_at);
+                        actions.insert(&id.to_be_bytes(), encode(&cancelled))?;
+                        let event_completed = decrement_open(
+                            open_events,
+                            events,
+                            action.event_seq,
+                            action.updated_at,
+                        )?;
+                        return Ok(Rescheduled::Superseded(Box::new(Completion {
+                            record: cancelled,
+                            event_completed,
+                        })));
                     }
-                    None => false,
-                };
-                in_flight.remove(&id.to_be_bytes())?;
-                if superseded {
-                    let mut cancelled = action.clone();
-                    cancelled.state = ActionState::Cancelled;
-                    cancelled.detail =
-                        Some("superseded by a later event for the same account".into());
-                    cancelled.next_attempt_at = None;
-                    cancelled.completed_at = Some(action.updated_at);
-                    actions.insert(&id.to_be_bytes(), encode(&cancelled))?;
-                    let event_completed =
-                        decrement_open(open_events, events, action.event_seq, action.updated_at)?;
-                    return Ok(Rescheduled::Superseded(Completion {
-                        record: cancelled,
-                        event_completed,
-                    }));
-                }
-                actions.insert(&id.to_be_bytes(), encode(action))?;
-                due.insert(&due_key(action.due_at(), id), &[])?;
-                Ok(Rescheduled::Scheduled)
-            })
+                    actions.insert(&id.to_be_bytes(), encode(action))?;
+                    due.insert(
+                        &due_key(action.due_at(), id),
+                        action.tenant_id.as_str().as_bytes(),
+                    )?;
+                    Ok(Rescheduled::Scheduled)
+                },
+            )
             .map_err(tx_error)
     }
 
@@ -1166,7 +1201,10 @@ impl Ledger {
                 action.completed_at = None;
                 action.updated_at = now;
                 actions.insert(&id.to_be_bytes(), encode(&action))?;
-                due.insert(&due_key(action.due_at(), id), &[])?;
+                due.insert(
+                    &due_key(action.due_at(), id),
+                    action.tenant_id.as_str().as_bytes(),
+                )?;
                 let key = action.event_seq.to_be_bytes();
                 let current = open_events.get(key)?.map(|v| read_u64(&v)).unwrap_or(0);
                 open_events.insert(&key, &(current + 1).to_be_bytes())?;

@@ -540,10 +540,10 @@ impl PalClient {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            if let Some(wait) = retry_after(&headers) {
-                self.throttle(token, wait);
-            }
+        if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+            && let Some(wait) = retry_after(&headers)
+        {
+            self.throttle(token, wait);
         }
         let body = response.bytes().await;
         ApiRequestCompleted {

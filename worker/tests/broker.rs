@@ -354,11 +354,15 @@ async fn sigterm_drains_in_flight_actions_exits_0_and_leaves_a_flushed_ledger() 
 
     // A restarted worker sees everything: it finishes the rest and redoes nothing.
     h.start_worker().await.unwrap();
-    h.wait_for(SETTLE, "every link converges and no action is pending", |h| {
-        (0..EMPLOYEES).all(|e| {
-            (0..TENANTS).all(|t| h.simulator.active_link(&tenant(t), &object(e, t)).is_some())
-        }) && h.app().ledger.pending_count() == 0
-    })
+    h.wait_for(
+        SETTLE,
+        "every link converges and no action is pending",
+        |h| {
+            (0..EMPLOYEES).all(|e| {
+                (0..TENANTS).all(|t| h.simulator.active_link(&tenant(t), &object(e, t)).is_some())
+            }) && h.app().ledger.pending_count() == 0
+        },
+    )
     .await
     .unwrap();
     for id in &ids {
@@ -389,7 +393,11 @@ async fn sigterm_drains_in_flight_actions_exits_0_and_leaves_a_flushed_ledger() 
         *m.entry(*c).or_default() += 1;
         m
     });
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), vec![1], "{counts:?}");
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        vec![1],
+        "{counts:?}"
+    );
     eprintln!(
         "sigterm: {} of {} actions done before the stop, the rest after the restart",
         written.len(),

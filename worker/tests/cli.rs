@@ -26,18 +26,27 @@ fn config(dir: &std::path::Path, toml: &str) -> String {
 #[test]
 fn plain_http_to_a_non_loopback_pal_endpoint_is_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[pal]\narm_endpoint = \"http://management.example.com\"\n");
+    let path = config(
+        dir.path(),
+        "[pal]\narm_endpoint = \"http://management.example.com\"\n",
+    );
     let (code, _, stderr) = palworker(&["--config", &path, "run"], &[]);
     assert_eq!(code, 2);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("`pal.arm_endpoint`") && stderr.contains("plain http is refused"), "{stderr}");
+    assert!(
+        stderr.contains("`pal.arm_endpoint`") && stderr.contains("plain http is refused"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn an_invalid_setting_from_the_environment_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "");
-    let (code, _, stderr) = palworker(&["--config", &path, "run"], &[("PALWORKER__RETRY__MULTIPLIER", "0.5")]);
+    let (code, _, stderr) = palworker(
+        &["--config", &path, "run"],
+        &[("PALWORKER__RETRY__MULTIPLIER", "0.5")],
+    );
     assert_eq!(code, 2);
     assert!(stderr.contains("config key `retry.multiplier`"), "{stderr}");
 }
@@ -61,7 +70,10 @@ fn usage_errors_exit_2() {
 fn plan_and_publish_refuse_an_invalid_event_file_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger");
-    let path = config(dir.path(), &format!("[ledger]\npath = \"{}\"\n", ledger.display()));
+    let path = config(
+        dir.path(),
+        &format!("[ledger]\npath = \"{}\"\n", ledger.display()),
+    );
     let event = dir.path().join("event.json");
     std::fs::write(
         &event,
@@ -71,7 +83,10 @@ fn plan_and_publish_refuse_an_invalid_event_file_with_its_reason() {
     let event = event.to_string_lossy().into_owned();
     let (code, _, stderr) = palworker(&["--config", &path, "plan", "--event", &event], &[]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("invalid_field: data.new_partner_id"), "{stderr}");
+    assert!(
+        stderr.contains("invalid_field: data.new_partner_id"),
+        "{stderr}"
+    );
     let (code, _, stderr) = palworker(&["--config", &path, "publish", &event], &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--no-validate"), "{stderr}");
@@ -81,7 +96,10 @@ fn plan_and_publish_refuse_an_invalid_event_file_with_its_reason() {
 fn inventory_import_reports_the_line_and_field_of_a_bad_row_and_imports_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger");
-    let path = config(dir.path(), &format!("[ledger]\npath = \"{}\"\n", ledger.display()));
+    let path = config(
+        dir.path(),
+        &format!("[ledger]\npath = \"{}\"\n", ledger.display()),
+    );
     let csv = dir.path().join("accounts.csv");
     std::fs::write(
         &csv,
@@ -93,7 +111,10 @@ fn inventory_import_reports_the_line_and_field_of_a_bad_row_and_imports_nothing(
     let csv = csv.to_string_lossy().into_owned();
     let (code, _, stderr) = palworker(&["--config", &path, "inventory", "import", &csv], &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("line 3: tenant_id: is not a GUID"), "{stderr}");
+    assert!(
+        stderr.contains("line 3: tenant_id: is not a GUID"),
+        "{stderr}"
+    );
     let (code, stdout, _) = palworker(&["--config", &path, "inventory", "list", "--json"], &[]);
     assert_eq!(code, 0);
     assert_eq!(stdout, "", "nothing imported");
@@ -107,6 +128,12 @@ fn inventory_import_reports_the_line_and_field_of_a_bad_row_and_imports_nothing(
     let (code, stdout, stderr) = palworker(&["--config", &path, "inventory", "import", &csv], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("imported 1 account(s)"));
-    let (_, stdout, _) = palworker(&["--config", &path, "inventory", "list", "--employee", "E-1"], &[]);
-    assert!(stdout.contains("123") && stdout.contains("sp-1"), "{stdout}");
+    let (_, stdout, _) = palworker(
+        &["--config", &path, "inventory", "list", "--employee", "E-1"],
+        &[],
+    );
+    assert!(
+        stdout.contains("123") && stdout.contains("sp-1"),
+        "{stdout}"
+    );
 }

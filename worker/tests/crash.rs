@@ -6,9 +6,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
+use palworker::amqp::Publisher;
 use palworker::clock::SystemClock;
 use palworker::harness::{Harness, HarnessOptions};
 use palworker::ledger::{ActionState, Ledger, StatusFilter};
@@ -17,12 +19,13 @@ use palworker::sim::{FaultProfile, Faults};
 const TENANTS: usize = 6;
 /// Employees whose assignments are published before the kill.
 const BEFORE: usize = 50;
+/// Employees whose assignments are published while the worker is killed.
+const LATE: usize = 10;
 /// Employees whose assignments are published while the worker is dead.
 const WHILE_DEAD: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_kill_9_and_a_restart_every_link_converges_without_lost_events_or_repeated_writes()
-{
+async fn after_kill_9_and_a_restart_every_link_converges_without_lost_events_or_repeated_writes() {
     // Each tenant answers with its own latency (150 ms … 900 ms), so writes
     // complete in waves and the kill lands while most are in flight.
     let mut faults = Faults::none();
@@ -37,7 +40,7 @@ async fn after_kill_9_and_a_restart_every_link_converges_without_lost_events_or_
     }
     let h = Harness::prepare(
         HarnessOptions {
-            principals: principals(BEFORE + WHILE_DEAD, TENANTS),
+            principals: principals(BEFORE + LATE + WHILE_DEAD, TENANTS),
             faults,
             extra_toml: r#"
 [retry]
@@ -81,16 +84,51 @@ per_tenant_rps = 1000.0
         || answered_writes(&h) >= 2 * BEFORE,
     )
     .await;
+
+    // More events stream in while the worker dies: some are consumed and
+    // acknowledged before the kill, some are in the worker's hands unacknowledged,
+    // the rest wait in the queue. None may be lost.
+    let mut late = Vec::new();
+    for e in BEFORE..BEFORE + LATE {
+        for t in 0..TENANTS {
+            let id = format!("start-{e}-{t}");
+            late.push(assignment(&id, e, t, "222222"));
+            ids.push(id);
+        }
+    }
+    let streamed = Arc::new(AtomicUsize::new(0));
+    let stream = {
+        let streamed = streamed.clone();
+        let url = h.settings.amqp.url.expose().to_owned();
+        let exchange = h.topology.exchange.clone();
+        tokio::spawn(async move {
+            let publisher = Publisher::connect(&url, &exchange).await.unwrap();
+            for event in late {
+                publisher.publish_event(&event, None).await.unwrap();
+                streamed.fetch_add(1, Ordering::SeqCst);
+            }
+            publisher.close().await;
+        })
+    };
+    wait_until(Duration::from_secs(60), "the stream has begun", || {
+        streamed.load(Ordering::SeqCst) >= LATE * TENANTS / 3
+    })
+    .await;
     first.kill_9();
     let at_kill = answered_writes(&h);
-    eprintln!("crash: killed with {at_kill} of {all} writes answered");
+    let streamed_at_kill = streamed.load(Ordering::SeqCst);
+    eprintln!(
+        "crash: killed with {at_kill} of {all} writes answered, {streamed_at_kill} of {} late events published",
+        LATE * TENANTS
+    );
     assert!(
         at_kill < all,
         "the kill must land while writes are still in flight ({at_kill} of {all} answered)"
     );
+    stream.await.unwrap();
 
     // Events published while no worker runs are not lost either.
-    for e in BEFORE..BEFORE + WHILE_DEAD {
+    for e in BEFORE + LATE..BEFORE + LATE + WHILE_DEAD {
         for t in 0..TENANTS {
             let id = format!("start-{e}-{t}");
             h.publish(&assignment(&id, e, t, "222222")).await.unwrap();
@@ -100,7 +138,7 @@ per_tenant_rps = 1000.0
     let mut second = WorkerProcess::spawn(&h, dir.path(), "second-run");
     let expected = |e: usize| if e < BEFORE { "111111" } else { "222222" };
     wait_until(Duration::from_secs(120), "every link converges", || {
-        (0..BEFORE + WHILE_DEAD).all(|e| {
+        (0..BEFORE + LATE + WHILE_DEAD).all(|e| {
             (0..TENANTS).all(|t| {
                 h.simulator
                     .active_link(&tenant(t), &object(e, t))
@@ -115,14 +153,11 @@ per_tenant_rps = 1000.0
     let requests = h.simulator.requests();
     let writes = writes_per_identity(&requests);
     let mut histogram: BTreeMap<usize, usize> = BTreeMap::new();
-    for e in 0..BEFORE + WHILE_DEAD {
+    for e in 0..BEFORE + LATE + WHILE_DEAD {
         for t in 0..TENANTS {
-            let count = writes
-                .get(&(tenant(t), object(e, t)))
-                .copied()
-                .unwrap_or(0);
+            let count = writes.get(&(tenant(t), object(e, t))).copied().unwrap_or(0);
             *histogram.entry(count).or_default() += 1;
-            if e < BEFORE {
+            if e < BEFORE + LATE {
                 assert!(
                     (1..=2).contains(&count),
                     "E-{e} in T{t}: {count} writes (at most the one in flight at the kill and one more)"

@@ -23,7 +23,7 @@ const SETTLE: Duration = Duration::from_secs(60);
 const FAST: &str = r#"
 [retry]
 initial_interval = "50ms"
-max_interval = "2s"
+max_interval = "500ms"
 
 [limits]
 per_tenant_rps = 500.0
@@ -195,9 +195,11 @@ async fn a_tenant_held_back_by_its_rate_limit_does_not_stall_the_other_tenants()
     let backlog_done = (0..BACKLOG)
         .filter(|e| action_of(&h, &format!("start-{e}-0")).state.is_terminal())
         .count();
+    // Both tenants move at the same rate: when T1's 4 actions are done, T0
+    // has done about as many, far from its whole backlog.
     assert!(
-        backlog_done < BACKLOG,
-        "T1 finished only after T0's whole backlog ({backlog_done} of {BACKLOG} done)"
+        backlog_done <= BACKLOG / 2,
+        "T1 waited behind T0's backlog ({backlog_done} of {BACKLOG} done first)"
     );
     for e in 0..4 {
         assert_eq!(linked(&h, e, 1).as_deref(), Some("111111"));
@@ -363,14 +365,18 @@ async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying
         },
     );
     let mut h = start(1, 1, faults, FAST).await;
-    h.publish(&assignment("first", 0, 0, "111111")).await.unwrap();
+    h.publish(&assignment("first", 0, 0, "111111"))
+        .await
+        .unwrap();
     h.wait_for(SETTLE, "the first action is in flight", |h| {
         let actions = actions_of(h, "first");
         actions.len() == 1 && actions[0].state == ActionState::InFlight
     })
     .await
     .unwrap();
-    h.publish(&assignment("second", 0, 0, "222222")).await.unwrap();
+    h.publish(&assignment("second", 0, 0, "222222"))
+        .await
+        .unwrap();
     h.wait_for(SETTLE, "the first action's GET failed", |h| {
         !requests_of(h, &tenant(0), &object(0, 0)).is_empty()
     })
@@ -381,7 +387,10 @@ async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying
 
     let first = action_of(&h, "first");
     assert_eq!(first.state, ActionState::Cancelled, "{first:#?}");
-    assert_eq!(first.attempts, 1, "a superseded action is not retried: {first:#?}");
+    assert_eq!(
+        first.attempts, 1,
+        "a superseded action is not retried: {first:#?}"
+    );
     assert_eq!(action_of(&h, "second").state, ActionState::Done);
     let log: Vec<(String, u16, Option<String>)> = requests_of(&h, &tenant(0), &object(0, 0))
         .into_iter()
@@ -400,7 +409,7 @@ async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying
 }
 
 #[tokio::test]
-async fn an_effective_at_in_the_future_holds_the_action_until_that_instant() {
+async fn an_effective_at_in_the_future_holds_the_action_until_that_instant_across_a_restart() {
     let clock = manual_clock();
     let mut h = Harness::start_with_clock(
         HarnessOptions {
@@ -443,9 +452,11 @@ async fn an_effective_at_in_the_future_holds_the_action_until_that_instant() {
     assert_eq!(rows[0].next_attempt_at, Some(effective), "{rows:#?}");
     assert_eq!(rows[0].attempts, 0);
 
-    // One second before the instant, the executor passes it over.
+    // The schedule is durable: a restarted worker, one second before the
+    // instant, passes the action over.
+    h.stop_worker().await.unwrap();
     clock.set(effective - TimeDelta::seconds(1));
-    h.app().wake.wake();
+    h.start_worker().await.unwrap();
     barrier(&mut h, "barrier", 1, 0, "111111").await;
     assert_eq!(action_of(&h, "departure").state, ActionState::Scheduled);
     assert_eq!(

@@ -179,23 +179,35 @@ pub(super) async fn handle(
         (state.requests.len() - 1, arrival, caller, latency_ms)
     };
 
-    if latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
-    }
-
-    let outcome = {
-        let mut state = simulator.lock();
-        let outcome = process(&mut state, &method, &uri, &route, caller, arrival);
-        let record = &mut state.requests[slot];
-        record.status = outcome.status.as_u16();
-        record.fault_injected = outcome.fault_injected;
-        record.throttle_violation = outcome.throttle_violation;
+    // Like the real service, a request that has arrived is carried out even
+    // if the client goes away meanwhile (a worker killed mid-request): the
+    // processing runs in its own task, which dropping this handler does not
+    // cancel.
+    let processing = tokio::spawn(async move {
+        if latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+        }
+        let outcome = {
+            let mut state = simulator.lock();
+            let outcome = process(&mut state, &method, &uri, &route, caller, arrival);
+            let record = &mut state.requests[slot];
+            record.status = outcome.status.as_u16();
+            record.fault_injected = outcome.fault_injected;
+            record.throttle_violation = outcome.throttle_violation;
+            outcome
+        };
+        if outcome.throttle_violation {
+            tracing::warn!(%method, path = %uri.path(), "Simulator: request sent before Retry-After expired.");
+        }
         outcome
-    };
-    if outcome.throttle_violation {
-        tracing::warn!(%method, path = %uri.path(), "Simulator: request sent before Retry-After expired.");
+    });
+    match processing.await {
+        Ok(outcome) => respond(outcome, request_id, correlation_id),
+        Err(error) => {
+            tracing::error!(%error, "Simulator: processing a request failed.");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
-    respond(outcome, request_id, correlation_id)
 }
 
 fn respond(outcome: Outcome, request_id: Uuid, correlation_id: Uuid) -> Response {

@@ -26,6 +26,10 @@
 //! (the caller's, if it sent a UUID) and `x-ms-ratelimit-remaining-tenant-reads`
 //! or `-writes`, computed from ARM's documented token buckets (never enforced).
 //!
+//! A request that has arrived is carried out to the end even when its client
+//! disconnects meanwhile (a worker killed mid-request), as the real service
+//! does; its answer is simply never read.
+//!
 //! Throttling follows ARM: after an injected 429 the identity (tenant, object
 //! ID) is throttled for `retry_after_secs`; a request it sends before then is
 //! recorded as a throttle violation, answered 429 again and restarts the wait.
