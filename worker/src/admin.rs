@@ -218,7 +218,8 @@ impl Admin {
         source: Option<&str>,
     ) -> Result<ReleaseSummary, LedgerError> {
         let record = self.ledger.resolve_event(event_id, source)?;
-        let (released, cancelled) = self.ledger.approve(record.seq, Utc::now())?;
+        let approval = self.ledger.approve(record.seq, Utc::now())?;
+        let (released, cancelled) = (&approval.released, &approval.cancelled);
         self.ledger.flush()?;
         if let Some(metrics) = &self.metrics {
             metrics.held_plans.dec();
@@ -226,7 +227,8 @@ impl Admin {
             if !released.is_empty() {
                 metrics.events_in_flight.inc();
             }
-            self.emit_cancelled(metrics, &cancelled);
+            self.emit_cancelled(metrics, cancelled);
+            crate::telemetry::emit_superseded(&approval.superseded, metrics);
         }
         tracing::info!(
             event_id = %record.event.id,

@@ -23,7 +23,9 @@ use crate::clock::Clock;
 use crate::ledger::{ActionRecord, ActionState, Completion, Ledger, Rescheduled};
 use crate::pal::{AccessToken, PalClient, PalError, check_identity};
 use crate::retry::{self, RetryDecision};
-use crate::telemetry::{ActionFinished, ActionRetryScheduled, Metrics, RetryReason};
+use crate::telemetry::{
+    ActionFinished, ActionRetryScheduled, EventCompleted, Metrics, RetryReason,
+};
 
 /// How the executor behaves.
 #[derive(Debug, Clone)]
@@ -357,19 +359,8 @@ impl Executor {
             was_pending: true,
         }
         .emit(&self.metrics);
-        if let Some(event) = completion.event_completed {
-            let seconds = (event.completed_at.unwrap_or(action.updated_at) - event.accepted_at)
-                .to_std()
-                .unwrap_or_default()
-                .as_secs_f64();
-            self.metrics.event_completion_seconds.observe(seconds);
-            self.metrics.events_in_flight.dec();
-            tracing::info!(
-                event_id = %event.event.id,
-                event_source = %event.event.source,
-                seconds,
-                "Event completed: every action is terminal."
-            );
+        if let Some(record) = &completion.event_completed {
+            EventCompleted { record }.emit(&self.metrics);
         }
     }
 

@@ -15,9 +15,7 @@ use palworker_events::{Event, EventType, RejectReason};
 use crate::clock::Clock;
 use crate::executor::ExecutorWake;
 use crate::ledger::{AcceptOutcome, Ledger, LedgerError};
-use crate::telemetry::{
-    ActionFinished, EventAccepted, EventDeadLettered, EventDuplicate, EventHeld, Metrics,
-};
+use crate::telemetry::{EventAccepted, EventDeadLettered, EventDuplicate, EventHeld, Metrics};
 
 /// A delivery as the intake sees it (no broker types).
 #[derive(Debug, Clone)]
@@ -179,19 +177,7 @@ impl Intake {
                         "Successor has no active account in this tenant: the link is unassigned."
                     );
                 }
-                for (action_id, op, was_pending) in cancelled {
-                    ActionFinished {
-                        action_id: *action_id,
-                        event_id: &event.id,
-                        tenant_id: "",
-                        employee_id: "",
-                        op: *op,
-                        outcome: crate::ledger::ActionState::Cancelled,
-                        detail: Some("superseded by a later event"),
-                        was_pending: *was_pending,
-                    }
-                    .emit(&self.metrics);
-                }
+                crate::telemetry::emit_superseded(cancelled, &self.metrics);
             }
         }
     }

@@ -91,7 +91,7 @@ impl EventState {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: EventSeq,
     pub event: Event,
@@ -235,14 +235,35 @@ pub enum AcceptOutcome {
         actions: u64,
         unassigned: Vec<TenantId>,
         /// Older unfinished actions that this event superseded.
-        cancelled: Vec<(ActionId, Op, bool)>,
+        cancelled: Vec<Superseded>,
     },
     /// The plan was stored and held for approval.
     Held { seq: EventSeq, actions: u64 },
 }
 
-/// A terminal transition's effect on its event.
+/// An older unfinished action that a newer event cancelled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Superseded {
+    pub action: ActionRecord,
+    /// Whether it was counted as pending (pending or scheduled; not held).
+    pub was_pending: bool,
+    /// Set when it was its event's last non-terminal action.
+    pub event_completed: Option<EventRecord>,
+}
+
+/// What approving a held plan did.
 #[derive(Debug, Clone)]
+pub struct Approval {
+    /// The plan's actions that are now pending (or scheduled).
+    pub released: Vec<ActionRecord>,
+    /// The plan's actions whose account a later event had already targeted.
+    pub cancelled: Vec<ActionRecord>,
+    /// Older unfinished actions that the released ones superseded.
+    pub superseded: Vec<Superseded>,
+}
+
+/// A terminal transition's effect on its event.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub record: ActionRecord,
     /// Set when this was the event's last non-terminal action.
@@ -793,11 +814,7 @@ impl Ledger {
     /// Releases a held plan. Actions whose account a later accepted event
     /// already targeted end `cancelled`; the rest become pending.
     /// Returns the actions released and the ones cancelled.
-    pub fn approve(
-        &self,
-        seq: EventSeq,
-        now: DateTime<Utc>,
-    ) -> Result<(Vec<ActionRecord>, Vec<ActionRecord>)> {
+    pub fn approve(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<Approval> {
         let _planning = self.planning.lock().expect("planning lock");
         let mut record = self
             .event(seq)?
@@ -812,6 +829,7 @@ impl Ledger {
         let not_before = record.event.effective_at().filter(|at| *at > now);
         let mut released = Vec::new();
         let mut cancelled = Vec::new();
+        let mut superseded = Vec::new();
         let mut remaining = 0u64;
         for action in self.event_actions(seq)? {
             let key = account_key_bytes(&action.tenant_id, &action.object_id);
@@ -842,11 +860,14 @@ impl Ledger {
                         );
                         action.completed_at = Some(now);
                         actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                        return Ok((action, false));
+                        return Ok((action, false, None));
                     }
-                    if let Some(previous) = before.as_ref().and_then(|e| e.current_action) {
-                        supersede(actions, due, open_events, events, previous, now)?;
-                    }
+                    let superseded = match before.as_ref().and_then(|e| e.current_action) {
+                        Some(previous) => {
+                            supersede(actions, due, open_events, events, previous, now)?
+                        }
+                        None => None,
+                    };
                     let mut account =
                         before
                             .as_ref()
@@ -889,15 +910,16 @@ impl Ledger {
                         &due_key(action.due_at(), action.action_id),
                         action.tenant_id.as_str().as_bytes(),
                     )?;
-                    Ok((action, true))
+                    Ok((action, true, superseded))
                 })
                 .map_err(tx_error)?;
             match result {
-                (action, true) => {
+                (action, true, previous) => {
                     remaining += 1;
                     released.push(action);
+                    superseded.extend(previous);
                 }
-                (action, false) => cancelled.push(action),
+                (action, false, _) => cancelled.push(action),
             }
         }
         record.state = EventState::Approved;
@@ -918,7 +940,11 @@ impl Ledger {
                 Ok(())
             })
             .map_err(tx_error)?;
-        Ok((released, cancelled))
+        Ok(Approval {
+            released,
+            cancelled,
+            superseded,
+        })
     }
 
     /// Discards a held plan: its actions end `cancelled` and nothing is written to PAL.
@@ -1270,7 +1296,7 @@ fn supersede(
     events: &TransactionalTree,
     previous: ActionId,
     now: DateTime<Utc>,
-) -> TxResult<Option<(ActionId, Op, bool)>> {
+) -> TxResult<Option<Superseded>> {
     let key = previous.to_be_bytes();
     let Some(bytes) = actions.get(key)? else {
         return Ok(None);
@@ -1289,10 +1315,16 @@ fn supersede(
     action.updated_at = now;
     action.completed_at = Some(now);
     actions.insert(&key, encode(&action))?;
-    if was_pending {
-        decrement_open(open_events, events, action.event_seq, now)?;
-    }
-    Ok(Some((previous, action.op, was_pending)))
+    let event_completed = if was_pending {
+        decrement_open(open_events, events, action.event_seq, now)?
+    } else {
+        None
+    };
+    Ok(Some(Superseded {
+        action,
+        was_pending,
+        event_completed,
+    }))
 }
 
 fn decrement_open(

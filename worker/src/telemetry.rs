@@ -460,6 +460,51 @@ impl ActionFinished<'_> {
     }
 }
 
+/// Every action of an event is terminal.
+pub struct EventCompleted<'a> {
+    pub record: &'a crate::ledger::EventRecord,
+}
+
+impl EventCompleted<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let completed_at = self.record.completed_at.unwrap_or_else(chrono::Utc::now);
+        let seconds = (completed_at - self.record.accepted_at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics.event_completion_seconds.observe(seconds);
+        metrics.events_in_flight.dec();
+        tracing::info!(
+            event_id = %self.record.event.id,
+            event_source = %self.record.event.source,
+            seconds,
+            "Event completed: every action is terminal."
+        );
+    }
+}
+
+/// Older unfinished actions a newer event cancelled (and the events that
+/// completed because of it).
+pub fn emit_superseded(superseded: &[crate::ledger::Superseded], metrics: &Metrics) {
+    for cancelled in superseded {
+        let action = &cancelled.action;
+        ActionFinished {
+            action_id: action.action_id,
+            event_id: &action.event_id,
+            tenant_id: action.tenant_id.as_str(),
+            employee_id: action.employee_id.as_str(),
+            op: action.op,
+            outcome: ActionState::Cancelled,
+            detail: action.detail.as_deref(),
+            was_pending: cancelled.was_pending,
+        }
+        .emit(metrics);
+        if let Some(record) = &cancelled.event_completed {
+            EventCompleted { record }.emit(metrics);
+        }
+    }
+}
+
 /// An action attempt failed transiently and was rescheduled.
 pub struct ActionRetryScheduled<'a> {
     pub action_id: u64,

@@ -284,6 +284,25 @@ async fn a_newer_event_cancels_an_older_action_still_scheduled_for_the_same_acco
         "no request ever carried the superseded partner ID"
     );
     assert_eq!(linked(&h, 0, 0).as_deref(), Some("333333"));
+    // The superseded event completed through its cancellation: nothing is
+    // left in flight, and every event's completion was observed once.
+    let metrics = h.metrics_text();
+    assert!(
+        metrics.contains("\npalworker_events_in_flight 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\npalworker_event_completion_seconds_count 4\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"palworker_actions_total{op="update",outcome="cancelled"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\npalworker_actions_pending 0\n"),
+        "{metrics}"
+    );
     h.shutdown().await.unwrap();
 }
 
