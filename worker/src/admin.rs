@@ -11,7 +11,7 @@ use palworker_events::Event;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{ActionRecord, ActionState, Ledger, LedgerError, StatusFilter};
-use crate::telemetry::{ActionFinished, Metrics};
+use crate::telemetry::Metrics;
 
 /// One line of `status --json` (SPEC §8).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -227,7 +227,7 @@ impl Admin {
             if !released.is_empty() {
                 metrics.events_in_flight.inc();
             }
-            self.emit_cancelled(metrics, cancelled);
+            crate::telemetry::emit_cancelled_held(cancelled, metrics);
             crate::telemetry::emit_superseded(&approval.superseded, metrics);
         }
         tracing::info!(
@@ -255,7 +255,7 @@ impl Admin {
         self.ledger.flush()?;
         if let Some(metrics) = &self.metrics {
             metrics.held_plans.dec();
-            self.emit_cancelled(metrics, &cancelled);
+            crate::telemetry::emit_cancelled_held(&cancelled, metrics);
         }
         tracing::info!(event_id = %record.event.id, cancelled = cancelled.len(), "Held plan rejected by an operator.");
         Ok(ReleaseSummary {
@@ -264,22 +264,6 @@ impl Admin {
             released: 0,
             cancelled: cancelled.len() as u64,
         })
-    }
-
-    fn emit_cancelled(&self, metrics: &Metrics, cancelled: &[ActionRecord]) {
-        for action in cancelled {
-            ActionFinished {
-                action_id: action.action_id,
-                event_id: &action.event_id,
-                tenant_id: action.tenant_id.as_str(),
-                employee_id: action.employee_id.as_str(),
-                op: action.op,
-                outcome: ActionState::Cancelled,
-                detail: action.detail.as_deref(),
-                was_pending: false,
-            }
-            .emit(metrics);
-        }
     }
 
     /// Every terminal action outcome completed at or after `since`.

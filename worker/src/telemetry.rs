@@ -483,22 +483,32 @@ impl EventCompleted<'_> {
     }
 }
 
+fn emit_cancelled(action: &crate::ledger::ActionRecord, was_pending: bool, metrics: &Metrics) {
+    ActionFinished {
+        action_id: action.action_id,
+        event_id: &action.event_id,
+        tenant_id: action.tenant_id.as_str(),
+        employee_id: action.employee_id.as_str(),
+        op: action.op,
+        outcome: ActionState::Cancelled,
+        detail: action.detail.as_deref(),
+        was_pending,
+    }
+    .emit(metrics);
+}
+
+/// Held actions that ended `cancelled` (rejected, or superseded before approval).
+pub fn emit_cancelled_held(cancelled: &[crate::ledger::ActionRecord], metrics: &Metrics) {
+    for action in cancelled {
+        emit_cancelled(action, false, metrics);
+    }
+}
+
 /// Older unfinished actions a newer event cancelled (and the events that
 /// completed because of it).
 pub fn emit_superseded(superseded: &[crate::ledger::Superseded], metrics: &Metrics) {
     for cancelled in superseded {
-        let action = &cancelled.action;
-        ActionFinished {
-            action_id: action.action_id,
-            event_id: &action.event_id,
-            tenant_id: action.tenant_id.as_str(),
-            employee_id: action.employee_id.as_str(),
-            op: action.op,
-            outcome: ActionState::Cancelled,
-            detail: action.detail.as_deref(),
-            was_pending: cancelled.was_pending,
-        }
-        .emit(metrics);
+        emit_cancelled(&cancelled.action, cancelled.was_pending, metrics);
         if let Some(record) = &cancelled.event_completed {
             EventCompleted { record }.emit(metrics);
         }
