@@ -160,6 +160,7 @@ impl Intake {
                 actions,
                 unassigned,
                 cancelled,
+                completed,
                 ..
             } => {
                 EventAccepted {
@@ -178,6 +179,9 @@ impl Intake {
                     );
                 }
                 crate::telemetry::emit_superseded(cancelled, &self.metrics);
+                if let Some(record) = completed {
+                    crate::telemetry::EventCompleted { record }.emit(&self.metrics);
+                }
             }
         }
     }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use crate::planner::{self, InventoryView, Plan};
+use crate::planner::{self, InventoryView, Plan, PlannedChange};
 
 pub type ActionId = u64;
 pub type EventSeq = u64;
@@ -236,6 +236,9 @@ pub enum AcceptOutcome {
         unassigned: Vec<TenantId>,
         /// Older unfinished actions that this event superseded.
         cancelled: Vec<Superseded>,
+        /// Set when every action of a large plan finished while its later
+        /// chunks were still being written.
+        completed: Option<Box<EventRecord>>,
     },
     /// The plan was stored and held for approval.
     Held { seq: EventSeq, actions: u64 },
@@ -628,47 +631,18 @@ impl Ledger {
         if self.is_duplicate(&event.source, &event.id)? {
             return Ok(AcceptOutcome::Duplicate);
         }
-        let plan = planner::plan(event, &LedgerView(self))?;
+        let mut plan = planner::plan(event, &LedgerView(self))?;
         let seq = self.db.generate_id()?;
-        let held = plan.changes.len() > max_actions_per_event;
+        let total = plan.changes.len();
+        let held = total > max_actions_per_event;
         let not_before = event.effective_at().filter(|at| *at > now);
-        let mut new_actions = Vec::with_capacity(plan.changes.len());
-        for change in &plan.changes {
-            let action_id = self.db.generate_id()?;
-            new_actions.push(ActionRecord {
-                action_id,
-                event_seq: seq,
-                event_id: event.id.clone(),
-                event_source: event.source.clone(),
-                event_type: event.event_type,
-                tenant_id: change.account.tenant_id.clone(),
-                object_id: change.account.object_id.clone(),
-                employee_id: change.account.employee_id.clone(),
-                credential: change.account.credential.clone(),
-                contract_id: change.account.contract_id.clone(),
-                op: change.op,
-                desired: change.desired.clone(),
-                state: if held {
-                    ActionState::Held
-                } else if not_before.is_some() {
-                    ActionState::Scheduled
-                } else {
-                    ActionState::Pending
-                },
-                attempts: 0,
-                last_error: None,
-                created_at: now,
-                updated_at: now,
-                not_before,
-                next_attempt_at: None,
-                first_attempt_at: None,
-                before_partner_id: None,
-                after_partner_id: None,
-                dry_run: false,
-                detail: None,
-                completed_at: None,
-            });
-        }
+        let state = if held {
+            ActionState::Held
+        } else if not_before.is_some() {
+            ActionState::Scheduled
+        } else {
+            ActionState::Pending
+        };
         let record = EventRecord {
             seq,
             event: event.clone(),
@@ -678,17 +652,12 @@ impl Ledger {
                 EventState::Accepted
             },
             accepted_at: now,
-            action_count: new_actions.len() as u64,
+            action_count: total as u64,
             unassigned: plan.unassigned.clone(),
-            completed_at: if new_actions.is_empty() {
-                Some(now)
-            } else {
-                None
-            },
+            completed_at: (total == 0).then_some(now),
             publisher: publisher.map(str::to_owned),
         };
-
-        let cancelled = (
+        let trees = (
             &self.inventory,
             &self.index,
             &self.events,
@@ -696,63 +665,156 @@ impl Ledger {
             &self.event_actions,
             &self.due,
             &self.open_events,
-        )
-            .transaction(
-                |(inventory, index, events, actions, event_actions, due, open_events)| {
-                    index.insert(event_key(&event.source, &event.id), &seq.to_be_bytes())?;
-                    index.insert(event_id_key(&event.source, &event.id), &seq.to_be_bytes())?;
-                    events.insert(&seq.to_be_bytes(), encode(&record))?;
-                    if held {
-                        index.insert(held_key(seq), &[])?;
-                    } else if !new_actions.is_empty() {
-                        open_events.insert(
-                            &seq.to_be_bytes(),
-                            &(new_actions.len() as u64).to_be_bytes(),
+        );
+
+        if total <= ACCEPT_CHUNK {
+            // The usual case: plan, inventory changes, actions and the
+            // deduplication marker in one transaction.
+            let new_actions =
+                self.new_actions(event, seq, &plan.changes, state, now, not_before)?;
+            let cancelled = trees
+                .transaction(
+                    |(inventory, index, events, actions, event_actions, due, open_events)| {
+                        let cancelled = write_changes(
+                            (
+                                inventory,
+                                index,
+                                events,
+                                actions,
+                                event_actions,
+                                due,
+                                open_events,
+                            ),
+                            seq,
+                            &plan.changes,
+                            &new_actions,
+                            held,
+                            now,
                         )?;
-                    }
-                    let mut cancelled = Vec::new();
-                    for (change, action) in plan.changes.iter().zip(&new_actions) {
-                        actions.insert(&action.action_id.to_be_bytes(), encode(action))?;
-                        event_actions.insert(&pair_key(seq, action.action_id), &[])?;
-                        if held {
-                            continue;
+                        if !held && total > 0 {
+                            open_events
+                                .insert(&seq.to_be_bytes(), &(total as u64).to_be_bytes())?;
                         }
-                        due.insert(
-                            &due_key(action.due_at(), action.action_id),
-                            action.tenant_id.as_str().as_bytes(),
-                        )?;
-                        let entry = InventoryEntry {
-                            account: change.account.clone(),
-                            desired: change.desired.clone(),
-                            assignment_active: change.assignment_active,
-                            last_event_seq: Some(seq),
-                            current_action: Some(action.action_id),
-                            updated_at: now,
-                        };
-                        if let Some(previous) = change.before.as_ref()
-                            && let Some(previous_action) = previous.current_action
-                            && let Some(c) =
-                                supersede(actions, due, open_events, events, previous_action, now)?
-                        {
-                            cancelled.push(c);
-                        }
-                        write_inventory(inventory, index, change.before.as_ref(), &entry)?;
-                    }
-                    Ok(cancelled)
-                },
-            )
-            .map_err(tx_error)?;
-        let actions = new_actions.len() as u64;
-        Ok(if held {
-            AcceptOutcome::Held { seq, actions }
-        } else {
-            AcceptOutcome::Accepted {
+                        write_event_marker(index, events, event, &record)?;
+                        Ok(cancelled)
+                    },
+                )
+                .map_err(tx_error)?;
+            return Ok(accept_outcome(
                 seq,
-                actions,
-                unassigned: plan.unassigned,
+                total,
+                held,
+                plan.unassigned,
                 cancelled,
-            }
-        })
+                None,
+            ));
+        }
+
+        // A large plan (a partner-ID change, a contract end at a big
+        // customer) is written in chunks so memory stays bounded, and the
+        // deduplication marker last. If the worker dies in between, the
+        // event was not acknowledged: it is redelivered and re-planned
+        // against the inventory the written chunks already changed, while
+        // their actions run as stored. Links are written before removals so
+        // that "where the departed employee had a link" survives such a
+        // re-plan.
+        plan.changes
+            .sort_by_key(|change| matches!(change.desired, DesiredLink::Absent));
+        let mut cancelled = Vec::new();
+        for (index, chunk) in plan.changes.chunks(ACCEPT_CHUNK).enumerate() {
+            let new_actions = self.new_actions(event, seq, chunk, state, now, not_before)?;
+            let chunk_cancelled = trees
+                .transaction(
+                    |(inventory, tree_index, events, actions, event_actions, due, open_events)| {
+                        if index == 0 && !held {
+                            // One more than the actions: the marker's own
+                            // decrement, so the event cannot complete before
+                            // its record exists.
+                            open_events
+                                .insert(&seq.to_be_bytes(), &(total as u64 + 1).to_be_bytes())?;
+                        }
+                        write_changes(
+                            (
+                                inventory,
+                                tree_index,
+                                events,
+                                actions,
+                                event_actions,
+                                due,
+                                open_events,
+                            ),
+                            seq,
+                            chunk,
+                            &new_actions,
+                            held,
+                            now,
+                        )
+                    },
+                )
+                .map_err(tx_error)?;
+            cancelled.extend(chunk_cancelled);
+        }
+        let completed = (&self.index, &self.events, &self.open_events)
+            .transaction(|(index, events, open_events)| {
+                write_event_marker(index, events, event, &record)?;
+                if held {
+                    return Ok(None);
+                }
+                decrement_open(open_events, events, seq, now)
+            })
+            .map_err(tx_error)?;
+        Ok(accept_outcome(
+            seq,
+            total,
+            held,
+            plan.unassigned,
+            cancelled,
+            completed,
+        ))
+    }
+
+    /// The action records of a chunk of planned changes.
+    fn new_actions(
+        &self,
+        event: &Event,
+        seq: EventSeq,
+        changes: &[PlannedChange],
+        state: ActionState,
+        now: DateTime<Utc>,
+        not_before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ActionRecord>> {
+        changes
+            .iter()
+            .map(|change| {
+                Ok(ActionRecord {
+                    action_id: self.db.generate_id()?,
+                    event_seq: seq,
+                    event_id: event.id.clone(),
+                    event_source: event.source.clone(),
+                    event_type: event.event_type,
+                    tenant_id: change.account.tenant_id.clone(),
+                    object_id: change.account.object_id.clone(),
+                    employee_id: change.account.employee_id.clone(),
+                    credential: change.account.credential.clone(),
+                    contract_id: change.account.contract_id.clone(),
+                    op: change.op,
+                    desired: change.desired.clone(),
+                    state,
+                    attempts: 0,
+                    last_error: None,
+                    created_at: now,
+                    updated_at: now,
+                    not_before,
+                    next_attempt_at: None,
+                    first_attempt_at: None,
+                    before_partner_id: None,
+                    after_partner_id: None,
+                    dry_run: false,
+                    detail: None,
+                    completed_at: None,
+                })
+            })
+            .collect()
     }
 
     pub fn event(&self, seq: EventSeq) -> Result<Option<EventRecord>> {
@@ -1258,6 +1320,99 @@ impl Ledger {
     }
 }
 
+/// Plans with more actions than this are written in several transactions.
+pub const ACCEPT_CHUNK: usize = 1024;
+
+type AcceptTrees<'a> = (
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+);
+
+/// Writes planned changes and their actions; supersedes older unfinished
+/// actions of the same accounts. Held plans store their actions only.
+fn write_changes(
+    (inventory, index, events, actions, event_actions, due, open_events): AcceptTrees<'_>,
+    seq: EventSeq,
+    changes: &[PlannedChange],
+    new_actions: &[ActionRecord],
+    held: bool,
+    now: DateTime<Utc>,
+) -> TxResult<Vec<Superseded>> {
+    let mut cancelled = Vec::new();
+    for (change, action) in changes.iter().zip(new_actions) {
+        actions.insert(&action.action_id.to_be_bytes(), encode(action))?;
+        event_actions.insert(&pair_key(seq, action.action_id), &[])?;
+        if held {
+            continue;
+        }
+        due.insert(
+            &due_key(action.due_at(), action.action_id),
+            action.tenant_id.as_str().as_bytes(),
+        )?;
+        let entry = InventoryEntry {
+            account: change.account.clone(),
+            desired: change.desired.clone(),
+            assignment_active: change.assignment_active,
+            last_event_seq: Some(seq),
+            current_action: Some(action.action_id),
+            updated_at: now,
+        };
+        if let Some(previous) = change.before.as_ref()
+            && let Some(previous_action) = previous.current_action
+            && let Some(c) = supersede(actions, due, open_events, events, previous_action, now)?
+        {
+            cancelled.push(c);
+        }
+        write_inventory(inventory, index, change.before.as_ref(), &entry)?;
+    }
+    Ok(cancelled)
+}
+
+/// The event record and its deduplication keys: once these are written, a
+/// redelivery of `(source, id)` is a duplicate.
+fn write_event_marker(
+    index: &TransactionalTree,
+    events: &TransactionalTree,
+    event: &Event,
+    record: &EventRecord,
+) -> TxResult<()> {
+    let seq = record.seq;
+    index.insert(event_key(&event.source, &event.id), &seq.to_be_bytes())?;
+    index.insert(event_id_key(&event.source, &event.id), &seq.to_be_bytes())?;
+    events.insert(&seq.to_be_bytes(), encode(record))?;
+    if record.state == EventState::Held {
+        index.insert(held_key(seq), &[])?;
+    }
+    Ok(())
+}
+
+fn accept_outcome(
+    seq: EventSeq,
+    total: usize,
+    held: bool,
+    unassigned: Vec<TenantId>,
+    cancelled: Vec<Superseded>,
+    completed: Option<EventRecord>,
+) -> AcceptOutcome {
+    let actions = total as u64;
+    if held {
+        AcceptOutcome::Held { seq, actions }
+    } else {
+        AcceptOutcome::Accepted {
+            seq,
+            actions,
+            unassigned,
+            cancelled,
+            completed: completed.map(Box::new),
+        }
+    }
+}
+
 /// Writes an inventory entry and keeps the employee index in step.
 fn write_inventory(
     inventory: &TransactionalTree,
@@ -1463,5 +1618,86 @@ mod tests {
         assert_eq!(due.len(), 1, "only the newer action remains");
         assert_ne!(due[0].action_id, old.action_id);
         assert_eq!(ledger.pending_count(), 1);
+    }
+
+    fn import_linked(ledger: &Ledger, count: usize) {
+        let rows = (0..count).map(|n| {
+            let account = Account {
+                tenant_id: TenantId::parse(&format!("{:08x}-0000-4000-8000-000000000000", n % 7))
+                    .unwrap(),
+                object_id: ObjectId::parse(&format!("{n:08x}-1111-4111-8111-111111111111"))
+                    .unwrap(),
+                employee_id: EmployeeId::parse(&format!("E-{n}")).unwrap(),
+                credential: None,
+                contract_id: None,
+            };
+            (account, Some(PartnerId::parse("111").unwrap()))
+        });
+        ledger.import_accounts(rows, Utc::now()).unwrap();
+    }
+
+    fn partner_change(id: &str) -> Event {
+        let json = serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "urn:test", "type": "partner.id.changed",
+            "time": "2026-11-29T09:00:00Z",
+            "data": {"old_partner_id": "111", "new_partner_id": "222"}
+        });
+        Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).expect("valid event")
+    }
+
+    #[test]
+    fn a_plan_larger_than_a_chunk_is_stored_whole_and_marked_last() {
+        let (_dir, ledger) = ledger();
+        let count = ACCEPT_CHUNK * 2 + 10;
+        import_linked(&ledger, count);
+        let outcome = ledger
+            .accept(&partner_change("big"), None, Utc::now(), count)
+            .unwrap();
+        let AcceptOutcome::Accepted {
+            seq,
+            actions,
+            completed,
+            ..
+        } = outcome
+        else {
+            panic!("accepted expected, got {outcome:?}");
+        };
+        assert_eq!(actions, count as u64);
+        assert!(completed.is_none());
+        assert_eq!(ledger.pending_count(), count as u64);
+        // The marker's own decrement left exactly one per action.
+        assert_eq!(
+            read_u64(&ledger.open_events.get(seq.to_be_bytes()).unwrap().unwrap()),
+            count as u64
+        );
+        assert!(ledger.is_duplicate("urn:test", "big").unwrap());
+        let linked_new = ledger
+            .inventory_list(None, None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.desired.partner_id().map(|p| p.as_str()) == Some("222"))
+            .count();
+        assert_eq!(linked_new, count);
+        assert_eq!(ledger.event_actions(seq).unwrap().len(), count);
+    }
+
+    #[test]
+    fn a_large_held_plan_changes_no_inventory_and_schedules_nothing() {
+        let (_dir, ledger) = ledger();
+        let count = ACCEPT_CHUNK + 1;
+        import_linked(&ledger, count);
+        let outcome = ledger
+            .accept(&partner_change("held"), None, Utc::now(), 10)
+            .unwrap();
+        assert!(matches!(outcome, AcceptOutcome::Held { actions, .. } if actions == count as u64));
+        assert_eq!(ledger.pending_count(), 0);
+        assert_eq!(ledger.held_plan_count(), 1);
+        assert!(
+            ledger.inventory_list(None, None).unwrap().iter().all(|e| e
+                .desired
+                .partner_id()
+                .map(|p| p.as_str())
+                == Some("111"))
+        );
     }
 }
