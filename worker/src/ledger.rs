@@ -567,7 +567,12 @@ impl Ledger {
             };
             (&self.inventory, &self.index)
                 .transaction(|(inventory, index)| {
-                    write_inventory(inventory, index, previous.as_ref(), &entry)?;
+                    write_inventory(
+                        inventory,
+                        index,
+                        previous.as_ref().map(|p| &p.account.employee_id),
+                        &entry,
+                    )?;
                     Ok(())
                 })
                 .map_err(tx_error)?;
@@ -960,7 +965,12 @@ impl Ledger {
                         current_action: Some(action.action_id),
                         updated_at: now,
                     };
-                    write_inventory(inventory, index, before.as_ref(), &entry)?;
+                    write_inventory(
+                        inventory,
+                        index,
+                        before.as_ref().map(|b| &b.account.employee_id),
+                        &entry,
+                    )?;
                     action.state = if not_before.is_some() {
                         ActionState::Scheduled
                     } else {
@@ -1362,13 +1372,18 @@ fn write_changes(
             current_action: Some(action.action_id),
             updated_at: now,
         };
-        if let Some(previous) = change.before.as_ref()
+        if let Some(previous) = change.previous.as_ref()
             && let Some(previous_action) = previous.current_action
             && let Some(c) = supersede(actions, due, open_events, events, previous_action, now)?
         {
             cancelled.push(c);
         }
-        write_inventory(inventory, index, change.before.as_ref(), &entry)?;
+        write_inventory(
+            inventory,
+            index,
+            change.previous.as_ref().map(|p| &p.employee_id),
+            &entry,
+        )?;
     }
     Ok(cancelled)
 }
@@ -1417,17 +1432,17 @@ fn accept_outcome(
 fn write_inventory(
     inventory: &TransactionalTree,
     index: &TransactionalTree,
-    before: Option<&InventoryEntry>,
+    previous_employee: Option<&EmployeeId>,
     entry: &InventoryEntry,
 ) -> TxResult<()> {
     let account = &entry.account;
-    if let Some(before) = before
-        && before.account.employee_id != account.employee_id
+    if let Some(previous) = previous_employee
+        && previous != &account.employee_id
     {
         index.remove(employee_index_key(
-            &before.account.employee_id,
-            &before.account.tenant_id,
-            &before.account.object_id,
+            previous,
+            &account.tenant_id,
+            &account.object_id,
         ))?;
     }
     index.insert(

@@ -11,7 +11,7 @@ use palworker_events::{
 };
 use serde::Serialize;
 
-use crate::ledger::{InventoryEntry, Op, Result};
+use crate::ledger::{ActionId, InventoryEntry, Op, Result};
 
 /// Read access to the inventory.
 pub trait InventoryView {
@@ -21,12 +21,22 @@ pub trait InventoryView {
     fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<()>;
 }
 
+/// What the ledger needs to know of an account's entry before the event
+/// (kept small: a fan-out holds one per account).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Previous {
+    /// The account's latest action, which the new one supersedes.
+    pub current_action: Option<ActionId>,
+    /// The employee the account belonged to (the index is kept in step).
+    pub employee_id: EmployeeId,
+}
+
 /// One account's new desired state, and the action that reconciles towards it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlannedChange {
-    /// The inventory entry before the event (None: a new account).
+    /// The account's entry before the event (None: a new account).
     #[serde(skip)]
-    pub before: Option<InventoryEntry>,
+    pub previous: Option<Previous>,
     pub account: Account,
     pub desired: DesiredLink,
     pub assignment_active: bool,
@@ -52,32 +62,40 @@ fn op_for(before: Option<&InventoryEntry>, desired: &DesiredLink) -> Op {
     }
 }
 
-/// Collects changes keyed by account so that one plan never holds two
-/// actions for the same account (the later rule wins).
+/// Collects changes; one plan never holds two actions for the same account
+/// (the later rule wins), and they come out ordered by account.
 #[derive(Default)]
-struct Changes(BTreeMap<(TenantId, palworker_events::ObjectId), PlannedChange>);
+struct Changes(Vec<PlannedChange>);
 
 impl Changes {
-    fn set(&mut self, entry: &InventoryEntry, desired: DesiredLink, assignment_active: bool) {
-        let key = (
-            entry.account.tenant_id.clone(),
-            entry.account.object_id.clone(),
-        );
-        let op = op_for(Some(entry), &desired);
-        self.0.insert(
-            key,
-            PlannedChange {
-                before: Some(entry.clone()),
-                account: entry.account.clone(),
-                desired,
-                assignment_active,
-                op,
-            },
-        );
+    fn set(&mut self, entry: InventoryEntry, desired: DesiredLink, assignment_active: bool) {
+        let op = op_for(Some(&entry), &desired);
+        self.0.push(PlannedChange {
+            previous: Some(Previous {
+                current_action: entry.current_action,
+                employee_id: entry.account.employee_id.clone(),
+            }),
+            account: entry.account,
+            desired,
+            assignment_active,
+            op,
+        });
     }
 
-    fn into_vec(self) -> Vec<PlannedChange> {
-        self.0.into_values().collect()
+    fn into_vec(mut self) -> Vec<PlannedChange> {
+        // Stable: of two changes for one account the later stays last.
+        self.0.sort_by(|a, b| {
+            (&a.account.tenant_id, &a.account.object_id)
+                .cmp(&(&b.account.tenant_id, &b.account.object_id))
+        });
+        let mut out: Vec<PlannedChange> = Vec::with_capacity(self.0.len());
+        for change in self.0 {
+            match out.last_mut() {
+                Some(last) if last.account.key() == change.account.key() => *last = change,
+                _ => out.push(change),
+            }
+        }
+        out
     }
 }
 
@@ -117,7 +135,10 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
             let op = op_for(before.as_ref(), &desired);
             return Ok(Plan {
                 changes: vec![PlannedChange {
-                    before,
+                    previous: before.map(|entry| Previous {
+                        current_action: entry.current_action,
+                        employee_id: entry.account.employee_id,
+                    }),
                     account,
                     desired,
                     assignment_active: true,
@@ -140,7 +161,7 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
                 {
                     continue;
                 }
-                changes.set(&entry, DesiredLink::Absent, false);
+                changes.set(entry, DesiredLink::Absent, false);
             }
         }
         EventData::ContractEnded {
@@ -153,7 +174,7 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
                 {
                     continue;
                 }
-                changes.set(&entry, DesiredLink::Absent, false);
+                changes.set(entry, DesiredLink::Absent, false);
             }
         }
         EventData::EmployeeDeparted {
@@ -164,8 +185,8 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
             let departed = inventory.by_employee(employee_id)?;
             // Tenant → partner IDs the departed employee was linked with there.
             let mut linked_tenants: BTreeMap<TenantId, PartnerId> = BTreeMap::new();
-            for entry in &departed {
-                if let Some(partner) = linked_to(entry) {
+            for entry in departed {
+                if let Some(partner) = linked_to(&entry) {
                     linked_tenants
                         .entry(entry.account.tenant_id.clone())
                         .or_insert_with(|| partner.clone());
@@ -181,7 +202,7 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
                         .filter(|e| e.account.tenant_id == tenant && e.assignment_active)
                     {
                         found = true;
-                        changes.set(entry, DesiredLink::Linked(partner.clone()), true);
+                        changes.set(entry.clone(), DesiredLink::Linked(partner.clone()), true);
                     }
                     if !found {
                         unassigned.push(tenant);
@@ -197,7 +218,7 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
             for entry in inventory.by_employee(employee_id)? {
                 if linked_to(&entry).is_some() {
                     let active = entry.assignment_active;
-                    changes.set(&entry, DesiredLink::Linked(new_partner_id.clone()), active);
+                    changes.set(entry, DesiredLink::Linked(new_partner_id.clone()), active);
                 }
             }
         }
@@ -209,7 +230,7 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
             let mut visit = |entry: InventoryEntry| {
                 if linked_to(&entry) == Some(old_partner_id) {
                     let active = entry.assignment_active;
-                    changes.set(&entry, DesiredLink::Linked(new_partner_id.clone()), active);
+                    changes.set(entry, DesiredLink::Linked(new_partner_id.clone()), active);
                 }
             };
             match tenant_ids {
@@ -471,7 +492,7 @@ mod tests {
             summary(&plan),
             vec![("11".into(), "E-9".into(), "555".into(), "link")]
         );
-        assert!(plan.changes[0].before.is_none());
+        assert!(plan.changes[0].previous.is_none());
     }
 
     #[test]
