@@ -87,7 +87,7 @@ impl Intake {
     pub async fn handle_batch(&self, batch: Vec<Incoming>) -> Vec<Disposition> {
         let this = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let processed: Vec<Processed> = batch.iter().map(|m| this.process(m)).collect();
+            let processed = this.process_batch(&batch);
             let stored_any = processed.iter().any(|p| matches!(p, Processed::Stored(..)));
             let flushed = if stored_any {
                 this.ledger.flush()
@@ -186,10 +186,89 @@ impl Intake {
         }
     }
 
-    /// Validates one delivery and stores its plan (not yet flushed).
-    fn process(&self, message: &Incoming) -> Processed {
+    /// Validates every delivery, then stores the valid ones in order (not yet
+    /// flushed). Runs of consecutive `project.assignment.started` events —
+    /// each touches only its own account — share one ledger transaction.
+    fn process_batch(&self, batch: &[Incoming]) -> Vec<Processed> {
+        let mut out: Vec<Option<Processed>> = Vec::with_capacity(batch.len());
+        let mut valid: Vec<(usize, Event)> = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
+            match self.validate(message) {
+                Ok(event) => {
+                    out.push(None);
+                    valid.push((index, event));
+                }
+                Err(rejected) => out.push(Some(*rejected)),
+            }
+        }
+        let mut rest = valid.into_iter().peekable();
+        while let Some((index, event)) = rest.next() {
+            if event.event_type != EventType::AssignmentStarted {
+                out[index] = Some(self.store(&batch[index], event));
+                continue;
+            }
+            let mut run = vec![(index, event)];
+            while let Some((_, next)) = rest.peek()
+                && next.event_type == EventType::AssignmentStarted
+            {
+                run.push(rest.next().expect("peeked"));
+            }
+            if run.len() == 1 {
+                let (index, event) = run.pop().expect("one");
+                out[index] = Some(self.store(&batch[index], event));
+                continue;
+            }
+            let items: Vec<(&Event, Option<&str>)> = run
+                .iter()
+                .map(|(index, event)| (event, batch[*index].user_id.as_deref()))
+                .collect();
+            match self.ledger.accept_assignments(
+                &items,
+                self.clock.now(),
+                self.settings.max_actions_per_event,
+            ) {
+                Ok(outcomes) => {
+                    for ((index, event), outcome) in run.into_iter().zip(outcomes) {
+                        out[index] = Some(Processed::Stored(event, outcome));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "Storing a run of assignments together failed; storing them one by one.");
+                    for (index, event) in run {
+                        out[index] = Some(self.store(&batch[index], event));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|processed| processed.expect("every delivery processed"))
+            .collect()
+    }
+
+    /// Stores one validated event's plan (not yet flushed).
+    fn store(&self, message: &Incoming, event: Event) -> Processed {
+        let span = tracing::info_span!(
+            "event",
+            event_id = %event.id,
+            event_source = %event.source,
+            event_type = event.event_type.as_str()
+        );
+        let _entered = span.enter();
+        match self.ledger.accept(
+            &event,
+            message.user_id.as_deref(),
+            self.clock.now(),
+            self.settings.max_actions_per_event,
+        ) {
+            Ok(outcome) => Processed::Stored(event, outcome),
+            Err(error) => Processed::Failed(error),
+        }
+    }
+
+    /// Validates one delivery: the event, or why it is dead-lettered.
+    fn validate(&self, message: &Incoming) -> Result<Event, Box<Processed>> {
         if message.body.len() > self.settings.max_message_bytes {
-            return Processed::Rejected(
+            return Err(Box::new(Processed::Rejected(
                 None,
                 RejectReason::TooLarge,
                 format!(
@@ -198,7 +277,7 @@ impl Intake {
                     self.settings.max_message_bytes
                 ),
                 None,
-            );
+            )));
         }
         if let Some(content_type) = message.content_type.as_deref() {
             let essence = content_type
@@ -208,7 +287,7 @@ impl Intake {
                 .trim()
                 .to_ascii_lowercase();
             if essence != "application/cloudevents+json" && essence != "application/json" {
-                return Processed::Rejected(
+                return Err(Box::new(Processed::Rejected(
                     None,
                     RejectReason::UnsupportedContentType,
                     format!(
@@ -216,18 +295,18 @@ impl Intake {
                         truncate(content_type, 64)
                     ),
                     None,
-                );
+                )));
             }
         }
         let event = match Event::from_json_slice(&message.body) {
             Ok(event) => event,
             Err(error) => {
-                return Processed::Rejected(
+                return Err(Box::new(Processed::Rejected(
                     None,
                     error.reason(),
                     error.to_string(),
                     declared_type(&message.body),
-                );
+                )));
             }
         };
         if !self
@@ -246,29 +325,14 @@ impl Intake {
                     event.event_type.as_str()
                 ),
             };
-            return Processed::Rejected(
+            return Err(Box::new(Processed::Rejected(
                 Some(event),
                 RejectReason::PublisherNotAllowed,
                 detail,
                 None,
-            );
+            )));
         }
-        let span = tracing::info_span!(
-            "event",
-            event_id = %event.id,
-            event_source = %event.source,
-            event_type = event.event_type.as_str()
-        );
-        let _entered = span.enter();
-        match self.ledger.accept(
-            &event,
-            message.user_id.as_deref(),
-            self.clock.now(),
-            self.settings.max_actions_per_event,
-        ) {
-            Ok(outcome) => Processed::Stored(event, outcome),
-            Err(error) => Processed::Failed(error),
-        }
+        Ok(event)
     }
 }
 

@@ -22,8 +22,8 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
 use palworker_events::{
-    Account, AccountKey, ContractId, CredentialName, DesiredLink, EmployeeId, Event, EventType,
-    ObjectId, PartnerId, TenantId,
+    Account, AccountKey, ContractId, CredentialName, DesiredLink, EmployeeId, Event, EventData,
+    EventType, ObjectId, PartnerId, TenantId,
 };
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -778,6 +778,94 @@ impl Ledger {
         ))
     }
 
+    /// Accepts a run of `project.assignment.started` events in ONE
+    /// transaction (each reads only its own account, so each is planned
+    /// inside the transaction and sees the writes of those before it). Same
+    /// outcome, event by event, as calling [`Ledger::accept`] in order.
+    pub fn accept_assignments(
+        &self,
+        events: &[(&Event, Option<&str>)],
+        now: DateTime<Utc>,
+        max_actions_per_event: usize,
+    ) -> Result<Vec<AcceptOutcome>> {
+        let _planning = self.planning.lock().expect("planning lock");
+        // Two ids per event (sequence, action), drawn outside the closure,
+        // which sled may run more than once.
+        let mut ids = Vec::with_capacity(events.len());
+        for _ in events {
+            ids.push((self.db.generate_id()?, self.db.generate_id()?));
+        }
+        let held = max_actions_per_event < 1;
+        let trees = (
+            &self.inventory,
+            &self.index,
+            &self.events,
+            &self.actions,
+            &self.event_actions,
+            &self.due,
+            &self.open_events,
+        );
+        trees
+            .transaction(|(inventory, index, events_tree, actions, event_actions, due, open_events)| {
+                let mut outcomes = Vec::with_capacity(events.len());
+                for ((event, publisher), (seq, action_id)) in events.iter().zip(&ids) {
+                    if index.get(event_key(&event.source, &event.id))?.is_some() {
+                        outcomes.push(AcceptOutcome::Duplicate);
+                        continue;
+                    }
+                    let EventData::AssignmentStarted {
+                        tenant_id, object_id, ..
+                    } = &event.data
+                    else {
+                        return Err(ConflictableTransactionError::Abort(LedgerError::Rejected(
+                            "accept_assignments takes project.assignment.started events only".into(),
+                        )));
+                    };
+                    let key = account_key_bytes(tenant_id, object_id);
+                    let before: Option<InventoryEntry> = match inventory.get(&key)? {
+                        Some(bytes) => Some(tx_decode(&key, &bytes)?),
+                        None => None,
+                    };
+                    let change = planner::assignment_started(event, before).expect("an assignment");
+                    let not_before = event.effective_at().filter(|at| *at > now);
+                    let state = if held {
+                        ActionState::Held
+                    } else if not_before.is_some() {
+                        ActionState::Scheduled
+                    } else {
+                        ActionState::Pending
+                    };
+                    let action = new_action(event, *seq, *action_id, &change, state, now, not_before);
+                    let changes = [change];
+                    let cancelled = write_changes(
+                        (inventory, index, events_tree, actions, event_actions, due, open_events),
+                        *seq,
+                        &changes,
+                        std::slice::from_ref(&action),
+                        held,
+                        now,
+                    )?;
+                    if !held {
+                        open_events.insert(&seq.to_be_bytes(), &1u64.to_be_bytes())?;
+                    }
+                    let record = EventRecord {
+                        seq: *seq,
+                        event: (*event).clone(),
+                        state: if held { EventState::Held } else { EventState::Accepted },
+                        accepted_at: now,
+                        action_count: 1,
+                        unassigned: Vec::new(),
+                        completed_at: None,
+                        publisher: publisher.map(str::to_owned),
+                    };
+                    write_event_marker(index, events_tree, event, &record)?;
+                    outcomes.push(accept_outcome(*seq, 1, held, Vec::new(), cancelled, None));
+                }
+                Ok(outcomes)
+            })
+            .map_err(tx_error)
+    }
+
     /// The action records of a chunk of planned changes.
     fn new_actions(
         &self,
@@ -791,33 +879,10 @@ impl Ledger {
         changes
             .iter()
             .map(|change| {
-                Ok(ActionRecord {
-                    action_id: self.db.generate_id()?,
-                    event_seq: seq,
-                    event_id: event.id.clone(),
-                    event_source: event.source.clone(),
-                    event_type: event.event_type,
-                    tenant_id: change.account.tenant_id.clone(),
-                    object_id: change.account.object_id.clone(),
-                    employee_id: change.account.employee_id.clone(),
-                    credential: change.account.credential.clone(),
-                    contract_id: change.account.contract_id.clone(),
-                    op: change.op,
-                    desired: change.desired.clone(),
-                    state,
-                    attempts: 0,
-                    last_error: None,
-                    created_at: now,
-                    updated_at: now,
-                    not_before,
-                    next_attempt_at: None,
-                    first_attempt_at: None,
-                    before_partner_id: None,
-                    after_partner_id: None,
-                    dry_run: false,
-                    detail: None,
-                    completed_at: None,
-                })
+                let action_id = self.db.generate_id()?;
+                Ok(new_action(
+                    event, seq, action_id, change, state, now, not_before,
+                ))
             })
             .collect()
     }
@@ -1330,6 +1395,45 @@ impl Ledger {
     }
 }
 
+/// The pending (or scheduled, or held) action of a planned change.
+fn new_action(
+    event: &Event,
+    seq: EventSeq,
+    action_id: ActionId,
+    change: &PlannedChange,
+    state: ActionState,
+    now: DateTime<Utc>,
+    not_before: Option<DateTime<Utc>>,
+) -> ActionRecord {
+    ActionRecord {
+        action_id,
+        event_seq: seq,
+        event_id: event.id.clone(),
+        event_source: event.source.clone(),
+        event_type: event.event_type,
+        tenant_id: change.account.tenant_id.clone(),
+        object_id: change.account.object_id.clone(),
+        employee_id: change.account.employee_id.clone(),
+        credential: change.account.credential.clone(),
+        contract_id: change.account.contract_id.clone(),
+        op: change.op,
+        desired: change.desired.clone(),
+        state,
+        attempts: 0,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+        not_before,
+        next_attempt_at: None,
+        first_attempt_at: None,
+        before_partner_id: None,
+        after_partner_id: None,
+        dry_run: false,
+        detail: None,
+        completed_at: None,
+    }
+}
+
 /// Plans with more actions than this are written in several transactions.
 pub const ACCEPT_CHUNK: usize = 1024;
 
@@ -1713,6 +1817,59 @@ mod tests {
                 .partner_id()
                 .map(|p| p.as_str())
                 == Some("111"))
+        );
+    }
+
+    fn assignment_for(id: &str, partner: &str) -> Event {
+        let mut json: serde_json::Value = serde_json::from_slice(
+            &serde_json::to_vec(&assignment(id).to_cloudevent_json()).unwrap(),
+        )
+        .unwrap();
+        json["data"]["partner_id"] = partner.into();
+        Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).expect("valid event")
+    }
+
+    #[test]
+    fn a_run_of_assignments_in_one_transaction_behaves_like_accepting_them_in_order() {
+        let (_dir, ledger) = ledger();
+        let first = assignment_for("first", "111");
+        let second = assignment_for("second", "222");
+        let now = Utc::now();
+        let outcomes = ledger
+            .accept_assignments(
+                &[(&first, None), (&second, Some("hr")), (&first, None)],
+                now,
+                10,
+            )
+            .unwrap();
+        assert!(
+            matches!(outcomes[0], AcceptOutcome::Accepted { actions: 1, ref cancelled, .. } if cancelled.is_empty())
+        );
+        let AcceptOutcome::Accepted { ref cancelled, .. } = outcomes[1] else {
+            panic!("{outcomes:?}");
+        };
+        assert_eq!(
+            cancelled.len(),
+            1,
+            "the second supersedes the first (same account)"
+        );
+        assert_eq!(cancelled[0].action.event_id, "first");
+        assert_eq!(outcomes[2], AcceptOutcome::Duplicate);
+        assert_eq!(ledger.pending_count(), 1);
+        let entry = ledger.inventory_list(None, None).unwrap().pop().unwrap();
+        assert_eq!(entry.desired.partner_id().map(|p| p.as_str()), Some("222"));
+        assert_eq!(
+            ledger
+                .resolve_event("second", None)
+                .unwrap()
+                .publisher
+                .as_deref(),
+            Some("hr")
+        );
+        // A later single accept sees the run's writes.
+        assert_eq!(
+            ledger.accept(&second, None, now, 10).unwrap(),
+            AcceptOutcome::Duplicate
         );
     }
 }

@@ -106,44 +106,57 @@ fn linked_to(entry: &InventoryEntry) -> Option<&PartnerId> {
     }
 }
 
+/// The one change a `project.assignment.started` event implies, given its
+/// account's entry (it reads nothing else, so a run of them can be planned
+/// inside one ledger transaction). None for any other event type.
+pub fn assignment_started(event: &Event, before: Option<InventoryEntry>) -> Option<PlannedChange> {
+    let EventData::AssignmentStarted {
+        employee_id,
+        tenant_id,
+        object_id,
+        partner_id,
+        credential,
+        contract_id,
+    } = &event.data
+    else {
+        return None;
+    };
+    let desired = DesiredLink::Linked(partner_id.clone());
+    let op = op_for(before.as_ref(), &desired);
+    Some(PlannedChange {
+        previous: before.map(|entry| Previous {
+            current_action: entry.current_action,
+            employee_id: entry.account.employee_id,
+        }),
+        account: Account {
+            tenant_id: tenant_id.clone(),
+            object_id: object_id.clone(),
+            employee_id: employee_id.clone(),
+            credential: credential.clone(),
+            contract_id: contract_id.clone(),
+        },
+        desired,
+        assignment_active: true,
+        op,
+    })
+}
+
 /// Computes the plan of `event` against `inventory`.
 pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
     let mut changes = Changes::default();
     let mut unassigned = Vec::new();
     match &event.data {
         EventData::AssignmentStarted {
-            employee_id,
             tenant_id,
             object_id,
-            partner_id,
-            credential,
-            contract_id,
+            ..
         } => {
-            let key = AccountKey {
+            let before = inventory.get(&AccountKey {
                 tenant_id: tenant_id.clone(),
                 object_id: object_id.clone(),
-            };
-            let before = inventory.get(&key)?;
-            let account = Account {
-                tenant_id: tenant_id.clone(),
-                object_id: object_id.clone(),
-                employee_id: employee_id.clone(),
-                credential: credential.clone(),
-                contract_id: contract_id.clone(),
-            };
-            let desired = DesiredLink::Linked(partner_id.clone());
-            let op = op_for(before.as_ref(), &desired);
+            })?;
             return Ok(Plan {
-                changes: vec![PlannedChange {
-                    previous: before.map(|entry| Previous {
-                        current_action: entry.current_action,
-                        employee_id: entry.account.employee_id,
-                    }),
-                    account,
-                    desired,
-                    assignment_active: true,
-                    op,
-                }],
+                changes: assignment_started(event, before).into_iter().collect(),
                 unassigned,
             });
         }
