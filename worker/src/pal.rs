@@ -25,6 +25,8 @@ use crate::telemetry::{ApiRequestCompleted, Metrics, RetryReason};
 
 /// Tokens are renewed this long before they expire (SPEC §5).
 pub const TOKEN_RENEWAL_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Tokens kept at most (one per credential and tenant in use).
+pub const TOKEN_CACHE_CAPACITY: usize = 4096;
 /// A secret reported invalid (AADSTS7000215) is retried this long, in case it was just rotated.
 pub const SECRET_ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
 
@@ -280,16 +282,42 @@ impl PalClient {
             let mut locks = self.inner.token_fetch.lock().expect("token lock");
             locks.entry(key.clone()).or_default().clone()
         };
-        let _guard = fetch_lock.lock().await;
+        let guard = fetch_lock.lock().await;
         if let Some(token) = self.cached(&key) {
             return Ok(token);
         }
-        let token = self.fetch_token(credential, tenant).await?;
-        self.inner
-            .tokens
-            .lock()
-            .expect("token lock")
-            .insert(key, token.clone());
+        let fetched = self.fetch_token(credential, tenant).await;
+        drop(guard);
+        {
+            // Nobody else waits on this key's lock once we hold the only
+            // other reference: drop it, so the map stays as small as the
+            // fetches in progress.
+            let mut locks = self.inner.token_fetch.lock().expect("token lock");
+            if locks
+                .get(&key)
+                .is_some_and(|lock| Arc::strong_count(lock) <= 2)
+            {
+                locks.remove(&key);
+            }
+        }
+        let token = fetched?;
+        let mut tokens = self.inner.tokens.lock().expect("token lock");
+        if tokens.len() >= TOKEN_CACHE_CAPACITY {
+            // A fan-out over many tenants and identities must not keep a
+            // token per identity for an hour: drop the ones due for renewal,
+            // then, if still full, half of the rest.
+            let renew_after = self.inner.clock.now()
+                + chrono::Duration::from_std(TOKEN_RENEWAL_MARGIN).expect("small duration");
+            tokens.retain(|_, token| token.expires_at > renew_after);
+            if tokens.len() >= TOKEN_CACHE_CAPACITY {
+                let mut keep = false;
+                tokens.retain(|_, _| {
+                    keep = !keep;
+                    keep
+                });
+            }
+        }
+        tokens.insert(key, token.clone());
         Ok(token)
     }
 
