@@ -160,8 +160,9 @@ pub struct UsageError(pub String);
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own summary; its logs stay quiet unless asked for.
-    let default_directive = if matches!(cli.command, Command::Demo) {
+    // The demo and the benchmarks print their own results; their logs stay
+    // quiet unless asked for.
+    let default_directive = if matches!(cli.command, Command::Demo | Command::Bench(_)) {
         "warn"
     } else {
         "info"
