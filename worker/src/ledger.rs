@@ -662,15 +662,7 @@ impl Ledger {
             completed_at: (total == 0).then_some(now),
             publisher: publisher.map(str::to_owned),
         };
-        let trees = (
-            &self.inventory,
-            &self.index,
-            &self.events,
-            &self.actions,
-            &self.event_actions,
-            &self.due,
-            &self.open_events,
-        );
+        let trees = self.accept_trees();
 
         if total <= ACCEPT_CHUNK {
             // The usual case: plan, inventory changes, actions and the
@@ -796,15 +788,7 @@ impl Ledger {
             ids.push((self.db.generate_id()?, self.db.generate_id()?));
         }
         let held = max_actions_per_event < 1;
-        let trees = (
-            &self.inventory,
-            &self.index,
-            &self.events,
-            &self.actions,
-            &self.event_actions,
-            &self.due,
-            &self.open_events,
-        );
+        let trees = self.accept_trees();
         trees
             .transaction(|(inventory, index, events_tree, actions, event_actions, due, open_events)| {
                 let mut outcomes = Vec::with_capacity(events.len());
@@ -864,6 +848,30 @@ impl Ledger {
                 Ok(outcomes)
             })
             .map_err(tx_error)
+    }
+
+    /// The trees an acceptance writes, in the order of [`AcceptTrees`].
+    #[allow(clippy::type_complexity)]
+    fn accept_trees(
+        &self,
+    ) -> (
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+    ) {
+        (
+            &self.inventory,
+            &self.index,
+            &self.events,
+            &self.actions,
+            &self.event_actions,
+            &self.due,
+            &self.open_events,
+        )
     }
 
     /// The action records of a chunk of planned changes.
