@@ -228,6 +228,15 @@ fn format_value(unit: Unit, value: f64) -> String {
 }
 
 /// The median of every number over the runs (same keys in every run).
+/// One run's numbers on stderr, with the machine's load at the time.
+fn log_run(label: &str, run: usize, runs: usize, sample: &Sample) {
+    eprintln!(
+        "{label} run {run}/{runs} ({}): {}",
+        load_average(),
+        sample.render()
+    );
+}
+
 fn medians(runs: &[Sample]) -> Sample {
     let mut out = Sample::default();
     if let Some(first) = runs.first() {
@@ -364,12 +373,7 @@ async fn ingest(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>> {
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         let sample = ingest_run(url, args, &bodies).await?;
-        eprintln!(
-            "ingest run {run}/{} ({}): {}",
-            args.runs,
-            load_average(),
-            sample.render()
-        );
+        log_run("ingest", run, args.runs, &sample);
         runs.push(sample);
     }
     let median = medians(&runs);
@@ -566,12 +570,7 @@ async fn execution(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>> {
         let (results, limits) = execution_run(url, args, per_tenant).await?;
         settings_seen = Some(limits);
         for (order, name, sample) in results {
-            eprintln!(
-                "execution run {run}/{} {name} ({}): {}",
-                args.runs,
-                load_average(),
-                sample.render()
-            );
+            log_run(&format!("execution {name}"), run, args.runs, &sample);
             phases.entry((order, name)).or_default().push(sample);
         }
     }
@@ -883,12 +882,7 @@ async fn fanout(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>> {
     for run in 1..=args.runs {
         let directory = work.path().join(format!("run-{run}"));
         let sample = fanout_run(url, &principals, &accounts, &base, &directory).await?;
-        eprintln!(
-            "fanout run {run}/{} ({}): {}",
-            args.runs,
-            load_average(),
-            sample.render()
-        );
+        log_run("fanout", run, args.runs, &sample);
         runs.push(sample);
         std::fs::remove_dir_all(&directory).ok();
     }
@@ -1086,12 +1080,7 @@ async fn idle_restart(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>
     for run in 1..=args.runs {
         let directory = work.path().join(format!("run-{run}"));
         let sample = restart_run(url, &principals, &pending, &base, &directory).await?;
-        eprintln!(
-            "idle-restart run {run}/{} ({}): {}",
-            args.runs,
-            load_average(),
-            sample.render()
-        );
+        log_run("idle-restart", run, args.runs, &sample);
         runs.push(sample);
         std::fs::remove_dir_all(&directory).ok();
     }

@@ -670,32 +670,16 @@ impl Ledger {
             let new_actions =
                 self.new_actions(event, seq, &plan.changes, state, now, not_before)?;
             let cancelled = trees
-                .transaction(
-                    |(inventory, index, events, actions, event_actions, due, open_events)| {
-                        let cancelled = write_changes(
-                            (
-                                inventory,
-                                index,
-                                events,
-                                actions,
-                                event_actions,
-                                due,
-                                open_events,
-                            ),
-                            seq,
-                            &plan.changes,
-                            &new_actions,
-                            held,
-                            now,
-                        )?;
-                        if !held && total > 0 {
-                            open_events
-                                .insert(&seq.to_be_bytes(), &(total as u64).to_be_bytes())?;
-                        }
-                        write_event_marker(index, events, event, &record)?;
-                        Ok(cancelled)
-                    },
-                )
+                .transaction(|trees| {
+                    let cancelled =
+                        write_changes(trees, seq, &plan.changes, &new_actions, held, now)?;
+                    let (_, index, events, _, _, _, open_events) = trees;
+                    if !held && total > 0 {
+                        open_events.insert(&seq.to_be_bytes(), &(total as u64).to_be_bytes())?;
+                    }
+                    write_event_marker(index, events, event, &record)?;
+                    Ok(cancelled)
+                })
                 .map_err(tx_error)?;
             return Ok(accept_outcome(
                 seq,
@@ -721,33 +705,17 @@ impl Ledger {
         for (index, chunk) in plan.changes.chunks(ACCEPT_CHUNK).enumerate() {
             let new_actions = self.new_actions(event, seq, chunk, state, now, not_before)?;
             let chunk_cancelled = trees
-                .transaction(
-                    |(inventory, tree_index, events, actions, event_actions, due, open_events)| {
-                        if index == 0 && !held {
-                            // One more than the actions: the marker's own
-                            // decrement, so the event cannot complete before
-                            // its record exists.
-                            open_events
-                                .insert(&seq.to_be_bytes(), &(total as u64 + 1).to_be_bytes())?;
-                        }
-                        write_changes(
-                            (
-                                inventory,
-                                tree_index,
-                                events,
-                                actions,
-                                event_actions,
-                                due,
-                                open_events,
-                            ),
-                            seq,
-                            chunk,
-                            &new_actions,
-                            held,
-                            now,
-                        )
-                    },
-                )
+                .transaction(|trees| {
+                    if index == 0 && !held {
+                        // One more than the actions: the marker's own
+                        // decrement, so the event cannot complete before
+                        // its record exists.
+                        trees
+                            .6
+                            .insert(&seq.to_be_bytes(), &(total as u64 + 1).to_be_bytes())?;
+                    }
+                    write_changes(trees, seq, chunk, &new_actions, held, now)
+                })
                 .map_err(tx_error)?;
             cancelled.extend(chunk_cancelled);
         }
@@ -790,7 +758,8 @@ impl Ledger {
         let held = max_actions_per_event < 1;
         let trees = self.accept_trees();
         trees
-            .transaction(|(inventory, index, events_tree, actions, event_actions, due, open_events)| {
+            .transaction(|trees| {
+                let (inventory, index, events_tree, _, _, _, open_events) = trees;
                 let mut outcomes = Vec::with_capacity(events.len());
                 for ((event, publisher), (seq, action_id)) in events.iter().zip(&ids) {
                     if index.get(event_key(&event.source, &event.id))?.is_some() {
@@ -798,11 +767,14 @@ impl Ledger {
                         continue;
                     }
                     let EventData::AssignmentStarted {
-                        tenant_id, object_id, ..
+                        tenant_id,
+                        object_id,
+                        ..
                     } = &event.data
                     else {
                         return Err(ConflictableTransactionError::Abort(LedgerError::Rejected(
-                            "accept_assignments takes project.assignment.started events only".into(),
+                            "accept_assignments takes project.assignment.started events only"
+                                .into(),
                         )));
                     };
                     let key = account_key_bytes(tenant_id, object_id);
@@ -819,10 +791,11 @@ impl Ledger {
                     } else {
                         ActionState::Pending
                     };
-                    let action = new_action(event, *seq, *action_id, &change, state, now, not_before);
+                    let action =
+                        new_action(event, *seq, *action_id, &change, state, now, not_before);
                     let changes = [change];
                     let cancelled = write_changes(
-                        (inventory, index, events_tree, actions, event_actions, due, open_events),
+                        trees,
                         *seq,
                         &changes,
                         std::slice::from_ref(&action),
@@ -835,7 +808,11 @@ impl Ledger {
                     let record = EventRecord {
                         seq: *seq,
                         event: (*event).clone(),
-                        state: if held { EventState::Held } else { EventState::Accepted },
+                        state: if held {
+                            EventState::Held
+                        } else {
+                            EventState::Accepted
+                        },
                         accepted_at: now,
                         action_count: 1,
                         unassigned: Vec::new(),
@@ -1445,20 +1422,20 @@ fn new_action(
 /// Plans with more actions than this are written in several transactions.
 pub const ACCEPT_CHUNK: usize = 1024;
 
-type AcceptTrees<'a> = (
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
+type AcceptTrees = (
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
 );
 
 /// Writes planned changes and their actions; supersedes older unfinished
 /// actions of the same accounts. Held plans store their actions only.
 fn write_changes(
-    (inventory, index, events, actions, event_actions, due, open_events): AcceptTrees<'_>,
+    (inventory, index, events, actions, event_actions, due, open_events): &AcceptTrees,
     seq: EventSeq,
     changes: &[PlannedChange],
     new_actions: &[ActionRecord],
