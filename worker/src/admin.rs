@@ -219,20 +219,23 @@ impl Admin {
     ) -> Result<ReleaseSummary, LedgerError> {
         let record = self.ledger.resolve_event(event_id, source)?;
         let approval = self.ledger.approve(record.seq, Utc::now())?;
-        let (released, cancelled) = (&approval.released, &approval.cancelled);
+        let (released, cancelled) = (approval.released, &approval.cancelled);
         self.ledger.flush()?;
         if let Some(metrics) = &self.metrics {
             metrics.held_plans.dec();
-            metrics.actions_pending.add(released.len() as i64);
-            if !released.is_empty() {
-                metrics.events_in_flight.inc();
-            }
+            metrics.actions_pending.add(released as i64);
+            // The event is open from its approval until its last action ends
+            // (at once when nothing was released).
+            metrics.events_in_flight.inc();
             crate::telemetry::emit_cancelled_held(cancelled, metrics);
             crate::telemetry::emit_superseded(&approval.superseded, metrics);
+            if let Some(record) = &approval.completed {
+                crate::telemetry::EventCompleted { record }.emit(metrics);
+            }
         }
         tracing::info!(
             event_id = %record.event.id,
-            released = released.len(),
+            released,
             cancelled = cancelled.len(),
             "Held plan approved by an operator."
         );
@@ -240,7 +243,7 @@ impl Admin {
         Ok(ReleaseSummary {
             event_id: record.event.id,
             event_source: record.event.source,
-            released: released.len() as u64,
+            released,
             cancelled: cancelled.len() as u64,
         })
     }

@@ -8,7 +8,8 @@
 //! Trees and keys (all tenant-scoped data is keyed by tenant first):
 //! - `inventory`: `{tenant}/{object}` → [`InventoryEntry`]
 //! - `index`: `emp:{employee}\0{tenant}/{object}` → (); `key:{source}\0{id}` → seq;
-//!   `eid:{id}\0{source}` → seq; `held:{seq}` → ()
+//!   `eid:{id}\0{source}` → seq; `held:{seq}` → (); `approving:{seq}` → () while
+//!   a held plan is being released
 //! - `events`: seq → [`EventRecord`]
 //! - `actions`: action id → [`ActionRecord`]
 //! - `event_actions`: seq ++ action id → ()
@@ -17,6 +18,7 @@
 //! - `open_events`: seq → remaining non-terminal actions
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -29,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use crate::planner::{self, InventoryView, Plan, PlannedChange};
+use crate::planner::{self, FanOut, InventoryView, Plan, PlannedChange, Scope};
 
 pub type ActionId = u64;
 pub type EventSeq = u64;
@@ -257,12 +259,15 @@ pub struct Superseded {
 /// What approving a held plan did.
 #[derive(Debug, Clone)]
 pub struct Approval {
-    /// The plan's actions that are now pending (or scheduled).
-    pub released: Vec<ActionRecord>,
+    /// How many of the plan's actions are now pending (or scheduled).
+    pub released: u64,
     /// The plan's actions whose account a later event had already targeted.
     pub cancelled: Vec<ActionRecord>,
     /// Older unfinished actions that the released ones superseded.
     pub superseded: Vec<Superseded>,
+    /// Set when the approval completed the event (nothing was released, or
+    /// every released action already finished).
+    pub completed: Option<EventRecord>,
 }
 
 /// A terminal transition's effect on its event.
@@ -391,6 +396,12 @@ fn event_id_key(source: &str, id: &str) -> Vec<u8> {
 
 fn held_key(seq: EventSeq) -> Vec<u8> {
     let mut key = b"held:".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn approving_key(seq: EventSeq) -> Vec<u8> {
+    let mut key = b"approving:".to_vec();
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
@@ -624,7 +635,9 @@ impl Ledger {
 
     /// Accepts an event: deduplicates it by `(source, id)`, plans it against
     /// the inventory, and stores the plan, the inventory changes and the
-    /// actions in one transaction. Not durable until [`Ledger::flush`].
+    /// actions. A plan of up to [`ACCEPT_CHUNK`] actions is one transaction;
+    /// a larger one is written a chunk at a time, the deduplication marker
+    /// last (see [`PlanChunks`]). Not durable until [`Ledger::flush`].
     pub fn accept(
         &self,
         event: &Event,
@@ -636,10 +649,25 @@ impl Ledger {
         if self.is_duplicate(&event.source, &event.id)? {
             return Ok(AcceptOutcome::Duplicate);
         }
-        let mut plan = planner::plan(event, &LedgerView(self))?;
+        let (mut chunks, unassigned) = match planner::fan_out(event) {
+            Some(fan_out) => (PlanChunks::streamed(fan_out), Vec::new()),
+            None => {
+                let plan = planner::plan(event, &LedgerView(self))?;
+                (PlanChunks::planned(plan.changes), plan.unassigned)
+            }
+        };
+        let first = chunks.next_chunk(self)?;
+        let single = chunks.is_done();
+        // Whether the plan is held is known before anything is written: from
+        // its size when it fits one chunk, else by counting (and no further
+        // than the limit) without keeping what is counted.
+        let held = if single {
+            first.len() > max_actions_per_event
+        } else {
+            chunks.count_at_least(self, max_actions_per_event.saturating_add(1))?
+                > max_actions_per_event
+        };
         let seq = self.db.generate_id()?;
-        let total = plan.changes.len();
-        let held = total > max_actions_per_event;
         let not_before = event.effective_at().filter(|at| *at > now);
         let state = if held {
             ActionState::Held
@@ -648,7 +676,7 @@ impl Ledger {
         } else {
             ActionState::Pending
         };
-        let record = EventRecord {
+        let record = |total: usize| EventRecord {
             seq,
             event: event.clone(),
             state: if held {
@@ -658,21 +686,21 @@ impl Ledger {
             },
             accepted_at: now,
             action_count: total as u64,
-            unassigned: plan.unassigned.clone(),
+            unassigned: unassigned.clone(),
             completed_at: (total == 0).then_some(now),
             publisher: publisher.map(str::to_owned),
         };
         let trees = self.accept_trees();
 
-        if total <= ACCEPT_CHUNK {
+        if single {
             // The usual case: plan, inventory changes, actions and the
             // deduplication marker in one transaction.
-            let new_actions =
-                self.new_actions(event, seq, &plan.changes, state, now, not_before)?;
+            let total = first.len();
+            let new_actions = self.new_actions(event, seq, &first, state, now, not_before)?;
+            let record = record(total);
             let cancelled = trees
                 .transaction(|trees| {
-                    let cancelled =
-                        write_changes(trees, seq, &plan.changes, &new_actions, held, now)?;
+                    let cancelled = write_changes(trees, seq, &first, &new_actions, held, now)?;
                     let (_, index, events, _, _, _, open_events) = trees;
                     if !held && total > 0 {
                         open_events.insert(&seq.to_be_bytes(), &(total as u64).to_be_bytes())?;
@@ -682,43 +710,49 @@ impl Ledger {
                 })
                 .map_err(tx_error)?;
             return Ok(accept_outcome(
-                seq,
-                total,
-                held,
-                plan.unassigned,
-                cancelled,
-                None,
+                seq, total, held, unassigned, cancelled, None,
             ));
         }
 
         // A large plan (a partner-ID change, a contract end at a big
-        // customer) is written in chunks so memory stays bounded, and the
-        // deduplication marker last. If the worker dies in between, the
-        // event was not acknowledged: it is redelivered and re-planned
+        // customer) is written a chunk at a time. The event's open-action
+        // count starts at one more than its first chunk — the marker's own
+        // decrement, so the event cannot complete while chunks are still being
+        // written — and grows with each chunk. If the worker dies in between,
+        // the event was not acknowledged: it is redelivered and re-planned
         // against the inventory the written chunks already changed, while
-        // their actions run as stored. Links are written before removals so
-        // that "where the departed employee had a link" survives such a
-        // re-plan.
-        plan.changes
-            .sort_by_key(|change| matches!(change.desired, DesiredLink::Absent));
+        // their actions run as stored.
         let mut cancelled = Vec::new();
-        for (index, chunk) in plan.changes.chunks(ACCEPT_CHUNK).enumerate() {
-            let new_actions = self.new_actions(event, seq, chunk, state, now, not_before)?;
+        let mut total = 0usize;
+        let mut chunk = first;
+        loop {
+            let new_actions = self.new_actions(event, seq, &chunk, state, now, not_before)?;
             let chunk_cancelled = trees
                 .transaction(|trees| {
-                    if index == 0 && !held {
-                        // One more than the actions: the marker's own
-                        // decrement, so the event cannot complete before
-                        // its record exists.
-                        trees
-                            .6
-                            .insert(&seq.to_be_bytes(), &(total as u64 + 1).to_be_bytes())?;
+                    if !held {
+                        // Until the marker is written its share (one) keeps
+                        // the count above zero, so only the first chunk finds
+                        // no count.
+                        let open_events = &trees.6;
+                        let open = open_events
+                            .get(seq.to_be_bytes())?
+                            .map_or(1, |bytes| read_u64(&bytes));
+                        open_events.insert(
+                            &seq.to_be_bytes(),
+                            &(open + chunk.len() as u64).to_be_bytes(),
+                        )?;
                     }
-                    write_changes(trees, seq, chunk, &new_actions, held, now)
+                    write_changes(trees, seq, &chunk, &new_actions, held, now)
                 })
                 .map_err(tx_error)?;
+            total += chunk.len();
             cancelled.extend(chunk_cancelled);
+            if chunks.is_done() {
+                break;
+            }
+            chunk = chunks.next_chunk(self)?;
         }
+        let record = record(total);
         let completed = (&self.index, &self.events, &self.open_events)
             .transaction(|(index, events, open_events)| {
                 write_event_marker(index, events, event, &record)?;
@@ -729,12 +763,7 @@ impl Ledger {
             })
             .map_err(tx_error)?;
         Ok(accept_outcome(
-            seq,
-            total,
-            held,
-            plan.unassigned,
-            cancelled,
-            completed,
+            seq, total, held, unassigned, cancelled, completed,
         ))
     }
 
@@ -944,11 +973,39 @@ impl Ledger {
             )));
         }
         let not_before = record.event.effective_at().filter(|at| *at > now);
-        let mut released = Vec::new();
+        let mut released = 0u64;
         let mut cancelled = Vec::new();
         let mut superseded = Vec::new();
-        let mut remaining = 0u64;
-        for action in self.event_actions(seq)? {
+        // The approval's own share of the event's open-action count: released
+        // actions may finish while later ones are still being released, and
+        // the event must not complete before the last is. Taken once, even if
+        // an approval interrupted by a crash is repeated.
+        (&self.index, &self.open_events)
+            .transaction(|(index, open_events)| {
+                if index.insert(approving_key(seq), &[])?.is_none() {
+                    let open = open_events
+                        .get(seq.to_be_bytes())?
+                        .map_or(0, |bytes| read_u64(&bytes));
+                    open_events.insert(&seq.to_be_bytes(), &(open + 1).to_be_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        // One action at a time, read from the plan's key range: a large held
+        // plan is never loaded whole.
+        for item in self.event_actions.scan_prefix(seq.to_be_bytes()) {
+            let (key, _) = item?;
+            let Some(action) = self.action(read_u64(&key[8..]))? else {
+                continue;
+            };
+            if action.state != ActionState::Held {
+                // Released (or cancelled) by an approval that a crash
+                // interrupted; already counted.
+                if action.state != ActionState::Cancelled {
+                    released += 1;
+                }
+                continue;
+            }
             let key = account_key_bytes(&action.tenant_id, &action.object_id);
             let result = (
                 &self.inventory,
@@ -1028,6 +1085,10 @@ impl Ledger {
                     };
                     action.not_before = not_before;
                     actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
+                    let open = open_events
+                        .get(seq.to_be_bytes())?
+                        .map_or(0, |bytes| read_u64(&bytes));
+                    open_events.insert(&seq.to_be_bytes(), &(open + 1).to_be_bytes())?;
                     due.insert(
                         &due_key(action.due_at(), action.action_id),
                         action.tenant_id.as_str().as_bytes(),
@@ -1036,36 +1097,29 @@ impl Ledger {
                 })
                 .map_err(tx_error)?;
             match result {
-                (action, true, previous) => {
-                    remaining += 1;
-                    released.push(action);
+                (_, true, previous) => {
+                    released += 1;
                     superseded.extend(previous);
                 }
                 (action, false, _) => cancelled.push(action),
             }
         }
         record.state = EventState::Approved;
-        if remaining == 0 {
-            record.completed_at = Some(now);
-        }
-        (&self.events, &self.index, &self.open_events)
+        let completed = (&self.events, &self.index, &self.open_events)
             .transaction(|(events, index, open_events)| {
                 events.insert(&seq.to_be_bytes(), encode(&record))?;
                 index.remove(held_key(seq))?;
-                if remaining > 0 {
-                    let current = open_events
-                        .get(seq.to_be_bytes())?
-                        .map(|v| read_u64(&v))
-                        .unwrap_or(0);
-                    open_events.insert(&seq.to_be_bytes(), &(current + remaining).to_be_bytes())?;
-                }
-                Ok(())
+                index.remove(approving_key(seq))?;
+                // Gives back the approval's share: completes the event if
+                // nothing was released or everything released already finished.
+                decrement_open(open_events, events, seq, now)
             })
             .map_err(tx_error)?;
         Ok(Approval {
             released,
             cancelled,
             superseded,
+            completed,
         })
     }
 
@@ -1422,6 +1476,114 @@ fn new_action(
 /// Plans with more actions than this are written in several transactions.
 pub const ACCEPT_CHUNK: usize = 1024;
 
+/// A plan handed to [`Ledger::accept`] a chunk of at most [`ACCEPT_CHUNK`]
+/// changes at a time, so a large plan is never held in memory whole.
+enum PlanChunks<'e> {
+    /// Planned in memory: the event types that read one account's or one
+    /// employee's entries. Links come before removals, so that if the worker
+    /// dies between chunks of a departure, "where the departed employee had a
+    /// link" survives the re-plan of the redelivered event.
+    Planned {
+        changes: std::vec::IntoIter<PlannedChange>,
+        taken: usize,
+    },
+    /// A fan-out streamed over the inventory in key order. `cursor` is the
+    /// key of the last entry read; `next` the one change read past the last
+    /// chunk (how the end of the plan is known when a chunk fills up).
+    Streamed {
+        fan_out: FanOut<'e>,
+        next: Option<PlannedChange>,
+        cursor: Option<Vec<u8>>,
+        done: bool,
+    },
+}
+
+impl<'e> PlanChunks<'e> {
+    fn planned(mut changes: Vec<PlannedChange>) -> Self {
+        if changes.len() > ACCEPT_CHUNK {
+            changes.sort_by_key(|change| matches!(change.desired, DesiredLink::Absent));
+        }
+        PlanChunks::Planned {
+            changes: changes.into_iter(),
+            taken: 0,
+        }
+    }
+
+    fn streamed(fan_out: FanOut<'e>) -> Self {
+        PlanChunks::Streamed {
+            fan_out,
+            next: None,
+            cursor: None,
+            done: false,
+        }
+    }
+
+    /// Whether every change has been handed out.
+    fn is_done(&self) -> bool {
+        match self {
+            PlanChunks::Planned { changes, .. } => changes.len() == 0,
+            PlanChunks::Streamed { next, done, .. } => *done && next.is_none(),
+        }
+    }
+
+    /// The next chunk (empty once done).
+    fn next_chunk(&mut self, ledger: &Ledger) -> Result<Vec<PlannedChange>> {
+        match self {
+            PlanChunks::Planned { changes, taken } => {
+                let chunk: Vec<PlannedChange> = changes.by_ref().take(ACCEPT_CHUNK).collect();
+                *taken += chunk.len();
+                Ok(chunk)
+            }
+            PlanChunks::Streamed {
+                fan_out,
+                next,
+                cursor,
+                done,
+            } => {
+                let mut chunk = Vec::with_capacity(ACCEPT_CHUNK);
+                chunk.extend(next.take());
+                if *done {
+                    return Ok(chunk);
+                }
+                let after = cursor.take();
+                let finished =
+                    ledger.scan_scope(&fan_out.scope, after.as_deref(), |key, entry| {
+                        let Some(change) = fan_out.change(entry) else {
+                            return true;
+                        };
+                        if chunk.len() < ACCEPT_CHUNK {
+                            chunk.push(change);
+                            return true;
+                        }
+                        *next = Some(change);
+                        *cursor = Some(key.to_vec());
+                        false
+                    })?;
+                *done = finished;
+                Ok(chunk)
+            }
+        }
+    }
+
+    /// The number of changes in the whole plan, counted no further than
+    /// `limit`.
+    fn count_at_least(&self, ledger: &Ledger, limit: usize) -> Result<usize> {
+        match self {
+            PlanChunks::Planned { changes, taken } => Ok(taken + changes.len()),
+            PlanChunks::Streamed { fan_out, .. } => {
+                let mut count = 0usize;
+                ledger.scan_scope(&fan_out.scope, None, |_, entry| {
+                    if fan_out.applies(&entry) {
+                        count += 1;
+                    }
+                    count < limit
+                })?;
+                Ok(count)
+            }
+        }
+    }
+}
+
 type AcceptTrees = (
     TransactionalTree,
     TransactionalTree,
@@ -1629,6 +1791,48 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Visits the inventory entries of `scope` in key order, starting after
+    /// the key `after`, until `visit` returns false. Returns whether the scan
+    /// reached the end of the scope.
+    fn scan_scope(
+        &self,
+        scope: &Scope,
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], InventoryEntry) -> bool,
+    ) -> Result<bool> {
+        let start = |floor: &[u8]| match after {
+            Some(after) if after >= floor => Bound::Excluded(after.to_vec()),
+            _ => Bound::Included(floor.to_vec()),
+        };
+        match scope {
+            Scope::All => {
+                for item in self.inventory.range((start(b""), Bound::Unbounded)) {
+                    let (key, value) = item?;
+                    if !visit(&key, decode(&key, &value)?) {
+                        return Ok(false);
+                    }
+                }
+            }
+            Scope::Tenants(tenants) => {
+                for tenant in tenants {
+                    let prefix = format!("{}/", tenant.as_str()).into_bytes();
+                    for item in self.inventory.range((start(&prefix), Bound::Unbounded)) {
+                        let (key, value) = item?;
+                        if !key.starts_with(&prefix) {
+                            break;
+                        }
+                        if !visit(&key, decode(&key, &value)?) {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
 impl InventoryView for LedgerView<'_> {
     fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>> {
         self.0.inventory_entry(key)
@@ -1803,6 +2007,143 @@ mod tests {
                 .map(|p| p.as_str())
                 == Some("111"))
         );
+    }
+
+    fn tenant(n: usize) -> String {
+        format!("{n:08x}-0000-4000-8000-000000000000")
+    }
+
+    #[test]
+    fn a_tenant_scoped_fan_out_streams_exactly_its_tenants_accounts_across_chunks() {
+        let (_dir, ledger) = ledger();
+        // Seven tenants; the two in scope hold more than a chunk together.
+        let count = 7 * (ACCEPT_CHUNK / 2 + 3);
+        import_linked(&ledger, count);
+        let json = serde_json::json!({
+            "specversion": "1.0", "id": "scoped", "source": "urn:test",
+            "type": "partner.id.changed", "time": "2026-11-29T09:00:00Z",
+            // Unsorted, with a repeat: still each account once.
+            "data": {"old_partner_id": "111", "new_partner_id": "222",
+                     "tenant_ids": [tenant(5), tenant(2), tenant(5)]}
+        });
+        let event = Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).unwrap();
+        let outcome = ledger.accept(&event, None, Utc::now(), count).unwrap();
+        let in_scope = 2 * (ACCEPT_CHUNK / 2 + 3);
+        assert!(in_scope > ACCEPT_CHUNK);
+        let AcceptOutcome::Accepted { seq, actions, .. } = outcome else {
+            panic!("accepted expected, got {outcome:?}");
+        };
+        assert_eq!(actions, in_scope as u64);
+        let mut accounts: Vec<AccountKey> = ledger
+            .event_actions(seq)
+            .unwrap()
+            .iter()
+            .map(ActionRecord::account_key)
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        assert_eq!(accounts.len(), in_scope, "one action per account");
+        for entry in ledger.inventory_list(None, None).unwrap() {
+            let scoped =
+                [tenant(2), tenant(5)].contains(&entry.account.tenant_id.as_str().to_owned());
+            let partner = entry.desired.partner_id().map(|p| p.as_str().to_owned());
+            assert_eq!(partner.as_deref(), Some(if scoped { "222" } else { "111" }));
+        }
+        assert_eq!(
+            ledger.event(seq).unwrap().unwrap().action_count,
+            in_scope as u64
+        );
+    }
+
+    #[test]
+    fn a_contract_end_streams_only_the_contracts_accounts() {
+        let (_dir, ledger) = ledger();
+        let t = TenantId::parse(&tenant(1)).unwrap();
+        let rows = (0..ACCEPT_CHUNK * 2 + 1).map(|n| {
+            let account = Account {
+                tenant_id: t.clone(),
+                object_id: ObjectId::parse(&format!("{n:08x}-1111-4111-8111-111111111111"))
+                    .unwrap(),
+                employee_id: EmployeeId::parse(&format!("E-{n}")).unwrap(),
+                credential: None,
+                contract_id: Some(
+                    ContractId::parse(if n % 2 == 0 { "C-1" } else { "C-2" }).unwrap(),
+                ),
+            };
+            (account, Some(PartnerId::parse("111").unwrap()))
+        });
+        ledger.import_accounts(rows, Utc::now()).unwrap();
+        let json = serde_json::json!({
+            "specversion": "1.0", "id": "contract", "source": "urn:test",
+            "type": "project.contract.ended", "time": "2026-11-29T09:00:00Z",
+            "data": {"tenant_id": tenant(1), "contract_id": "C-1"}
+        });
+        let event = Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).unwrap();
+        let outcome = ledger.accept(&event, None, Utc::now(), usize::MAX).unwrap();
+        assert!(
+            matches!(outcome, AcceptOutcome::Accepted { actions, .. } if actions == ACCEPT_CHUNK as u64 + 1),
+            "{outcome:?}"
+        );
+        for entry in ledger.inventory_list(None, None).unwrap() {
+            let ended = entry.account.contract_id.as_ref().map(|c| c.as_str()) == Some("C-1");
+            assert_eq!(entry.desired.partner_id().is_none(), ended);
+            assert_eq!(entry.assignment_active, !ended);
+        }
+    }
+
+    #[test]
+    fn an_approved_large_plan_completes_once_when_its_last_action_ends() {
+        let (_dir, ledger) = ledger();
+        let count = ACCEPT_CHUNK + 5;
+        import_linked(&ledger, count);
+        let now = Utc::now();
+        let AcceptOutcome::Held { seq, .. } = ledger
+            .accept(&partner_change("approve-me"), None, now, 10)
+            .unwrap()
+        else {
+            panic!("held expected");
+        };
+        let approval = ledger.approve(seq, now).unwrap();
+        assert_eq!(approval.released, count as u64);
+        assert!(approval.completed.is_none());
+        assert!(!ledger.index.contains_key(approving_key(seq)).unwrap());
+        let due = ledger.due_actions(now, count * 2, |_| false).unwrap();
+        assert_eq!(due.len(), count);
+        let mut completions = 0;
+        for (index, action) in due.into_iter().enumerate() {
+            let mut action = ledger.claim(action.action_id, now).unwrap().unwrap();
+            action.state = ActionState::Done;
+            let completion = ledger.finish(&action).unwrap();
+            if completion.event_completed.is_some() {
+                completions += 1;
+                assert_eq!(index, count - 1, "completed before its last action");
+            }
+        }
+        assert_eq!(completions, 1);
+        assert!(ledger.event(seq).unwrap().unwrap().completed_at.is_some());
+    }
+
+    #[test]
+    fn approving_a_plan_whose_accounts_were_all_retargeted_completes_it_at_once() {
+        let (_dir, ledger) = ledger();
+        let now = Utc::now();
+        let AcceptOutcome::Held { seq, .. } = ledger
+            .accept(&assignment_for("held", "111"), None, now, 0)
+            .unwrap()
+        else {
+            panic!("held expected");
+        };
+        // A later event for the same account is accepted while the plan waits.
+        ledger
+            .accept(&assignment_for("later", "222"), None, now, 10)
+            .unwrap();
+        let approval = ledger.approve(seq, now).unwrap();
+        assert_eq!(approval.released, 0);
+        assert_eq!(approval.cancelled.len(), 1);
+        let completed = approval.completed.expect("completed by the approval");
+        assert_eq!(completed.state, EventState::Approved);
+        assert!(completed.completed_at.is_some());
+        assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
     }
 
     fn assignment_for(id: &str, partner: &str) -> Event {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use palworker_events::{
-    Account, AccountKey, DesiredLink, EmployeeId, Event, EventData, PartnerId, TenantId,
+    Account, AccountKey, ContractId, DesiredLink, EmployeeId, Event, EventData, PartnerId, TenantId,
 };
 use serde::Serialize;
 
@@ -62,6 +62,25 @@ fn op_for(before: Option<&InventoryEntry>, desired: &DesiredLink) -> Op {
     }
 }
 
+/// The change that reconciles `entry` towards `desired`.
+fn change_of(
+    entry: InventoryEntry,
+    desired: DesiredLink,
+    assignment_active: bool,
+) -> PlannedChange {
+    let op = op_for(Some(&entry), &desired);
+    PlannedChange {
+        previous: Some(Previous {
+            current_action: entry.current_action,
+            employee_id: entry.account.employee_id.clone(),
+        }),
+        account: entry.account,
+        desired,
+        assignment_active,
+        op,
+    }
+}
+
 /// Collects changes; one plan never holds two actions for the same account
 /// (the later rule wins), and they come out ordered by account.
 #[derive(Default)]
@@ -69,17 +88,7 @@ struct Changes(Vec<PlannedChange>);
 
 impl Changes {
     fn set(&mut self, entry: InventoryEntry, desired: DesiredLink, assignment_active: bool) {
-        let op = op_for(Some(&entry), &desired);
-        self.0.push(PlannedChange {
-            previous: Some(Previous {
-                current_action: entry.current_action,
-                employee_id: entry.account.employee_id.clone(),
-            }),
-            account: entry.account,
-            desired,
-            assignment_active,
-            op,
-        });
+        self.0.push(change_of(entry, desired, assignment_active));
     }
 
     fn into_vec(mut self) -> Vec<PlannedChange> {
@@ -96,6 +105,99 @@ impl Changes {
             }
         }
         out
+    }
+}
+
+/// The accounts a fan-out event reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scope {
+    /// Every account in the inventory.
+    All,
+    /// The accounts of these tenants, sorted and without repeats (so that
+    /// visiting them tenant by tenant is visiting them in key order).
+    Tenants(Vec<TenantId>),
+}
+
+/// An event whose every change depends on one inventory entry alone
+/// (`project.contract.ended`, `partner.id.changed`): the events that can touch
+/// tens of thousands of accounts. The ledger plans them as a stream over the
+/// inventory in key order, a chunk at a time, never holding the whole plan.
+#[derive(Debug)]
+pub struct FanOut<'a> {
+    pub scope: Scope,
+    rule: FanOutRule<'a>,
+}
+
+#[derive(Debug)]
+enum FanOutRule<'a> {
+    /// Remove the links of the contract's accounts (all of the tenant's
+    /// accounts without a contract ID).
+    ContractEnded { contract_id: Option<&'a ContractId> },
+    /// Move every account desired linked to `old` to `new`.
+    PartnerIdChanged {
+        old: &'a PartnerId,
+        new: &'a PartnerId,
+    },
+}
+
+impl FanOut<'_> {
+    /// Whether the event changes this account of its scope.
+    pub fn applies(&self, entry: &InventoryEntry) -> bool {
+        match self.rule {
+            FanOutRule::ContractEnded { contract_id } => {
+                contract_id.is_none() || entry.account.contract_id.as_ref() == contract_id
+            }
+            FanOutRule::PartnerIdChanged { old, .. } => linked_to(entry) == Some(old),
+        }
+    }
+
+    /// The change the event implies for one account of its scope, if any.
+    pub fn change(&self, entry: InventoryEntry) -> Option<PlannedChange> {
+        if !self.applies(&entry) {
+            return None;
+        }
+        Some(match self.rule {
+            FanOutRule::ContractEnded { .. } => change_of(entry, DesiredLink::Absent, false),
+            FanOutRule::PartnerIdChanged { new, .. } => {
+                let active = entry.assignment_active;
+                change_of(entry, DesiredLink::Linked(new.clone()), active)
+            }
+        })
+    }
+}
+
+/// The fan-out form of `event`, for the event types planned as a stream.
+pub fn fan_out(event: &Event) -> Option<FanOut<'_>> {
+    match &event.data {
+        EventData::ContractEnded {
+            tenant_id,
+            contract_id,
+        } => Some(FanOut {
+            scope: Scope::Tenants(vec![tenant_id.clone()]),
+            rule: FanOutRule::ContractEnded {
+                contract_id: contract_id.as_ref(),
+            },
+        }),
+        EventData::PartnerIdChanged {
+            old_partner_id,
+            new_partner_id,
+            tenant_ids,
+        } => Some(FanOut {
+            scope: match tenant_ids {
+                Some(tenants) => {
+                    let mut tenants = tenants.clone();
+                    tenants.sort();
+                    tenants.dedup();
+                    Scope::Tenants(tenants)
+                }
+                None => Scope::All,
+            },
+            rule: FanOutRule::PartnerIdChanged {
+                old: old_partner_id,
+                new: new_partner_id,
+            },
+        }),
+        _ => None,
     }
 }
 
@@ -177,19 +279,6 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
                 changes.set(entry, DesiredLink::Absent, false);
             }
         }
-        EventData::ContractEnded {
-            tenant_id,
-            contract_id,
-        } => {
-            for entry in inventory.by_tenant(tenant_id)? {
-                if contract_id.is_some()
-                    && entry.account.contract_id.as_ref() != contract_id.as_ref()
-                {
-                    continue;
-                }
-                changes.set(entry, DesiredLink::Absent, false);
-            }
-        }
         EventData::EmployeeDeparted {
             employee_id,
             successor_employee_id,
@@ -235,26 +324,22 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
                 }
             }
         }
-        EventData::PartnerIdChanged {
-            old_partner_id,
-            new_partner_id,
-            tenant_ids,
-        } => {
+        EventData::ContractEnded { .. } | EventData::PartnerIdChanged { .. } => {
+            let fan_out = fan_out(event).expect("a fan-out event");
             let mut visit = |entry: InventoryEntry| {
-                if linked_to(&entry) == Some(old_partner_id) {
-                    let active = entry.assignment_active;
-                    changes.set(entry, DesiredLink::Linked(new_partner_id.clone()), active);
+                if let Some(change) = fan_out.change(entry) {
+                    changes.0.push(change);
                 }
             };
-            match tenant_ids {
-                Some(tenants) => {
+            match &fan_out.scope {
+                Scope::Tenants(tenants) => {
                     for tenant in tenants {
                         for entry in inventory.by_tenant(tenant)? {
                             visit(entry);
                         }
                     }
                 }
-                None => inventory.for_each(&mut visit)?,
+                Scope::All => inventory.for_each(&mut visit)?,
             }
         }
     }
