@@ -102,7 +102,7 @@ impl Default for RawLedger {
     fn default() -> Self {
         RawLedger {
             path: PathBuf::from("/var/lib/palworker/ledger"),
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 16 * 1024 * 1024,
         }
     }
 }

@@ -110,7 +110,7 @@ fn defaults_load_without_a_file() {
     assert!(settings.credentials.is_empty());
 
     assert_eq!(settings.ledger.path, Path::new("/var/lib/palworker/ledger"));
-    assert_eq!(settings.ledger.cache_capacity_bytes, 64 * 1024 * 1024);
+    assert_eq!(settings.ledger.cache_capacity_bytes, 16 * 1024 * 1024);
 
     assert_eq!(
         settings.retry,

@@ -126,7 +126,7 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long an idle worker runs before its RSS is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(5);
 /// The product's default sled cache (the harness uses a smaller one for tests).
-const LEDGER_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const LEDGER_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// The fan-out's worker: high concurrency and a per-tenant rate that never
 /// binds, so the numbers show the worker itself.
 const FANOUT_CONCURRENCY: usize = 256;
@@ -881,7 +881,9 @@ async fn fanout(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>> {
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         let directory = work.path().join(format!("run-{run}"));
-        let sample = fanout_run(url, &principals, &accounts, &base, &directory).await?;
+        let store_alone = fanout_store_alone(&base, &directory.join("alone")).await?;
+        let mut sample = fanout_run(url, &principals, &accounts, &base, &directory).await?;
+        sample.push("store_alone_s", Unit::Seconds, store_alone.as_secs_f64());
         log_run("fanout", run, args.runs, &sample);
         runs.push(sample);
         std::fs::remove_dir_all(&directory).ok();
@@ -900,6 +902,36 @@ async fn fanout(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<String>> {
         "plan_s<=5,peak_rss_mib<=100",
         met,
     )])
+}
+
+/// The planner and the ledger alone: the fan-out event accepted and flushed
+/// on a copy of the base ledger in this process, with nothing else running
+/// (no broker, no executor, no simulator traffic).
+async fn fanout_store_alone(base: &Path, directory: &Path) -> anyhow::Result<Duration> {
+    copy_dir(base, directory)?;
+    let directory = directory.to_owned();
+    let elapsed = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let ledger = Ledger::open(&directory, LEDGER_CACHE_BYTES)?;
+        let event = parse_event(&events::partner_id_changed(
+            "bench-fanout-alone",
+            PARTNER_A,
+            PARTNER_B,
+            None,
+        ))?;
+        let started = Instant::now();
+        let outcome = ledger.accept(&event, None, Utc::now(), usize::MAX)?;
+        ledger.flush()?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            matches!(outcome, crate::ledger::AcceptOutcome::Accepted { .. }),
+            "the fan-out was not accepted: {outcome:?}"
+        );
+        drop(ledger);
+        std::fs::remove_dir_all(&directory).ok();
+        Ok(elapsed)
+    })
+    .await??;
+    Ok(elapsed)
 }
 
 async fn fanout_run(

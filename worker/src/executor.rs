@@ -115,7 +115,8 @@ impl Executor {
             if shutdown.is_cancelled() {
                 break;
             }
-            let paused = this.paused.load(std::sync::atomic::Ordering::Relaxed);
+            let paused = this.paused.load(std::sync::atomic::Ordering::Relaxed)
+                || this.ledger.is_storing_large_plan();
             let free = concurrency.saturating_sub(tasks.len());
             if free > 0 && !paused {
                 let now = this.clock.now();
@@ -223,6 +224,11 @@ impl Executor {
         const MAX_IDLE: Duration = Duration::from_secs(1);
         if tasks.len() >= concurrency {
             return MAX_IDLE;
+        }
+        if self.ledger.is_storing_large_plan() {
+            // The intake wakes us once the plan is stored and flushed; this
+            // only bounds the wait should that wake-up be missed.
+            return Duration::from_millis(100);
         }
         match self.ledger.next_due() {
             Ok(Some(due)) => {

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use palworker_events::{
@@ -182,26 +183,37 @@ pub struct ActionRecord {
     pub tenant_id: TenantId,
     pub object_id: ObjectId,
     pub employee_id: EmployeeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract_id: Option<ContractId>,
     pub op: Op,
     pub desired: DesiredLink,
     pub state: ActionState,
     pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// `effective_at` of the event: the action does not run before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_attempt_at: Option<DateTime<Utc>>,
     /// The partner ID PAL showed before the action (None: no link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before_partner_id: Option<PartnerId>,
     /// The partner ID after the action (None: no link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_partner_id: Option<PartnerId>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
     /// Free text for operators: why manual, what a dry run would have done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
 }
 
@@ -346,6 +358,25 @@ pub struct Ledger {
     /// Serialises planning: plans read the inventory outside the transaction
     /// that writes them, so only one plan may be computed and stored at a time.
     planning: Mutex<()>,
+    /// Set while a plan larger than one chunk is being written (see
+    /// [`Ledger::is_storing_large_plan`]).
+    storing_large_plan: AtomicBool,
+}
+
+/// Clears [`Ledger::storing_large_plan`] however the write ends.
+struct StoringLargePlan<'a>(&'a AtomicBool);
+
+impl<'a> StoringLargePlan<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        StoringLargePlan(flag)
+    }
+}
+
+impl Drop for StoringLargePlan<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<LedgerError>>;
@@ -473,6 +504,7 @@ impl Ledger {
             open_events: db.open_tree("open_events")?,
             db,
             planning: Mutex::new(()),
+            storing_large_plan: AtomicBool::new(false),
         };
         ledger.recover_in_flight()?;
         Ok(ledger)
@@ -507,6 +539,14 @@ impl Ledger {
     /// Makes every write so far durable. One flush covers every plan written
     /// since the previous one (group commit). Blocking: call it from
     /// `spawn_blocking` in async code.
+    /// Whether a plan larger than one chunk is being written. The executor
+    /// starts no action meanwhile: sled runs one transaction at a time, and
+    /// a fan-out's chunks (and the acknowledgement of its event) should not
+    /// wait behind claims of the actions its first chunks just created.
+    pub fn is_storing_large_plan(&self) -> bool {
+        self.storing_large_plan.load(Ordering::Acquire)
+    }
+
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -722,6 +762,7 @@ impl Ledger {
         // the event was not acknowledged: it is redelivered and re-planned
         // against the inventory the written chunks already changed, while
         // their actions run as stored.
+        let _storing = StoringLargePlan::start(&self.storing_large_plan);
         let mut cancelled = Vec::new();
         let mut total = 0usize;
         let mut chunk = first;
@@ -1476,6 +1517,20 @@ fn new_action(
 /// Plans with more actions than this are written in several transactions.
 pub const ACCEPT_CHUNK: usize = 1024;
 
+/// The two fields of an [`InventoryEntry`] a fan-out's count reads (the rest
+/// of the record is skipped, not decoded).
+#[derive(Deserialize)]
+struct EntryProbe {
+    account: AccountProbe,
+    desired: DesiredLink,
+}
+
+#[derive(Deserialize)]
+struct AccountProbe {
+    #[serde(default)]
+    contract_id: Option<ContractId>,
+}
+
 /// A plan handed to [`Ledger::accept`] a chunk of at most [`ACCEPT_CHUNK`]
 /// changes at a time, so a large plan is never held in memory whole.
 enum PlanChunks<'e> {
@@ -1492,7 +1547,7 @@ enum PlanChunks<'e> {
     /// chunk (how the end of the plan is known when a chunk fills up).
     Streamed {
         fan_out: FanOut<'e>,
-        next: Option<PlannedChange>,
+        next: Option<Box<PlannedChange>>,
         cursor: Option<Vec<u8>>,
         done: bool,
     },
@@ -1541,7 +1596,7 @@ impl<'e> PlanChunks<'e> {
                 done,
             } => {
                 let mut chunk = Vec::with_capacity(ACCEPT_CHUNK);
-                chunk.extend(next.take());
+                chunk.extend(next.take().map(|change| *change));
                 if *done {
                     return Ok(chunk);
                 }
@@ -1555,7 +1610,7 @@ impl<'e> PlanChunks<'e> {
                             chunk.push(change);
                             return true;
                         }
-                        *next = Some(change);
+                        *next = Some(Box::new(change));
                         *cursor = Some(key.to_vec());
                         false
                     })?;
@@ -1572,8 +1627,8 @@ impl<'e> PlanChunks<'e> {
             PlanChunks::Planned { changes, taken } => Ok(taken + changes.len()),
             PlanChunks::Streamed { fan_out, .. } => {
                 let mut count = 0usize;
-                ledger.scan_scope(&fan_out.scope, None, |_, entry| {
-                    if fan_out.applies(&entry) {
+                ledger.scan_scope(&fan_out.scope, None, |_, entry: EntryProbe| {
+                    if fan_out.applies_to(entry.account.contract_id.as_ref(), &entry.desired) {
                         count += 1;
                     }
                     count < limit
@@ -1687,19 +1742,21 @@ fn write_inventory(
     entry: &InventoryEntry,
 ) -> TxResult<()> {
     let account = &entry.account;
-    if let Some(previous) = previous_employee
-        && previous != &account.employee_id
-    {
-        index.remove(employee_index_key(
-            previous,
-            &account.tenant_id,
-            &account.object_id,
-        ))?;
+    // The employee index changes only when the account is new or changes
+    // hands (most writes — every fan-out — leave it as it is).
+    if previous_employee != Some(&account.employee_id) {
+        if let Some(previous) = previous_employee {
+            index.remove(employee_index_key(
+                previous,
+                &account.tenant_id,
+                &account.object_id,
+            ))?;
+        }
+        index.insert(
+            employee_index_key(&account.employee_id, &account.tenant_id, &account.object_id),
+            &[],
+        )?;
     }
-    index.insert(
-        employee_index_key(&account.employee_id, &account.tenant_id, &account.object_id),
-        &[],
-    )?;
     inventory.insert(
         account_key_bytes(&account.tenant_id, &account.object_id),
         encode(entry),
@@ -1795,11 +1852,11 @@ impl Ledger {
     /// Visits the inventory entries of `scope` in key order, starting after
     /// the key `after`, until `visit` returns false. Returns whether the scan
     /// reached the end of the scope.
-    fn scan_scope(
+    fn scan_scope<T: for<'de> Deserialize<'de>>(
         &self,
         scope: &Scope,
         after: Option<&[u8]>,
-        mut visit: impl FnMut(&[u8], InventoryEntry) -> bool,
+        mut visit: impl FnMut(&[u8], T) -> bool,
     ) -> Result<bool> {
         let start = |floor: &[u8]| match after {
             Some(after) if after >= floor => Bound::Excluded(after.to_vec()),

@@ -16,7 +16,11 @@ pub fn init(format: LogFormat, default_directive: &str) {
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
     let result = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
+        // Colours only on a terminal: a log file or a journal gets plain text.
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -143,11 +143,16 @@ enum FanOutRule<'a> {
 impl FanOut<'_> {
     /// Whether the event changes this account of its scope.
     pub fn applies(&self, entry: &InventoryEntry) -> bool {
+        self.applies_to(entry.account.contract_id.as_ref(), &entry.desired)
+    }
+
+    /// [`FanOut::applies`] from the two fields it reads.
+    pub fn applies_to(&self, contract: Option<&ContractId>, desired: &DesiredLink) -> bool {
         match self.rule {
             FanOutRule::ContractEnded { contract_id } => {
-                contract_id.is_none() || entry.account.contract_id.as_ref() == contract_id
+                contract_id.is_none() || contract == contract_id
             }
-            FanOutRule::PartnerIdChanged { old, .. } => linked_to(entry) == Some(old),
+            FanOutRule::PartnerIdChanged { old, .. } => desired.partner_id() == Some(old),
         }
     }
 
