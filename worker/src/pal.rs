@@ -25,11 +25,9 @@ use crate::telemetry::{ApiRequestCompleted, Metrics, RetryReason};
 
 /// Tokens are renewed this long before they expire (SPEC §5).
 pub const TOKEN_RENEWAL_MARGIN: Duration = Duration::from_secs(5 * 60);
-/// Tokens kept at most (one per credential and tenant in use, ~1 KiB each
-/// with its key: ~4 MiB, even after a fan-out over 100,000 identities, where
-/// each token serves one action and caching buys nothing). Steady-state work
-/// reuses far fewer identities than this.
-pub const TOKEN_CACHE_CAPACITY: usize = 4_096;
+/// Tokens kept at most (one per credential and tenant in use; ~2 KiB each,
+/// so the cache stays within ~32 MiB even after a fan-out over 100,000 identities).
+pub const TOKEN_CACHE_CAPACITY: usize = 16_384;
 /// A secret reported invalid (AADSTS7000215) is retried this long, in case it was just rotated.
 pub const SECRET_ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
 
