@@ -71,7 +71,6 @@ use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::routing::post;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use arm::API_VERSION;
 pub use config::{
@@ -116,24 +115,48 @@ impl Simulator {
             .with_state(self.clone())
     }
 
-    /// Binds `addr` (port 0 picks a free port) and serves in a background task
-    /// until the handle is shut down or dropped.
+    /// Binds `addr` (port 0 picks a free port) and serves until the handle is
+    /// shut down or dropped. The simulator stands for a remote service, so it
+    /// runs on its own runtime and threads: its answers do not wait behind
+    /// whatever the caller's runtime is busy with (a worker's ledger calls),
+    /// only for the CPU.
     pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<SimHandle> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        let task = tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "Simulator server failed.");
-            }
-        });
+        let (done, finished) = oneshot::channel::<()>();
+        let router = self.router();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pal-sim")
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("pal-sim".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let served = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => axum::serve(listener, router)
+                            .with_graceful_shutdown(async {
+                                let _ = stopped.await;
+                            })
+                            .await
+                            .map_err(anyhow::Error::from),
+                        Err(error) => Err(error.into()),
+                    };
+                    if let Err(error) = served {
+                        tracing::error!(%error, "Simulator server failed.");
+                    }
+                });
+                // In-flight requests were drained by the graceful shutdown.
+                runtime.shutdown_background();
+                let _ = done.send(());
+            })?;
         Ok(SimHandle {
             addr,
             stop: Some(stop),
-            task: Some(task),
+            finished: Some(finished),
         })
     }
 
@@ -275,7 +298,7 @@ pub struct SimHandle {
     /// The bound address (the real port when 0 was asked for).
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    finished: Option<oneshot::Receiver<()>>,
 }
 
 impl SimHandle {
@@ -294,8 +317,8 @@ impl SimHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(finished) = self.finished.take() {
+            let _ = finished.await;
         }
     }
 }
@@ -399,13 +422,13 @@ mod tests {
         let handle = SimHandle {
             addr: "0.0.0.0:8080".parse().unwrap(),
             stop: None,
-            task: None,
+            finished: None,
         };
         assert_eq!(handle.base_url(), "http://127.0.0.1:8080");
         let handle = SimHandle {
             addr: "[::]:8080".parse().unwrap(),
             stop: None,
-            task: None,
+            finished: None,
         };
         assert_eq!(handle.base_url(), "http://[::1]:8080");
     }
