@@ -188,9 +188,14 @@ impl Executor {
             let wait = this.idle_wait(&tasks, concurrency);
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    match done {
-                        Ok(key) => { busy.lock().expect("busy lock").remove(&key); }
-                        Err(error) => tracing::error!(error = %error, "An action task panicked."),
+                    // Every task that has finished by now, so that one scan of
+                    // the due schedule refills all their slots.
+                    let mut done = Some(done);
+                    while let Some(result) = done.take().or_else(|| tasks.try_join_next()) {
+                        match result {
+                            Ok(key) => { busy.lock().expect("busy lock").remove(&key); }
+                            Err(error) => tracing::error!(error = %error, "An action task panicked."),
+                        }
                     }
                 }
                 _ = this.wake.notified() => {}
