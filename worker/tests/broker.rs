@@ -1,6 +1,7 @@
 //! The broker goes away and the worker is told to stop: connections closed
-//! from the server side (`rabbitmqctl`), readiness while disconnected, and a
-//! graceful SIGTERM of the real process. Its own test binary, and its
+//! from the server side (`rabbitmqctl`), a broker restart (`stop_app` /
+//! `start_app`), readiness while disconnected, and a graceful SIGTERM of the
+//! real process. Its own test binary, and its
 //! scenarios run one at a time: they close broker connections.
 
 mod common;
@@ -265,6 +266,113 @@ async fn connections_closed_by_the_broker_are_reopened_and_events_published_mean
     assert!(failed.is_empty(), "{failed:#?}");
     assert!(h.dead_letters().await.unwrap().is_empty());
     publisher.close().await;
+    h.shutdown().await.unwrap();
+    drop(sandbox);
+}
+
+/// The RabbitMQ application stopped (the Erlang node stays up); started again
+/// on drop, so a failing test never leaves the broker down for the rest.
+struct BrokerStopped;
+
+impl BrokerStopped {
+    async fn stop() -> BrokerStopped {
+        rabbitmqctl(&["stop_app"]).await;
+        BrokerStopped
+    }
+
+    async fn start(self) {
+        std::mem::forget(self);
+        rabbitmqctl(&["start_app"]).await;
+        rabbitmqctl(&["await_startup"]).await;
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+        let _ = Command::new("rabbitmqctl").arg("await_startup").output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_survived_and_nothing_is_lost_or_done_twice() {
+    let _sequential = SEQUENTIAL.lock().await;
+    const TENANTS: usize = 3;
+    const EMPLOYEES: usize = 30;
+    let sandbox = BrokerSandbox::create().await;
+    let mut h = Harness::start(HarnessOptions {
+        amqp_url: sandbox.worker_url(),
+        principals: principals(EMPLOYEES, TENANTS),
+        faults: Faults::everywhere(FaultProfile {
+            latency_ms: 200,
+            ..FaultProfile::default()
+        }),
+        extra_toml: "[limits]\nconcurrency = 8\nper_tenant_rps = 500.0\n".into(),
+        name: "palworker-restart".into(),
+        ..HarnessOptions::default()
+    })
+    .await
+    .unwrap();
+    wait_for_readiness(&h, 200, 1).await;
+    let assignments = |employees: std::ops::Range<usize>| -> Vec<serde_json::Value> {
+        employees
+            .flat_map(|e| {
+                (0..TENANTS).map(move |t| assignment(&format!("start-{e}-{t}"), e, t, "111111"))
+            })
+            .collect()
+    };
+
+    // Events in the queue and actions running when the broker stops.
+    let publisher = Publisher::connect(&sandbox.publisher_url(), &h.topology.exchange)
+        .await
+        .unwrap();
+    publish_all(&mut h, &publisher, &assignments(0..20)).await;
+    publisher.close().await;
+    wait_until(SETTLE, "the first writes are answered", || {
+        answered_writes(&h) >= 3
+    })
+    .await;
+    let stopped = BrokerStopped::stop().await;
+    wait_for_readiness(&h, 503, 0).await;
+    // Actions already accepted go on without the broker.
+    let answered = answered_writes(&h);
+    wait_until(SETTLE, "writes go on while the broker is down", || {
+        let now = answered_writes(&h);
+        now > answered || now >= 20 * TENANTS
+    })
+    .await;
+    stopped.start().await;
+    wait_for_readiness(&h, 200, 1).await;
+
+    // The worker consumes again: the rest of the queue and new events.
+    let publisher = Publisher::connect(&sandbox.publisher_url(), &h.topology.exchange)
+        .await
+        .unwrap();
+    publish_all(&mut h, &publisher, &assignments(20..EMPLOYEES)).await;
+    publisher.close().await;
+    h.wait_until_settled(SETTLE).await.unwrap();
+
+    let ledger = h.app().ledger.clone();
+    for e in 0..EMPLOYEES {
+        for t in 0..TENANTS {
+            assert_eq!(
+                h.simulator
+                    .active_link(&tenant(t), &object(e, t))
+                    .map(|l| l.partner_id)
+                    .as_deref(),
+                Some("111111"),
+                "E-{e} in T{t}"
+            );
+            let id = format!("start-{e}-{t}");
+            assert_eq!(ledger.find_events(&id, None).unwrap().len(), 1, "{id}");
+        }
+    }
+    let writes = writes_per_identity(&h.simulator.requests());
+    assert!(
+        writes.values().all(|n| *n == 1),
+        "one write per link: {writes:?}"
+    );
+    assert!(h.dead_letters().await.unwrap().is_empty());
     h.shutdown().await.unwrap();
     drop(sandbox);
 }
