@@ -258,14 +258,18 @@ impl Admin {
         self.ledger.flush()?;
         if let Some(metrics) = &self.metrics {
             metrics.held_plans.dec();
-            crate::telemetry::emit_cancelled_held(&cancelled, metrics);
+            // Read back one at a time once durable: a large plan is never
+            // held in memory whole.
+            self.ledger.for_each_event_action(record.seq, |action| {
+                crate::telemetry::emit_cancelled_held(std::slice::from_ref(&action), metrics);
+            })?;
         }
-        tracing::info!(event_id = %record.event.id, cancelled = cancelled.len(), "Held plan rejected by an operator.");
+        tracing::info!(event_id = %record.event.id, cancelled, "Held plan rejected by an operator.");
         Ok(ReleaseSummary {
             event_id: record.event.id,
             event_source: record.event.source,
             released: 0,
-            cancelled: cancelled.len() as u64,
+            cancelled,
         })
     }
 

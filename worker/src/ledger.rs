@@ -1164,8 +1164,12 @@ impl Ledger {
         })
     }
 
-    /// Discards a held plan: its actions end `cancelled` and nothing is written to PAL.
-    pub fn reject(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<Vec<ActionRecord>> {
+    /// Discards a held plan: its actions end `cancelled` and nothing is
+    /// written to PAL. The actions are read from the plan's key range a chunk
+    /// at a time (one transaction each), so a large plan is never loaded
+    /// whole; repeating a rejection that a crash interrupted finishes it.
+    /// Returns how many actions this call cancelled.
+    pub fn reject(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<u64> {
         let _planning = self.planning.lock().expect("planning lock");
         let mut record = self
             .event(seq)?
@@ -1177,15 +1181,41 @@ impl Ledger {
                 record.state.as_str()
             )));
         }
-        let mut cancelled = Vec::new();
-        for mut action in self.event_actions(seq)? {
-            action.state = ActionState::Cancelled;
-            action.detail = Some("plan rejected by an operator".into());
-            action.updated_at = now;
-            action.completed_at = Some(now);
-            self.actions
-                .insert(action.action_id.to_be_bytes(), encode(&action))?;
-            cancelled.push(action);
+        let mut cancelled = 0u64;
+        let mut keys = self.event_actions.scan_prefix(seq.to_be_bytes());
+        let mut batch: Vec<ActionId> = Vec::with_capacity(ACCEPT_CHUNK);
+        loop {
+            batch.clear();
+            for item in keys.by_ref().take(ACCEPT_CHUNK) {
+                let (key, _) = item?;
+                batch.push(read_u64(&key[8..]));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            cancelled += self
+                .actions
+                .transaction(|actions| {
+                    let mut count = 0u64;
+                    for id in &batch {
+                        let key = id.to_be_bytes();
+                        let Some(bytes) = actions.get(key)? else {
+                            continue;
+                        };
+                        let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                        if action.state != ActionState::Held {
+                            continue;
+                        }
+                        action.state = ActionState::Cancelled;
+                        action.detail = Some("plan rejected by an operator".into());
+                        action.updated_at = now;
+                        action.completed_at = Some(now);
+                        actions.insert(&key, encode(&action))?;
+                        count += 1;
+                    }
+                    Ok(count)
+                })
+                .map_err(tx_error)?;
         }
         record.state = EventState::Rejected;
         record.completed_at = Some(now);
@@ -1197,6 +1227,21 @@ impl Ledger {
             })
             .map_err(tx_error)?;
         Ok(cancelled)
+    }
+
+    /// Visits the actions of an event one at a time, in creation order.
+    pub fn for_each_event_action(
+        &self,
+        seq: EventSeq,
+        mut visit: impl FnMut(ActionRecord),
+    ) -> Result<()> {
+        for item in self.event_actions.scan_prefix(seq.to_be_bytes()) {
+            let (key, _) = item?;
+            if let Some(action) = self.action(read_u64(&key[8..]))? {
+                visit(action);
+            }
+        }
+        Ok(())
     }
 
     pub fn held_events(&self) -> Result<Vec<EventRecord>> {
@@ -2201,6 +2246,34 @@ mod tests {
         assert_eq!(completed.state, EventState::Approved);
         assert!(completed.completed_at.is_some());
         assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+    }
+
+    #[test]
+    fn rejecting_a_large_held_plan_cancels_every_action_chunk_by_chunk() {
+        let (_dir, ledger) = ledger();
+        let count = ACCEPT_CHUNK * 2 + 3;
+        import_linked(&ledger, count);
+        let now = Utc::now();
+        let AcceptOutcome::Held { seq, .. } = ledger
+            .accept(&partner_change("reject-me"), None, now, 10)
+            .unwrap()
+        else {
+            panic!("held expected");
+        };
+        assert_eq!(ledger.reject(seq, now).unwrap(), count as u64);
+        let mut states = BTreeMap::new();
+        ledger
+            .for_each_event_action(seq, |action| {
+                *states.entry(action.state.as_str()).or_insert(0) += 1;
+            })
+            .unwrap();
+        assert_eq!(states, BTreeMap::from([("cancelled", count)]));
+        assert_eq!(ledger.held_plan_count(), 0);
+        assert_eq!(ledger.pending_count(), 0);
+        assert!(matches!(
+            ledger.reject(seq, now),
+            Err(LedgerError::Rejected(_))
+        ));
     }
 
     fn assignment_for(id: &str, partner: &str) -> Event {
