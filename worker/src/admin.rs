@@ -260,9 +260,9 @@ impl Admin {
             metrics.held_plans.dec();
             // Read back one at a time once durable: a large plan is never
             // held in memory whole.
-            self.ledger.for_each_event_action(record.seq, |action| {
-                crate::telemetry::emit_cancelled_held(std::slice::from_ref(&action), metrics);
-            })?;
+            for action in self.ledger.iter_event_actions(record.seq) {
+                crate::telemetry::emit_cancelled_held(std::slice::from_ref(&action?), metrics);
+            }
         }
         tracing::info!(event_id = %record.event.id, cancelled, "Held plan rejected by an operator.");
         Ok(ReleaseSummary {

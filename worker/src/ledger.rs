@@ -768,20 +768,12 @@ impl Ledger {
         let mut chunk = first;
         loop {
             let new_actions = self.new_actions(event, seq, &chunk, state, now, not_before)?;
+            let marker_share = u64::from(total == 0);
             let chunk_cancelled = trees
                 .transaction(|trees| {
                     if !held {
-                        // Until the marker is written its share (one) keeps
-                        // the count above zero, so only the first chunk finds
-                        // no count.
-                        let open_events = &trees.6;
-                        let open = open_events
-                            .get(seq.to_be_bytes())?
-                            .map_or(1, |bytes| read_u64(&bytes));
-                        open_events.insert(
-                            &seq.to_be_bytes(),
-                            &(open + chunk.len() as u64).to_be_bytes(),
-                        )?;
+                        // The first chunk also adds the marker's share.
+                        increment_open(&trees.6, seq, chunk.len() as u64 + marker_share)?;
                     }
                     write_changes(trees, seq, &chunk, &new_actions, held, now)
                 })
@@ -988,14 +980,24 @@ impl Ledger {
     }
 
     pub fn event_actions(&self, seq: EventSeq) -> Result<Vec<ActionRecord>> {
-        let mut out = Vec::new();
-        for item in self.event_actions.scan_prefix(seq.to_be_bytes()) {
-            let (key, _) = item?;
-            if let Some(action) = self.action(read_u64(&key[8..]))? {
-                out.push(action);
-            }
-        }
-        Ok(out)
+        self.iter_event_actions(seq).collect()
+    }
+
+    /// The actions of an event one at a time, in creation order (a large
+    /// plan is never loaded whole).
+    pub fn iter_event_actions(
+        &self,
+        seq: EventSeq,
+    ) -> impl Iterator<Item = Result<ActionRecord>> + '_ {
+        self.event_actions
+            .scan_prefix(seq.to_be_bytes())
+            .filter_map(move |item| {
+                let id = match item {
+                    Ok((key, _)) => read_u64(&key[8..]),
+                    Err(error) => return Some(Err(error.into())),
+                };
+                self.action(id).transpose()
+            })
     }
 
     /// Releases a held plan. Actions whose account a later accepted event
@@ -1024,21 +1026,15 @@ impl Ledger {
         (&self.index, &self.open_events)
             .transaction(|(index, open_events)| {
                 if index.insert(approving_key(seq), &[])?.is_none() {
-                    let open = open_events
-                        .get(seq.to_be_bytes())?
-                        .map_or(0, |bytes| read_u64(&bytes));
-                    open_events.insert(&seq.to_be_bytes(), &(open + 1).to_be_bytes())?;
+                    increment_open(open_events, seq, 1)?;
                 }
                 Ok(())
             })
             .map_err(tx_error)?;
         // One action at a time, read from the plan's key range: a large held
         // plan is never loaded whole.
-        for item in self.event_actions.scan_prefix(seq.to_be_bytes()) {
-            let (key, _) = item?;
-            let Some(action) = self.action(read_u64(&key[8..]))? else {
-                continue;
-            };
+        for action in self.iter_event_actions(seq) {
+            let action = action?;
             if action.state != ActionState::Held {
                 // Released (or cancelled) by an approval that a crash
                 // interrupted; already counted.
@@ -1126,10 +1122,7 @@ impl Ledger {
                     };
                     action.not_before = not_before;
                     actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                    let open = open_events
-                        .get(seq.to_be_bytes())?
-                        .map_or(0, |bytes| read_u64(&bytes));
-                    open_events.insert(&seq.to_be_bytes(), &(open + 1).to_be_bytes())?;
+                    increment_open(open_events, seq, 1)?;
                     due.insert(
                         &due_key(action.due_at(), action.action_id),
                         action.tenant_id.as_str().as_bytes(),
@@ -1227,21 +1220,6 @@ impl Ledger {
             })
             .map_err(tx_error)?;
         Ok(cancelled)
-    }
-
-    /// Visits the actions of an event one at a time, in creation order.
-    pub fn for_each_event_action(
-        &self,
-        seq: EventSeq,
-        mut visit: impl FnMut(ActionRecord),
-    ) -> Result<()> {
-        for item in self.event_actions.scan_prefix(seq.to_be_bytes()) {
-            let (key, _) = item?;
-            if let Some(action) = self.action(read_u64(&key[8..]))? {
-                visit(action);
-            }
-        }
-        Ok(())
     }
 
     pub fn held_events(&self) -> Result<Vec<EventRecord>> {
@@ -1493,9 +1471,7 @@ impl Ledger {
                     &due_key(action.due_at(), id),
                     action.tenant_id.as_str().as_bytes(),
                 )?;
-                let key = action.event_seq.to_be_bytes();
-                let current = open_events.get(key)?.map(|v| read_u64(&v)).unwrap_or(0);
-                open_events.insert(&key, &(current + 1).to_be_bytes())?;
+                increment_open(open_events, action.event_seq, 1)?;
                 Ok(action)
             })
             .map_err(tx_error)
@@ -1850,6 +1826,14 @@ fn supersede(
     }))
 }
 
+/// Adds `by` to an event's count of non-terminal actions.
+fn increment_open(open_events: &TransactionalTree, seq: EventSeq, by: u64) -> TxResult<()> {
+    let key = seq.to_be_bytes();
+    let open = open_events.get(key)?.map_or(0, |bytes| read_u64(&bytes));
+    open_events.insert(&key, &(open + by).to_be_bytes())?;
+    Ok(())
+}
+
 fn decrement_open(
     open_events: &TransactionalTree,
     events: &TransactionalTree,
@@ -2111,6 +2095,14 @@ mod tests {
         );
     }
 
+    /// Accepts `event` with a limit that holds it; its sequence.
+    fn accept_held(ledger: &Ledger, event: &Event, now: DateTime<Utc>, limit: usize) -> EventSeq {
+        match ledger.accept(event, None, now, limit).unwrap() {
+            AcceptOutcome::Held { seq, .. } => seq,
+            other => panic!("held expected, got {other:?}"),
+        }
+    }
+
     fn tenant(n: usize) -> String {
         format!("{n:08x}-0000-4000-8000-000000000000")
     }
@@ -2199,12 +2191,7 @@ mod tests {
         let count = ACCEPT_CHUNK + 5;
         import_linked(&ledger, count);
         let now = Utc::now();
-        let AcceptOutcome::Held { seq, .. } = ledger
-            .accept(&partner_change("approve-me"), None, now, 10)
-            .unwrap()
-        else {
-            panic!("held expected");
-        };
+        let seq = accept_held(&ledger, &partner_change("approve-me"), now, 10);
         let approval = ledger.approve(seq, now).unwrap();
         assert_eq!(approval.released, count as u64);
         assert!(approval.completed.is_none());
@@ -2229,12 +2216,7 @@ mod tests {
     fn approving_a_plan_whose_accounts_were_all_retargeted_completes_it_at_once() {
         let (_dir, ledger) = ledger();
         let now = Utc::now();
-        let AcceptOutcome::Held { seq, .. } = ledger
-            .accept(&assignment_for("held", "111"), None, now, 0)
-            .unwrap()
-        else {
-            panic!("held expected");
-        };
+        let seq = accept_held(&ledger, &assignment_for("held", "111"), now, 0);
         // A later event for the same account is accepted while the plan waits.
         ledger
             .accept(&assignment_for("later", "222"), None, now, 10)
@@ -2254,19 +2236,12 @@ mod tests {
         let count = ACCEPT_CHUNK * 2 + 3;
         import_linked(&ledger, count);
         let now = Utc::now();
-        let AcceptOutcome::Held { seq, .. } = ledger
-            .accept(&partner_change("reject-me"), None, now, 10)
-            .unwrap()
-        else {
-            panic!("held expected");
-        };
+        let seq = accept_held(&ledger, &partner_change("reject-me"), now, 10);
         assert_eq!(ledger.reject(seq, now).unwrap(), count as u64);
         let mut states = BTreeMap::new();
-        ledger
-            .for_each_event_action(seq, |action| {
-                *states.entry(action.state.as_str()).or_insert(0) += 1;
-            })
-            .unwrap();
+        for action in ledger.iter_event_actions(seq) {
+            *states.entry(action.unwrap().state.as_str()).or_insert(0) += 1;
+        }
         assert_eq!(states, BTreeMap::from([("cancelled", count)]));
         assert_eq!(ledger.held_plan_count(), 0);
         assert_eq!(ledger.pending_count(), 0);
