@@ -92,6 +92,43 @@ impl BrokerSandbox {
     }
 }
 
+impl BrokerSandbox {
+    /// A worker in this sandbox, with `employees` × `tenants` principals, PAL
+    /// answering after `latency_ms`, and `concurrency` actions at a time.
+    async fn start_worker(
+        &self,
+        name: &str,
+        employees: usize,
+        tenants: usize,
+        latency_ms: u64,
+        concurrency: usize,
+    ) -> Harness {
+        Harness::start(HarnessOptions {
+            amqp_url: self.worker_url(),
+            principals: principals(employees, tenants),
+            faults: Faults::everywhere(FaultProfile {
+                latency_ms,
+                ..FaultProfile::default()
+            }),
+            extra_toml: format!("[limits]\nconcurrency = {concurrency}\nper_tenant_rps = 500.0\n"),
+            name: name.into(),
+            ..HarnessOptions::default()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// `project.assignment.started` for each of `employees` in each of `tenants`,
+/// linking partner 111111.
+fn assignments(employees: std::ops::Range<usize>, tenants: usize) -> Vec<serde_json::Value> {
+    employees
+        .flat_map(|e| {
+            (0..tenants).map(move |t| assignment(&format!("start-{e}-{t}"), e, t, "111111"))
+        })
+        .collect()
+}
+
 impl Drop for BrokerSandbox {
     fn drop(&mut self) {
         for args in [
@@ -152,26 +189,10 @@ async fn connections_closed_by_the_broker_are_reopened_and_events_published_mean
     const TENANTS: usize = 3;
     const EMPLOYEES: usize = 40;
     let sandbox = BrokerSandbox::create().await;
-    let mut h = Harness::start(HarnessOptions {
-        amqp_url: sandbox.worker_url(),
-        principals: principals(EMPLOYEES, TENANTS),
-        faults: Faults::everywhere(FaultProfile {
-            latency_ms: 100,
-            ..FaultProfile::default()
-        }),
-        extra_toml: "[limits]\nconcurrency = 16\nper_tenant_rps = 500.0\n".into(),
-        name: "palworker-broker".into(),
-        ..HarnessOptions::default()
-    })
-    .await
-    .unwrap();
-    let assignments = |employees: std::ops::Range<usize>| -> Vec<serde_json::Value> {
-        employees
-            .flat_map(|e| {
-                (0..TENANTS).map(move |t| assignment(&format!("start-{e}-{t}"), e, t, "111111"))
-            })
-            .collect()
-    };
+    let mut h = sandbox
+        .start_worker("palworker-broker", EMPLOYEES, TENANTS, 100, 16)
+        .await;
+    let assignments = |employees| assignments(employees, TENANTS);
     wait_for_readiness(&h, 200, 1).await;
 
     // 1. All connections of the vhost closed by the broker while actions run.
@@ -300,27 +321,11 @@ async fn a_broker_restart_is_survived_and_nothing_is_lost_or_done_twice() {
     const TENANTS: usize = 3;
     const EMPLOYEES: usize = 30;
     let sandbox = BrokerSandbox::create().await;
-    let mut h = Harness::start(HarnessOptions {
-        amqp_url: sandbox.worker_url(),
-        principals: principals(EMPLOYEES, TENANTS),
-        faults: Faults::everywhere(FaultProfile {
-            latency_ms: 200,
-            ..FaultProfile::default()
-        }),
-        extra_toml: "[limits]\nconcurrency = 8\nper_tenant_rps = 500.0\n".into(),
-        name: "palworker-restart".into(),
-        ..HarnessOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut h = sandbox
+        .start_worker("palworker-restart", EMPLOYEES, TENANTS, 200, 8)
+        .await;
     wait_for_readiness(&h, 200, 1).await;
-    let assignments = |employees: std::ops::Range<usize>| -> Vec<serde_json::Value> {
-        employees
-            .flat_map(|e| {
-                (0..TENANTS).map(move |t| assignment(&format!("start-{e}-{t}"), e, t, "111111"))
-            })
-            .collect()
-    };
+    let assignments = |employees| assignments(employees, TENANTS);
 
     // Events in the queue and actions running when the broker stops.
     let publisher = Publisher::connect(&sandbox.publisher_url(), &h.topology.exchange)
