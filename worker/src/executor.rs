@@ -353,23 +353,7 @@ impl Executor {
 
     /// Logs and counts a terminal transition recorded in the ledger.
     fn report(&self, completion: Completion) {
-        let action = &completion.record;
-        let detail = action.last_error.as_deref().or(action.detail.as_deref());
-        ActionFinished {
-            action_id: action.action_id,
-            event_id: &action.event_id,
-            tenant_id: action.tenant_id.as_str(),
-            employee_id: action.employee_id.as_str(),
-            op: action.op,
-            outcome: action.state,
-            detail: if action.state == ActionState::Failed || action.state == ActionState::Manual {
-                detail
-            } else {
-                action.detail.as_deref()
-            },
-            was_pending: true,
-        }
-        .emit(&self.metrics);
+        ActionFinished::of(&completion.record, true).emit(&self.metrics);
         if let Some(record) = &completion.event_completed {
             EventCompleted { record }.emit(&self.metrics);
         }

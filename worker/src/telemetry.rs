@@ -417,6 +417,29 @@ pub struct ActionFinished<'a> {
     pub was_pending: bool,
 }
 
+impl<'a> ActionFinished<'a> {
+    /// The terminal transition an action record shows: its state, and for
+    /// `failed` and `manual` the last error (else its detail).
+    pub fn of(action: &'a crate::ledger::ActionRecord, was_pending: bool) -> Self {
+        let detail = match action.state {
+            ActionState::Failed | ActionState::Manual => {
+                action.last_error.as_deref().or(action.detail.as_deref())
+            }
+            _ => action.detail.as_deref(),
+        };
+        ActionFinished {
+            action_id: action.action_id,
+            event_id: &action.event_id,
+            tenant_id: action.tenant_id.as_str(),
+            employee_id: action.employee_id.as_str(),
+            op: action.op,
+            outcome: action.state,
+            detail,
+            was_pending,
+        }
+    }
+}
+
 impl ActionFinished<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         let detail = self.detail.unwrap_or("");
@@ -484,17 +507,8 @@ impl EventCompleted<'_> {
 }
 
 fn emit_cancelled(action: &crate::ledger::ActionRecord, was_pending: bool, metrics: &Metrics) {
-    ActionFinished {
-        action_id: action.action_id,
-        event_id: &action.event_id,
-        tenant_id: action.tenant_id.as_str(),
-        employee_id: action.employee_id.as_str(),
-        op: action.op,
-        outcome: ActionState::Cancelled,
-        detail: action.detail.as_deref(),
-        was_pending,
-    }
-    .emit(metrics);
+    debug_assert_eq!(action.state, ActionState::Cancelled);
+    ActionFinished::of(action, was_pending).emit(metrics);
 }
 
 /// Held actions that ended `cancelled` (rejected, or superseded before approval).
