@@ -708,14 +708,7 @@ impl Ledger {
                 > max_actions_per_event
         };
         let seq = self.db.generate_id()?;
-        let not_before = event.effective_at().filter(|at| *at > now);
-        let state = if held {
-            ActionState::Held
-        } else if not_before.is_some() {
-            ActionState::Scheduled
-        } else {
-            ActionState::Pending
-        };
+        let (state, not_before) = initial_state(event, held, now);
         let record = |total: usize| EventRecord {
             seq,
             event: event.clone(),
@@ -845,14 +838,7 @@ impl Ledger {
                         None => None,
                     };
                     let change = planner::assignment_started(event, before).expect("an assignment");
-                    let not_before = event.effective_at().filter(|at| *at > now);
-                    let state = if held {
-                        ActionState::Held
-                    } else if not_before.is_some() {
-                        ActionState::Scheduled
-                    } else {
-                        ActionState::Pending
-                    };
+                    let (state, not_before) = initial_state(event, held, now);
                     let action =
                         new_action(event, *seq, *action_id, &change, state, now, not_before);
                     let changes = [change];
@@ -1494,6 +1480,24 @@ impl Ledger {
         self.for_each_action(|action| *counts.entry(action.state.as_str()).or_insert(0) += 1)?;
         Ok(counts)
     }
+}
+
+/// The state a new action of `event` starts in, and the `effective_at` it
+/// waits for, if that is still ahead.
+fn initial_state(
+    event: &Event,
+    held: bool,
+    now: DateTime<Utc>,
+) -> (ActionState, Option<DateTime<Utc>>) {
+    let not_before = event.effective_at().filter(|at| *at > now);
+    let state = if held {
+        ActionState::Held
+    } else if not_before.is_some() {
+        ActionState::Scheduled
+    } else {
+        ActionState::Pending
+    };
+    (state, not_before)
 }
 
 /// The pending (or scheduled, or held) action of a planned change.

@@ -174,6 +174,27 @@ async fn publish_all(h: &mut Harness, publisher: &Publisher, events: &[serde_jso
     }
 }
 
+/// Asserts every employee's link in every tenant carries `partner(e)`.
+fn assert_links(
+    h: &Harness,
+    employees: usize,
+    tenants: usize,
+    partner: impl Fn(usize) -> &'static str,
+) {
+    for e in 0..employees {
+        for t in 0..tenants {
+            assert_eq!(
+                h.simulator
+                    .active_link(&tenant(t), &object(e, t))
+                    .map(|l| l.partner_id)
+                    .as_deref(),
+                Some(partner(e)),
+                "E-{e} in T{t}"
+            );
+        }
+    }
+}
+
 fn answered_writes(h: &Harness) -> usize {
     h.simulator
         .requests()
@@ -254,19 +275,9 @@ async fn connections_closed_by_the_broker_are_reopened_and_events_published_mean
     assert!(h.metrics_text().contains("palworker_amqp_connected 1"));
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    for e in 0..EMPLOYEES {
-        for t in 0..TENANTS {
-            let expected = if e < 10 { "333333" } else { "111111" };
-            assert_eq!(
-                h.simulator
-                    .active_link(&tenant(t), &object(e, t))
-                    .map(|l| l.partner_id)
-                    .as_deref(),
-                Some(expected),
-                "E-{e} in T{t}"
-            );
-        }
-    }
+    assert_links(&h, EMPLOYEES, TENANTS, |e| {
+        if e < 10 { "333333" } else { "111111" }
+    });
     let ledger = h.app().ledger.clone();
     for e in 0..EMPLOYEES {
         for t in 0..TENANTS {
@@ -357,17 +368,10 @@ async fn a_broker_restart_is_survived_and_nothing_is_lost_or_done_twice() {
     publisher.close().await;
     h.wait_until_settled(SETTLE).await.unwrap();
 
+    assert_links(&h, EMPLOYEES, TENANTS, |_| "111111");
     let ledger = h.app().ledger.clone();
     for e in 0..EMPLOYEES {
         for t in 0..TENANTS {
-            assert_eq!(
-                h.simulator
-                    .active_link(&tenant(t), &object(e, t))
-                    .map(|l| l.partner_id)
-                    .as_deref(),
-                Some("111111"),
-                "E-{e} in T{t}"
-            );
             let id = format!("start-{e}-{t}");
             assert_eq!(ledger.find_events(&id, None).unwrap().len(), 1, "{id}");
         }
@@ -482,18 +486,7 @@ async fn sigterm_drains_in_flight_actions_exits_0_and_leaves_a_flushed_ledger() 
         let found = h.app().ledger.find_events(id, None).unwrap();
         assert_eq!(found.len(), 1, "{id} accepted exactly once");
     }
-    for e in 0..EMPLOYEES {
-        for t in 0..TENANTS {
-            assert_eq!(
-                h.simulator
-                    .active_link(&tenant(t), &object(e, t))
-                    .map(|l| l.partner_id)
-                    .as_deref(),
-                Some("111111"),
-                "E-{e} in T{t}"
-            );
-        }
-    }
+    assert_links(&h, EMPLOYEES, TENANTS, |_| "111111");
     let all = h.simulator.requests();
     let second_run: Vec<_> = all[first_run.len()..].to_vec();
     assert!(
