@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use palworker_config::RetrySettings;
 use palworker_events::{AccountKey, DesiredLink};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,6 +65,47 @@ pub struct Executor {
     wake: ExecutorWake,
     /// When set, nothing is claimed (the benchmark measures ingest alone).
     paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Outcomes on their way to the ledger: see [`Finisher`].
+    finishing: mpsc::UnboundedSender<Finishing>,
+    finisher: Mutex<Option<Finisher>>,
+}
+
+/// An outcome to record, and where to say that it is recorded.
+type Finishing = (
+    ActionRecord,
+    oneshot::Sender<Result<Completion, crate::ledger::LedgerError>>,
+);
+
+/// Group commit of outcomes: every sled transaction writes (and syncs) its
+/// own log buffer, so the outcomes that arrive while one transaction commits
+/// are recorded together in the next. A task keeps its slot and its account
+/// until its outcome is recorded.
+struct Finisher {
+    ledger: Arc<Ledger>,
+    queue: mpsc::UnboundedReceiver<Finishing>,
+}
+
+impl Finisher {
+    async fn run(mut self) {
+        let mut batch = Vec::new();
+        while self.queue.recv_many(&mut batch, usize::MAX).await > 0 {
+            let (records, replies): (Vec<ActionRecord>, Vec<_>) = batch.drain(..).unzip();
+            match self.ledger.finish_many(&records) {
+                Ok(completions) => {
+                    for (reply, completion) in replies.into_iter().zip(completions) {
+                        let _ = reply.send(Ok(completion));
+                    }
+                }
+                // One at a time, so that each outcome meets its own error
+                // (and one bad record does not fail the others).
+                Err(_) => {
+                    for (reply, record) in replies.into_iter().zip(&records) {
+                        let _ = reply.send(self.ledger.finish(record));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// How one attempt ended.
@@ -88,6 +129,11 @@ impl Executor {
         settings: ExecutorSettings,
         wake: ExecutorWake,
     ) -> Self {
+        let (finishing, queue) = mpsc::unbounded_channel();
+        let finisher = Finisher {
+            ledger: ledger.clone(),
+            queue,
+        };
         Executor {
             ledger,
             pal,
@@ -96,6 +142,8 @@ impl Executor {
             settings,
             wake,
             paused: Arc::default(),
+            finishing,
+            finisher: Mutex::new(Some(finisher)),
         }
     }
 
@@ -107,6 +155,10 @@ impl Executor {
     /// within the grace period; those still running are left in flight in the
     /// ledger and resumed by the next start.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Ends when the last sender, held by `this`, is dropped at the end.
+        if let Some(finisher) = self.finisher.lock().expect("finisher lock").take() {
+            tokio::spawn(finisher.run());
+        }
         let this = Arc::new(self);
         let busy: Arc<Mutex<HashSet<AccountKey>>> = Arc::default();
         let mut tasks: JoinSet<AccountKey> = JoinSet::new();
@@ -149,13 +201,26 @@ impl Executor {
                 };
                 match candidates {
                     Ok(candidates) => {
-                        for candidate in candidates {
-                            let key = candidate.account_key();
-                            if !busy.lock().expect("busy lock").insert(key.clone()) {
-                                continue;
+                        let mut keys = Vec::with_capacity(candidates.len());
+                        let mut ids = Vec::with_capacity(candidates.len());
+                        {
+                            let mut busy = busy.lock().expect("busy lock");
+                            for candidate in candidates {
+                                let key = candidate.account_key();
+                                if busy.insert(key.clone()) {
+                                    keys.push(key);
+                                    ids.push(candidate.action_id);
+                                }
                             }
-                            match this.ledger.claim(candidate.action_id, now) {
-                                Ok(Some(action)) => {
+                        }
+                        // One transaction claims every slot this scan fills.
+                        match this.ledger.claim_many(&ids, now) {
+                            Ok(claimed) => {
+                                for (key, action) in keys.into_iter().zip(claimed) {
+                                    let Some(action) = action else {
+                                        busy.lock().expect("busy lock").remove(&key);
+                                        continue;
+                                    };
                                     let this = this.clone();
                                     let span = tracing::info_span!(
                                         "action",
@@ -172,13 +237,13 @@ impl Executor {
                                         .instrument(span),
                                     );
                                 }
-                                Ok(None) => {
-                                    busy.lock().expect("busy lock").remove(&key);
+                            }
+                            Err(error) => {
+                                let mut busy = busy.lock().expect("busy lock");
+                                for key in &keys {
+                                    busy.remove(key);
                                 }
-                                Err(error) => {
-                                    busy.lock().expect("busy lock").remove(&key);
-                                    tracing::error!(error = %error, "Claiming an action failed.");
-                                }
+                                tracing::error!(error = %error, "Claiming actions failed.");
                             }
                         }
                     }
@@ -343,7 +408,18 @@ impl Executor {
     }
 
     async fn finish(&self, action: ActionRecord) {
-        match self.ledger.finish(&action) {
+        let (reply, recorded) = oneshot::channel();
+        let recorded = match self.finishing.send((action, reply)) {
+            Ok(()) => recorded.await,
+            // Not running (never, while a task runs): record it directly.
+            Err(mpsc::error::SendError((action, _))) => Ok(self.ledger.finish(&action)),
+        };
+        let recorded = recorded.unwrap_or_else(|_| {
+            Err(crate::ledger::LedgerError::Rejected(
+                "the executor stopped before the outcome was recorded".into(),
+            ))
+        });
+        match recorded {
             Ok(completion) => self.report(completion),
             Err(error) => {
                 tracing::error!(error = %error, "Recording an action outcome failed; it resumes at the next start.");

@@ -536,9 +536,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// Makes every write so far durable. One flush covers every plan written
-    /// since the previous one (group commit). Blocking: call it from
-    /// `spawn_blocking` in async code.
     /// Whether a plan larger than one chunk is being written. The executor
     /// starts no action meanwhile: sled runs one transaction at a time, and
     /// a fan-out's chunks (and the acknowledgement of its event) should not
@@ -547,6 +544,9 @@ impl Ledger {
         self.storing_large_plan.load(Ordering::Acquire)
     }
 
+    /// Makes every write so far durable. One flush covers every plan written
+    /// since the previous one (group commit). Blocking: call it from
+    /// `spawn_blocking` in async code.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -1320,24 +1320,44 @@ impl Ledger {
     /// Moves a pending or scheduled action to in flight and counts the attempt.
     /// Returns None when the action is no longer claimable (cancelled meanwhile).
     pub fn claim(&self, id: ActionId, now: DateTime<Utc>) -> Result<Option<ActionRecord>> {
+        Ok(self.claim_many(&[id], now)?.pop().flatten())
+    }
+
+    /// [`Ledger::claim`] for several actions in one transaction: every sled
+    /// transaction writes its own log buffer, so the executor claims all the
+    /// slots one scan fills at once. One entry per id, in order.
+    pub fn claim_many(
+        &self,
+        ids: &[ActionId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<ActionRecord>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         (&self.actions, &self.due, &self.in_flight)
             .transaction(|(actions, due, in_flight)| {
-                let key = id.to_be_bytes();
-                let Some(bytes) = actions.get(key)? else {
-                    return Ok(None);
-                };
-                let mut action: ActionRecord = tx_decode(&key, &bytes)?;
-                if !matches!(action.state, ActionState::Pending | ActionState::Scheduled) {
-                    return Ok(None);
+                let mut claimed = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let key = id.to_be_bytes();
+                    let Some(bytes) = actions.get(key)? else {
+                        claimed.push(None);
+                        continue;
+                    };
+                    let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                    if !matches!(action.state, ActionState::Pending | ActionState::Scheduled) {
+                        claimed.push(None);
+                        continue;
+                    }
+                    due.remove(&due_key(action.due_at(), *id))?;
+                    action.state = ActionState::InFlight;
+                    action.attempts += 1;
+                    action.first_attempt_at.get_or_insert(now);
+                    action.updated_at = now;
+                    actions.insert(&key, encode(&action))?;
+                    in_flight.insert(&key, &[])?;
+                    claimed.push(Some(action));
                 }
-                due.remove(&due_key(action.due_at(), id))?;
-                action.state = ActionState::InFlight;
-                action.attempts += 1;
-                action.first_attempt_at.get_or_insert(now);
-                action.updated_at = now;
-                actions.insert(&key, encode(&action))?;
-                in_flight.insert(&key, &[])?;
-                Ok(Some(action))
+                Ok(claimed)
             })
             .map_err(tx_error)
     }
@@ -1351,8 +1371,18 @@ impl Ledger {
 
     /// Records the end of an in-flight action.
     pub fn finish(&self, action: &ActionRecord) -> Result<Completion> {
-        debug_assert!(action.state.is_terminal());
-        let id = action.action_id;
+        let mut completions = self.finish_many(std::slice::from_ref(action))?;
+        Ok(completions.pop().expect("one completion per action"))
+    }
+
+    /// [`Ledger::finish`] for several actions in one transaction (the
+    /// executor's group commit of outcomes). One completion per action, in
+    /// order; an event whose last actions are among them completes once.
+    pub fn finish_many(&self, finished: &[ActionRecord]) -> Result<Vec<Completion>> {
+        debug_assert!(finished.iter().all(|action| action.state.is_terminal()));
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
         (
             &self.actions,
             &self.in_flight,
@@ -1360,14 +1390,19 @@ impl Ledger {
             &self.events,
         )
             .transaction(|(actions, in_flight, open_events, events)| {
-                actions.insert(&id.to_be_bytes(), encode(action))?;
-                in_flight.remove(&id.to_be_bytes())?;
-                let event_completed =
-                    decrement_open(open_events, events, action.event_seq, action.updated_at)?;
-                Ok(Completion {
-                    record: action.clone(),
-                    event_completed,
-                })
+                let mut completions = Vec::with_capacity(finished.len());
+                for action in finished {
+                    let key = action.action_id.to_be_bytes();
+                    actions.insert(&key, encode(action))?;
+                    in_flight.remove(&key)?;
+                    let event_completed =
+                        decrement_open(open_events, events, action.event_seq, action.updated_at)?;
+                    completions.push(Completion {
+                        record: action.clone(),
+                        event_completed,
+                    });
+                }
+                Ok(completions)
             })
             .map_err(tx_error)
     }

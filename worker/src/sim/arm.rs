@@ -138,6 +138,7 @@ pub(super) async fn handle(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    let received = std::time::Instant::now();
     let request_id = Uuid::new_v4();
     let correlation_id = headers
         .get("x-ms-correlation-request-id")
@@ -175,6 +176,7 @@ pub(super) async fn handle(
             fault_injected: false,
             throttle_violation: false,
             request_id: request_id.to_string(),
+            service_us: 0,
         });
         (state.requests.len() - 1, arrival, caller, latency_ms)
     };
@@ -184,8 +186,12 @@ pub(super) async fn handle(
     // processing runs in its own task, which dropping this handler does not
     // cancel.
     let processing = tokio::spawn(async move {
+        // The latency is the service's time to answer, counted from
+        // receiving the request: the simulator's own work is part of it.
         if latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+            simulator
+                .delay_until(received + Duration::from_millis(latency_ms))
+                .await;
         }
         let outcome = {
             let mut state = simulator.lock();
@@ -194,6 +200,7 @@ pub(super) async fn handle(
             record.status = outcome.status.as_u16();
             record.fault_injected = outcome.fault_injected;
             record.throttle_violation = outcome.throttle_violation;
+            record.service_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
             outcome
         };
         if outcome.throttle_violation {

@@ -57,6 +57,7 @@ mod admin;
 mod arm;
 mod certificate;
 mod config;
+mod delay;
 mod state;
 mod token;
 
@@ -91,6 +92,7 @@ struct Inner {
     /// HS256 key of the access tokens, random per simulator.
     signing_key: [u8; 32],
     state: Mutex<State>,
+    delays: delay::DelayLine,
 }
 
 impl Simulator {
@@ -102,6 +104,7 @@ impl Simulator {
             inner: Arc::new(Inner {
                 signing_key: rand::random(),
                 state: Mutex::new(State::new(config)),
+                delays: delay::DelayLine::default(),
             }),
         }
     }
@@ -286,6 +289,11 @@ impl Simulator {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `at`, precisely: the injected latency.
+    pub(crate) async fn delay_until(&self, at: std::time::Instant) {
+        self.inner.delays.until(at).await
     }
 
     pub(crate) fn signing_key(&self) -> &[u8] {

@@ -100,6 +100,10 @@ pub struct RequestRecord {
     pub throttle_violation: bool,
     /// The `x-ms-request-id` of the answer.
     pub request_id: String,
+    /// Microseconds from receiving the request to having its answer ready
+    /// (the injected latency included): what the simulated service took.
+    #[serde(default)]
+    pub service_us: u64,
 }
 
 /// One request to the token endpoint.
