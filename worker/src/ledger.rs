@@ -9,7 +9,8 @@
 //! - `inventory`: `{tenant}/{object}` → [`InventoryEntry`]
 //! - `index`: `emp:{employee}\0{tenant}/{object}` → (); `key:{source}\0{id}` → seq;
 //!   `eid:{id}\0{source}` → seq; `held:{seq}` → (); `approving:{seq}` → () while
-//!   a held plan is being released
+//!   a held plan is being released; `meta:inventory_accounts` → u64, the
+//!   number of accounts in `inventory` (kept in the transactions that add one)
 //! - `events`: seq → [`EventRecord`]
 //! - `actions`: action id → [`ActionRecord`]
 //! - `event_actions`: seq ++ action id → ()
@@ -507,7 +508,24 @@ impl Ledger {
             storing_large_plan: AtomicBool::new(false),
         };
         ledger.recover_in_flight()?;
+        if ledger.index.get(INVENTORY_SIZE_KEY)?.is_none() {
+            // A ledger from before the size was kept: count once.
+            let size = ledger.inventory.len() as u64;
+            ledger
+                .index
+                .insert(INVENTORY_SIZE_KEY, &size.to_be_bytes())?;
+        }
         Ok(ledger)
+    }
+
+    /// The number of accounts in the inventory: an upper bound of any
+    /// fan-out's size, so a large plan is counted against
+    /// `limits.max_actions_per_event` only when it could exceed it.
+    pub fn inventory_size(&self) -> Result<u64> {
+        Ok(self
+            .index
+            .get(INVENTORY_SIZE_KEY)?
+            .map_or(0, |v| read_u64(&v)))
     }
 
     fn recover_in_flight(&self) -> Result<()> {
@@ -618,13 +636,13 @@ impl Ledger {
             };
             (&self.inventory, &self.index)
                 .transaction(|(inventory, index)| {
-                    write_inventory(
+                    let added = write_inventory(
                         inventory,
                         index,
                         previous.as_ref().map(|p| &p.account.employee_id),
                         &entry,
                     )?;
-                    Ok(())
+                    add_inventory_size(index, u64::from(added))
                 })
                 .map_err(tx_error)?;
             count += 1;
@@ -699,13 +717,11 @@ impl Ledger {
         let first = chunks.next_chunk(self)?;
         let single = chunks.is_done();
         // Whether the plan is held is known before anything is written: from
-        // its size when it fits one chunk, else by counting (and no further
-        // than the limit) without keeping what is counted.
+        // its size when it fits one chunk, else see `PlanChunks::exceeds`.
         let held = if single {
             first.len() > max_actions_per_event
         } else {
-            chunks.count_at_least(self, max_actions_per_event.saturating_add(1))?
-                > max_actions_per_event
+            chunks.exceeds(self, max_actions_per_event)?
         };
         let seq = self.db.generate_id()?;
         let (state, not_before) = initial_state(event, held, now);
@@ -1095,12 +1111,13 @@ impl Ledger {
                         current_action: Some(action.action_id),
                         updated_at: now,
                     };
-                    write_inventory(
+                    let added = write_inventory(
                         inventory,
                         index,
                         before.as_ref().map(|b| &b.account.employee_id),
                         &entry,
                     )?;
+                    add_inventory_size(index, u64::from(added))?;
                     action.state = if not_before.is_some() {
                         ActionState::Scheduled
                     } else {
@@ -1575,7 +1592,7 @@ fn new_action(
 }
 
 /// Plans with more actions than this are written in several transactions.
-pub const ACCEPT_CHUNK: usize = 1024;
+pub const ACCEPT_CHUNK: usize = 256;
 
 /// The two fields of an [`InventoryEntry`] a fan-out's count reads (the rest
 /// of the record is skipped, not decoded).
@@ -1682,18 +1699,26 @@ impl<'e> PlanChunks<'e> {
 
     /// The number of changes in the whole plan, counted no further than
     /// `limit`.
-    fn count_at_least(&self, ledger: &Ledger, limit: usize) -> Result<usize> {
+    /// Whether the whole plan has more than `limit` actions. A fan-out
+    /// cannot be larger than the inventory, so it is counted only when the
+    /// inventory is larger than the limit — and then no further than the
+    /// limit, without keeping what is counted (a scan that brings every
+    /// inventory page it reads through sled's cache, which costs memory).
+    fn exceeds(&self, ledger: &Ledger, limit: usize) -> Result<bool> {
         match self {
-            PlanChunks::Planned { changes, taken } => Ok(taken + changes.len()),
+            PlanChunks::Planned { changes, taken } => Ok(taken + changes.len() > limit),
             PlanChunks::Streamed { fan_out, .. } => {
+                if ledger.inventory_size()? <= limit as u64 {
+                    return Ok(false);
+                }
                 let mut count = 0usize;
                 ledger.scan_scope(&fan_out.scope, None, |_, entry: EntryProbe| {
                     if fan_out.applies_to(entry.account.contract_id.as_ref(), &entry.desired) {
                         count += 1;
                     }
-                    count < limit
+                    count <= limit
                 })?;
-                Ok(count)
+                Ok(count > limit)
             }
         }
     }
@@ -1720,6 +1745,7 @@ fn write_changes(
     now: DateTime<Utc>,
 ) -> TxResult<Vec<Superseded>> {
     let mut cancelled = Vec::new();
+    let mut added = 0u64;
     for (change, action) in changes.iter().zip(new_actions) {
         actions.insert(&action.action_id.to_be_bytes(), encode(action))?;
         event_actions.insert(&pair_key(seq, action.action_id), &[])?;
@@ -1744,13 +1770,14 @@ fn write_changes(
         {
             cancelled.push(c);
         }
-        write_inventory(
+        added += u64::from(write_inventory(
             inventory,
             index,
             change.previous.as_ref().map(|p| &p.employee_id),
             &entry,
-        )?;
+        )?);
     }
+    add_inventory_size(index, added)?;
     Ok(cancelled)
 }
 
@@ -1794,13 +1821,27 @@ fn accept_outcome(
     }
 }
 
-/// Writes an inventory entry and keeps the employee index in step.
+/// Index key of the number of accounts in the inventory.
+const INVENTORY_SIZE_KEY: &[u8] = b"meta:inventory_accounts";
+
+/// Adds `added` new accounts to the inventory's size.
+fn add_inventory_size(index: &TransactionalTree, added: u64) -> TxResult<()> {
+    if added > 0 {
+        let size = index.get(INVENTORY_SIZE_KEY)?.map_or(0, |v| read_u64(&v));
+        index.insert(INVENTORY_SIZE_KEY, &(size + added).to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes an inventory entry and keeps the employee index in step. Returns
+/// whether the account is new (the caller adds it to the inventory's size,
+/// once per transaction).
 fn write_inventory(
     inventory: &TransactionalTree,
     index: &TransactionalTree,
     previous_employee: Option<&EmployeeId>,
     entry: &InventoryEntry,
-) -> TxResult<()> {
+) -> TxResult<bool> {
     let account = &entry.account;
     // The employee index changes only when the account is new or changes
     // hands (most writes — every fan-out — leave it as it is).
@@ -1817,11 +1858,11 @@ fn write_inventory(
             &[],
         )?;
     }
-    inventory.insert(
+    let previous = inventory.insert(
         account_key_bytes(&account.tenant_id, &account.object_id),
         encode(entry),
     )?;
-    Ok(())
+    Ok(previous.is_none())
 }
 
 /// Cancels an older unfinished action that a newer event superseded. In-flight
@@ -2076,6 +2117,40 @@ mod tests {
             "data": {"old_partner_id": "111", "new_partner_id": "222"}
         });
         Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).expect("valid event")
+    }
+
+    #[test]
+    fn the_inventory_size_counts_each_account_once_and_is_recounted_when_missing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ledger");
+        {
+            let ledger = Ledger::open(&path, 1 << 20).unwrap();
+            assert_eq!(ledger.inventory_size().unwrap(), 0);
+            import_linked(&ledger, 10);
+            import_linked(&ledger, 10);
+            assert_eq!(
+                ledger.inventory_size().unwrap(),
+                10,
+                "re-imports add nothing"
+            );
+            ledger
+                .accept(&assignment("new-account"), None, Utc::now(), 10)
+                .unwrap();
+            assert_eq!(ledger.inventory_size().unwrap(), 11);
+            ledger
+                .accept(&partner_change("fan-out"), None, Utc::now(), 100)
+                .unwrap();
+            assert_eq!(
+                ledger.inventory_size().unwrap(),
+                11,
+                "a fan-out adds nothing"
+            );
+            // As in a ledger written before the size was kept.
+            ledger.index.remove(INVENTORY_SIZE_KEY).unwrap();
+            ledger.flush().unwrap();
+        }
+        let ledger = Ledger::open(&path, 1 << 20).unwrap();
+        assert_eq!(ledger.inventory_size().unwrap(), 11);
     }
 
     #[test]
