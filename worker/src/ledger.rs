@@ -749,7 +749,9 @@ impl Ledger {
             let record = record(total);
             let cancelled = trees
                 .transaction(|trees| {
-                    let cancelled = write_changes(trees, seq, &first, &new_actions, held, now)?;
+                    let (cancelled, added) =
+                        write_changes(trees, seq, &first, &new_actions, held, now)?;
+                    add_inventory_size(&trees.1, added)?;
                     let (_, index, events, _, _, _, open_events) = trees;
                     if !held && total > 0 {
                         open_events.insert(&seq.to_be_bytes(), &(total as u64).to_be_bytes())?;
@@ -784,7 +786,10 @@ impl Ledger {
                         // The first chunk also adds the marker's share.
                         increment_open(&trees.6, seq, chunk.len() as u64 + marker_share)?;
                     }
-                    write_changes(trees, seq, &chunk, &new_actions, held, now)
+                    let (cancelled, added) =
+                        write_changes(trees, seq, &chunk, &new_actions, held, now)?;
+                    add_inventory_size(&trees.1, added)?;
+                    Ok(cancelled)
                 })
                 .map_err(tx_error)?;
             total += chunk.len();
@@ -832,6 +837,7 @@ impl Ledger {
             .transaction(|trees| {
                 let (inventory, index, events_tree, _, _, _, open_events) = trees;
                 let mut outcomes = Vec::with_capacity(events.len());
+                let mut added = 0;
                 for ((event, publisher), (seq, action_id)) in events.iter().zip(&ids) {
                     if index.get(event_key(&event.source, &event.id))?.is_some() {
                         outcomes.push(AcceptOutcome::Duplicate);
@@ -858,7 +864,7 @@ impl Ledger {
                     let action =
                         new_action(event, *seq, *action_id, &change, state, now, not_before);
                     let changes = [change];
-                    let cancelled = write_changes(
+                    let (cancelled, new_accounts) = write_changes(
                         trees,
                         *seq,
                         &changes,
@@ -866,6 +872,7 @@ impl Ledger {
                         held,
                         now,
                     )?;
+                    added += new_accounts;
                     if !held {
                         open_events.insert(&seq.to_be_bytes(), &1u64.to_be_bytes())?;
                     }
@@ -886,6 +893,7 @@ impl Ledger {
                     write_event_marker(index, events_tree, event, &record)?;
                     outcomes.push(accept_outcome(*seq, 1, held, Vec::new(), cancelled, None));
                 }
+                add_inventory_size(index, added)?;
                 Ok(outcomes)
             })
             .map_err(tx_error)
@@ -1736,6 +1744,8 @@ type AcceptTrees = (
 
 /// Writes planned changes and their actions; supersedes older unfinished
 /// actions of the same accounts. Held plans store their actions only.
+/// Returns the superseded actions and the number of new accounts (the caller
+/// adds them to the inventory's size once per transaction).
 fn write_changes(
     (inventory, index, events, actions, event_actions, due, open_events): &AcceptTrees,
     seq: EventSeq,
@@ -1743,7 +1753,7 @@ fn write_changes(
     new_actions: &[ActionRecord],
     held: bool,
     now: DateTime<Utc>,
-) -> TxResult<Vec<Superseded>> {
+) -> TxResult<(Vec<Superseded>, u64)> {
     let mut cancelled = Vec::new();
     let mut added = 0u64;
     for (change, action) in changes.iter().zip(new_actions) {
@@ -1777,8 +1787,7 @@ fn write_changes(
             &entry,
         )?);
     }
-    add_inventory_size(index, added)?;
-    Ok(cancelled)
+    Ok((cancelled, added))
 }
 
 /// The event record and its deduplication keys: once these are written, a
