@@ -25,9 +25,14 @@ use crate::telemetry::{ApiRequestCompleted, Metrics, RetryReason};
 
 /// Tokens are renewed this long before they expire (SPEC §5).
 pub const TOKEN_RENEWAL_MARGIN: Duration = Duration::from_secs(5 * 60);
-/// Tokens kept at most (one per credential and tenant in use; ~2 KiB each,
-/// so the cache stays within ~32 MiB even after a fan-out over 100,000 identities).
-pub const TOKEN_CACHE_CAPACITY: usize = 16_384;
+/// Bytes of tokens kept at most (one per credential and tenant in use). A
+/// bound in bytes, not in tokens: Entra ID tokens are 1–3 KiB, so 16,384 of
+/// them could take 48 MiB after a fan-out over as many identities; 12 MiB
+/// keep about 5,000 real tokens (14,000 of the simulator's).
+pub const TOKEN_CACHE_BYTES: usize = 12 * 1024 * 1024;
+/// What a cached token costs beyond its strings' bytes: the map slot and the
+/// allocations' headers and rounding.
+const TOKEN_ENTRY_OVERHEAD: usize = 160;
 /// A secret reported invalid (AADSTS7000215) is retried this long, in case it was just rotated.
 pub const SECRET_ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
 
@@ -201,6 +206,67 @@ impl Credential {
 
 type TokenKey = (String, String);
 
+/// Tokens by (credential, tenant), within [`TOKEN_CACHE_BYTES`].
+#[derive(Default)]
+struct TokenCache {
+    tokens: HashMap<TokenKey, AccessToken>,
+    bytes: usize,
+}
+
+impl TokenCache {
+    fn weight(key: &TokenKey, token: &AccessToken) -> usize {
+        key.0.len()
+            + key.1.len()
+            + token.secret.expose_secret().len()
+            + token.tenant_id.len()
+            + token.object_id.len()
+            + TOKEN_ENTRY_OVERHEAD
+    }
+
+    fn get(&self, key: &TokenKey) -> Option<&AccessToken> {
+        self.tokens.get(key)
+    }
+
+    fn remove(&mut self, key: &TokenKey) {
+        if let Some(token) = self.tokens.remove(key) {
+            self.bytes -= Self::weight(key, &token);
+        }
+    }
+
+    /// Adds a token. When that would exceed the budget — a fan-out over many
+    /// tenants and identities must not keep a token per identity for an
+    /// hour — the tokens due for renewal by `renew_after` go first, then, if
+    /// still needed, half of the rest.
+    fn insert(&mut self, key: TokenKey, token: AccessToken, renew_after: DateTime<Utc>) {
+        self.remove(&key);
+        let weight = Self::weight(&key, &token);
+        if self.bytes + weight > TOKEN_CACHE_BYTES {
+            self.retain(|token| token.expires_at > renew_after);
+            if self.bytes + weight > TOKEN_CACHE_BYTES {
+                let mut keep = false;
+                self.retain(|_| {
+                    keep = !keep;
+                    keep
+                });
+            }
+        }
+        self.bytes += weight;
+        self.tokens.insert(key, token);
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&AccessToken) -> bool) {
+        let mut bytes = self.bytes;
+        self.tokens.retain(|key, token| {
+            let kept = keep(token);
+            if !kept {
+                bytes -= Self::weight(key, token);
+            }
+            kept
+        });
+        self.bytes = bytes;
+    }
+}
+
 /// The PAL client. Cheap to clone.
 #[derive(Clone)]
 pub struct PalClient {
@@ -213,7 +279,7 @@ struct Inner {
     authority: String,
     api_version: String,
     credentials: HashMap<String, Credential>,
-    tokens: Mutex<HashMap<TokenKey, AccessToken>>,
+    tokens: Mutex<TokenCache>,
     /// Identities (tenant, object) that PAL answered with a `Retry-After`,
     /// and until when: no request for them is sent before, whichever action
     /// it belongs to (a newer action for the same account must wait too).
@@ -254,7 +320,7 @@ impl PalClient {
                 authority: settings.authority.as_str().trim_end_matches('/').to_owned(),
                 api_version: settings.api_version.clone(),
                 credentials: resolved,
-                tokens: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(TokenCache::default()),
                 throttled: Mutex::new(HashMap::new()),
                 token_fetch: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::keyed(tenant_quota(per_tenant_rps)),
@@ -302,23 +368,13 @@ impl PalClient {
             }
         }
         let token = fetched?;
-        let mut tokens = self.inner.tokens.lock().expect("token lock");
-        if tokens.len() >= TOKEN_CACHE_CAPACITY {
-            // A fan-out over many tenants and identities must not keep a
-            // token per identity for an hour: drop the ones due for renewal,
-            // then, if still full, half of the rest.
-            let renew_after = self.inner.clock.now()
-                + chrono::Duration::from_std(TOKEN_RENEWAL_MARGIN).expect("small duration");
-            tokens.retain(|_, token| token.expires_at > renew_after);
-            if tokens.len() >= TOKEN_CACHE_CAPACITY {
-                let mut keep = false;
-                tokens.retain(|_, _| {
-                    keep = !keep;
-                    keep
-                });
-            }
-        }
-        tokens.insert(key, token.clone());
+        let renew_after = self.inner.clock.now()
+            + chrono::Duration::from_std(TOKEN_RENEWAL_MARGIN).expect("small duration");
+        self.inner
+            .tokens
+            .lock()
+            .expect("token lock")
+            .insert(key, token.clone(), renew_after);
         Ok(token)
     }
 
@@ -935,6 +991,63 @@ pub fn check_identity(
 mod tests {
     use super::*;
     use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn the_token_cache_stays_within_its_bytes_and_drops_expiring_tokens_first() {
+        let now = Utc::now();
+        let token = |n: usize, expires_in_secs: i64| AccessToken {
+            secret: SecretString::from("x".repeat(2_000 + n % 7)),
+            tenant_id: format!("{n:08x}-0000-4000-8000-000000000000"),
+            object_id: format!("{n:08x}-1111-4111-8111-111111111111"),
+            expires_at: now + chrono::Duration::seconds(expires_in_secs),
+        };
+        let key = |n: usize| {
+            (
+                "sp".to_owned(),
+                format!("{n:08x}-0000-4000-8000-000000000000"),
+            )
+        };
+        let mut cache = TokenCache::default();
+        // Tokens about to expire, then fresh ones, far beyond the budget.
+        for n in 0..100 {
+            cache.insert(key(n), token(n, 60), now);
+        }
+        let fresh = 10_000;
+        for n in 100..fresh {
+            cache.insert(
+                key(n),
+                token(n, 3_600),
+                now + chrono::Duration::seconds(300),
+            );
+            assert!(cache.bytes <= TOKEN_CACHE_BYTES);
+        }
+        let recount: usize = cache
+            .tokens
+            .iter()
+            .map(|(k, t)| TokenCache::weight(k, t))
+            .sum();
+        assert_eq!(cache.bytes, recount, "the byte count follows every change");
+        assert!(
+            (0..100).all(|n| cache.get(&key(n)).is_none()),
+            "expiring tokens went first"
+        );
+        assert!(
+            cache.get(&key(fresh - 1)).is_some(),
+            "the newest token is kept"
+        );
+        assert!(
+            cache.tokens.len() > 1_000,
+            "eviction keeps half, not nothing"
+        );
+        cache.remove(&key(fresh - 1));
+        assert!(cache.get(&key(fresh - 1)).is_none());
+        let recount: usize = cache
+            .tokens
+            .iter()
+            .map(|(k, t)| TokenCache::weight(k, t))
+            .sum();
+        assert_eq!(cache.bytes, recount);
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
