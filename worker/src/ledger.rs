@@ -7,8 +7,10 @@
 //!
 //! Trees and keys (all tenant-scoped data is keyed by tenant first):
 //! - `inventory`: `{tenant}/{object}` → [`InventoryEntry`]
-//! - `index`: `emp:{employee}\0{tenant}/{object}` → (); `key:{source}\0{id}` → seq;
-//!   `eid:{id}\0{source}` → seq; `held:{seq}` → (); `approving:{seq}` → () while
+//! - `index`: `emp:{employee}\0{tenant}/{object}` → (); `eid:{id}\0{source}` → seq,
+//!   the deduplication marker and the lookup by id (a source holds no NUL, so
+//!   the last NUL separates the two; ledgers written before also hold
+//!   `key:{source}\0{id}` → seq, no longer read); `held:{seq}` → (); `approving:{seq}` → () while
 //!   a held plan is being released; `meta:inventory_accounts` → u64, the
 //!   number of accounts in `inventory` (kept in the transactions that add one)
 //! - `events`: seq → [`EventRecord`]
@@ -418,10 +420,6 @@ fn employee_index_key(employee: &EmployeeId, tenant: &TenantId, object: &ObjectI
     .into_bytes()
 }
 
-fn event_key(source: &str, id: &str) -> Vec<u8> {
-    format!("key:{source}\0{id}").into_bytes()
-}
-
 fn event_id_key(source: &str, id: &str) -> Vec<u8> {
     format!("eid:{id}\0{source}").into_bytes()
 }
@@ -682,7 +680,7 @@ impl Ledger {
     // ---- events ----------------------------------------------------------
 
     pub fn is_duplicate(&self, source: &str, id: &str) -> Result<bool> {
-        Ok(self.index.contains_key(event_key(source, id))?)
+        Ok(self.index.contains_key(event_id_key(source, id))?)
     }
 
     /// Computes the plan an event would produce, changing nothing.
@@ -839,7 +837,7 @@ impl Ledger {
                 let mut outcomes = Vec::with_capacity(events.len());
                 let mut added = 0;
                 for ((event, publisher), (seq, action_id)) in events.iter().zip(&ids) {
-                    if index.get(event_key(&event.source, &event.id))?.is_some() {
+                    if index.get(event_id_key(&event.source, &event.id))?.is_some() {
                         outcomes.push(AcceptOutcome::Duplicate);
                         continue;
                     }
@@ -1799,7 +1797,6 @@ fn write_event_marker(
     record: &EventRecord,
 ) -> TxResult<()> {
     let seq = record.seq;
-    index.insert(event_key(&event.source, &event.id), &seq.to_be_bytes())?;
     index.insert(event_id_key(&event.source, &event.id), &seq.to_be_bytes())?;
     events.insert(&seq.to_be_bytes(), encode(record))?;
     if record.state == EventState::Held {
