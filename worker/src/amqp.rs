@@ -23,34 +23,6 @@ use palworker_config::{AmqpSettings, DeclareMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::{Disposition, Incoming, Intake};
-
-/// A stored batch being flushed: its deliveries and the task that flushes it
-/// and says what to do with each.
-type Pending = (
-    Vec<lapin::message::Delivery>,
-    tokio::task::JoinHandle<Vec<Disposition>>,
-);
-
-/// What the consumer loop waits for.
-enum Next {
-    Delivery(Box<Option<lapin::Result<lapin::message::Delivery>>>),
-    Settled(Vec<lapin::message::Delivery>, Vec<Disposition>),
-    Shutdown,
-}
-
-/// The pending batch once its flush is done (never, without one). Takes it
-/// out of `pending` only when done, so losing a `select!` leaves it there.
-async fn settled(
-    pending: &mut Option<Pending>,
-) -> (Vec<lapin::message::Delivery>, Vec<Disposition>) {
-    let Some((_, settling)) = pending.as_mut() else {
-        return std::future::pending().await;
-    };
-    // A failed task leaves no dispositions: every delivery is requeued.
-    let dispositions = settling.await.unwrap_or_default();
-    let (batch, _) = pending.take().expect("pending batch");
-    (batch, dispositions)
-}
 use crate::telemetry::{BrokerConnectionChanged, Metrics};
 
 /// Routing keys the events queue is bound with (SPEC §4).
@@ -289,32 +261,13 @@ impl Consumer {
         *was_connected = true;
         self.set_connected(true, "");
         let max_batch = usize::from(self.settings.prefetch.max(1));
-        // The previous batch while its plans are flushed: its deliveries are
-        // settled (acked, dead-lettered, requeued) once the flush is done, in
-        // delivery order, and the next batch is stored meanwhile.
-        let mut pending: Option<Pending> = None;
         loop {
-            let next = tokio::select! {
-                next = consumer.next() => Next::Delivery(Box::new(next)),
-                (batch, dispositions) = settled(&mut pending) => Next::Settled(batch, dispositions),
-                _ = shutdown.cancelled() => Next::Shutdown,
-            };
-            let first = match next {
-                Next::Delivery(next) => *next,
-                Next::Settled(batch, dispositions) => {
-                    self.settle(&batch, dispositions, &dead_letters).await?;
-                    continue;
-                }
-                Next::Shutdown => {
-                    if let Some((batch, settling)) = pending.take() {
-                        let dispositions = settling.await.unwrap_or_default();
-                        self.settle(&batch, dispositions, &dead_letters).await?;
-                    }
+            let first = tokio::select! {
+                next = consumer.next() => next,
+                _ = shutdown.cancelled() => {
                     // Unacknowledged deliveries go back to the queue when the channel closes.
                     let _ = channel.close(200, "palworker shutting down".into()).await;
-                    let _ = connection
-                        .close(200, "palworker shutting down".into())
-                        .await;
+                    let _ = connection.close(200, "palworker shutting down".into()).await;
                     return Ok(());
                 }
             };
@@ -347,87 +300,28 @@ impl Consumer {
                     routing_key: delivery.routing_key.as_str().to_owned(),
                 })
                 .collect();
-            let stored = self.intake.store_batch(incoming).await;
-            if let Some((previous, settling)) = pending.take() {
-                let dispositions = settling.await.unwrap_or_default();
-                self.settle(&previous, dispositions, &dead_letters).await?;
-            }
-            let intake = self.intake.clone();
-            pending = Some((
-                batch,
-                tokio::spawn(async move { intake.settle_batch(stored).await }),
-            ));
-        }
-    }
-
-    /// Acks, dead-letters or requeues the deliveries of a flushed batch.
-    async fn settle(
-        &self,
-        batch: &[lapin::message::Delivery],
-        dispositions: Vec<Disposition>,
-        dead_letters: &Channel,
-    ) -> anyhow::Result<()> {
-        // Consecutive acks go out as one `basic.ack` with `multiple`: it
-        // covers every earlier unacknowledged delivery of this channel,
-        // and all of those are acked ones of this batch (earlier batches
-        // are settled, and a requeue or dead-letter first sends the acks
-        // before it). One frame per batch instead of one per delivery.
-        let mut last_ack: Option<&lapin::message::Delivery> = None;
-        for (index, delivery) in batch.iter().enumerate() {
-            let disposition = dispositions
-                .get(index)
-                .cloned()
-                .unwrap_or(Disposition::Requeue);
-            if !matches!(disposition, Disposition::Ack)
-                && let Some(acked) = last_ack.take()
-            {
-                acked.acker.ack(BasicAckOptions { multiple: true }).await?;
-            }
-            match disposition {
-                Disposition::Ack => {
-                    last_ack = Some(delivery);
+            let dispositions = self.intake.handle_batch(incoming).await;
+            // Consecutive acks go out as one `basic.ack` with `multiple`: it
+            // covers every earlier unacknowledged delivery of this channel,
+            // and all of those are acked ones of this batch (earlier batches
+            // are settled, and a requeue or dead-letter first sends the acks
+            // before it). One frame per batch instead of one per delivery.
+            let mut last_ack: Option<&lapin::message::Delivery> = None;
+            for (index, delivery) in batch.iter().enumerate() {
+                let disposition = dispositions
+                    .get(index)
+                    .cloned()
+                    .unwrap_or(Disposition::Requeue);
+                if !matches!(disposition, Disposition::Ack)
+                    && let Some(acked) = last_ack.take()
+                {
+                    acked.acker.ack(BasicAckOptions { multiple: true }).await?;
                 }
-                Disposition::Requeue => {
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await?;
-                }
-                Disposition::DeadLetter { detail, .. } => {
-                    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-                    headers.insert(
-                        REASON_HEADER.into(),
-                        AMQPValue::LongString(detail.as_str().into()),
-                    );
-                    headers.insert(
-                        "x-palworker-routing-key".into(),
-                        AMQPValue::LongString(delivery.routing_key.as_str().into()),
-                    );
-                    let mut properties = BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers);
-                    if let Some(content_type) = delivery.properties.content_type() {
-                        properties = properties.with_content_type(content_type.clone());
+                match disposition {
+                    Disposition::Ack => {
+                        last_ack = Some(delivery);
                     }
-                    let confirm = dead_letters
-                        .basic_publish(
-                            self.topology.dead_letter_exchange.as_str().into(),
-                            delivery.routing_key.clone(),
-                            BasicPublishOptions::default(),
-                            &delivery.data,
-                            properties,
-                        )
-                        .await?
-                        .await?;
-                    if confirm.is_ack() {
-                        delivery.acker.ack(BasicAckOptions::default()).await?;
-                    } else {
-                        tracing::error!(
-                            "The broker refused the dead-letter copy; the message is requeued."
-                        );
+                    Disposition::Requeue => {
                         delivery
                             .acker
                             .nack(BasicNackOptions {
@@ -436,13 +330,53 @@ impl Consumer {
                             })
                             .await?;
                     }
+                    Disposition::DeadLetter { detail, .. } => {
+                        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                        headers.insert(
+                            REASON_HEADER.into(),
+                            AMQPValue::LongString(detail.as_str().into()),
+                        );
+                        headers.insert(
+                            "x-palworker-routing-key".into(),
+                            AMQPValue::LongString(delivery.routing_key.as_str().into()),
+                        );
+                        let mut properties = BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_headers(headers);
+                        if let Some(content_type) = delivery.properties.content_type() {
+                            properties = properties.with_content_type(content_type.clone());
+                        }
+                        let confirm = dead_letters
+                            .basic_publish(
+                                self.topology.dead_letter_exchange.as_str().into(),
+                                delivery.routing_key.clone(),
+                                BasicPublishOptions::default(),
+                                &delivery.data,
+                                properties,
+                            )
+                            .await?
+                            .await?;
+                        if confirm.is_ack() {
+                            delivery.acker.ack(BasicAckOptions::default()).await?;
+                        } else {
+                            tracing::error!(
+                                "The broker refused the dead-letter copy; the message is requeued."
+                            );
+                            delivery
+                                .acker
+                                .nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..BasicNackOptions::default()
+                                })
+                                .await?;
+                        }
+                    }
                 }
             }
+            if let Some(acked) = last_ack {
+                acked.acker.ack(BasicAckOptions { multiple: true }).await?;
+            }
         }
-        if let Some(acked) = last_ack {
-            acked.acker.ack(BasicAckOptions { multiple: true }).await?;
-        }
-        Ok(())
     }
 }
 

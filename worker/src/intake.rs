@@ -2,8 +2,7 @@
 //!
 //! Validation happens once, here, at the edge: bytes become a validated
 //! `Event` or a dead-letter reason. Accepted plans of a whole batch share one
-//! ledger flush (group commit) before any of them is acknowledged; the
-//! consumer stores the next batch while that flush runs.
+//! ledger flush (group commit) before any of them is acknowledged.
 //!
 //! Architecture invariant: a delivery is acknowledged only after its plan is
 //! flushed to the ledger, or after its dead-letter copy was confirmed by the broker.
@@ -27,9 +26,6 @@ pub struct Incoming {
     pub user_id: Option<String>,
     pub routing_key: String,
 }
-
-/// A batch stored by [`Intake::store_batch`], not yet flushed.
-pub struct StoredBatch(Vec<Processed>);
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,38 +85,24 @@ impl Intake {
 
     /// Processes a batch and flushes the ledger once for all of it.
     pub async fn handle_batch(&self, batch: Vec<Incoming>) -> Vec<Disposition> {
-        let stored = self.store_batch(batch).await;
-        self.settle_batch(stored).await
-    }
-
-    /// First half of [`Intake::handle_batch`]: validates every delivery and
-    /// stores the valid ones, not yet durably. The consumer stores the next
-    /// batch while the previous one is being flushed.
-    pub async fn store_batch(&self, batch: Vec<Incoming>) -> StoredBatch {
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || this.process_batch(&batch)).await {
-            Ok(processed) => StoredBatch(processed),
+        let joined = tokio::task::spawn_blocking(move || {
+            let processed = this.process_batch(&batch);
+            let stored_any = processed.iter().any(|p| matches!(p, Processed::Stored(..)));
+            let flushed = if stored_any {
+                this.ledger.flush()
+            } else {
+                Ok(())
+            };
+            (processed, flushed)
+        })
+        .await;
+        let (processed, flushed) = match joined {
+            Ok(result) => result,
             Err(error) => {
                 tracing::error!(error = %error, "Intake task failed; the batch will be redelivered.");
-                StoredBatch(Vec::new())
+                return vec![];
             }
-        }
-    }
-
-    /// Second half: one flush makes the batch's plans durable (with whatever
-    /// was stored since), then each delivery gets its disposition. A
-    /// delivery missing from the result is requeued.
-    pub async fn settle_batch(&self, stored: StoredBatch) -> Vec<Disposition> {
-        let StoredBatch(processed) = stored;
-        let stored_any = processed.iter().any(|p| matches!(p, Processed::Stored(..)));
-        let flushed = if stored_any {
-            let ledger = self.ledger.clone();
-            match tokio::task::spawn_blocking(move || ledger.flush()).await {
-                Ok(flushed) => flushed.map_err(|error| error.to_string()),
-                Err(error) => Err(format!("the flush task failed: {error}")),
-            }
-        } else {
-            Ok(())
         };
         if let Err(error) = &flushed {
             tracing::error!(error = %error, "Flushing the ledger failed; the batch will be redelivered.");
