@@ -7,12 +7,13 @@
 //!
 //! Trees and keys (all tenant-scoped data is keyed by tenant first):
 //! - `inventory`: `{tenant}/{object}` → [`InventoryEntry`]
-//! - `index`: `emp:{employee}\0{tenant}/{object}` → (); `eid:{id}\0{source}` → seq,
-//!   the deduplication marker and the lookup by id (a source holds no NUL, so
-//!   the last NUL separates the two; ledgers written before also hold
-//!   `key:{source}\0{id}` → seq, no longer read); `held:{seq}` → (); `approving:{seq}` → () while
-//!   a held plan is being released; `meta:inventory_accounts` → u64, the
-//!   number of accounts in `inventory` (kept in the transactions that add one)
+//! - `index`: `emp:{employee}\0{tenant}/{object}` → ();
+//!   `eid:{id}\0{source}` → seq, the deduplication marker and the lookup by id
+//!   (a source holds no NUL, so the last NUL separates the two; older ledgers
+//!   also hold `key:{source}\0{id}` → seq, no longer read); `held:{seq}` → ();
+//!   `approving:{seq}` → () while a held plan is being released;
+//!   `meta:inventory_accounts` → u64, the number of accounts in `inventory`
+//!   (kept in the transactions that add one)
 //! - `events`: seq → [`EventRecord`]
 //! - `actions`: action id → [`ActionRecord`]
 //! - `event_actions`: seq ++ action id → ()
@@ -1703,8 +1704,6 @@ impl<'e> PlanChunks<'e> {
         }
     }
 
-    /// The number of changes in the whole plan, counted no further than
-    /// `limit`.
     /// Whether the whole plan has more than `limit` actions. A fan-out
     /// cannot be larger than the inventory, so it is counted only when the
     /// inventory is larger than the limit — and then no further than the
@@ -1833,9 +1832,15 @@ const INVENTORY_SIZE_KEY: &[u8] = b"meta:inventory_accounts";
 /// Adds `added` new accounts to the inventory's size.
 fn add_inventory_size(index: &TransactionalTree, added: u64) -> TxResult<()> {
     if added > 0 {
-        let size = index.get(INVENTORY_SIZE_KEY)?.map_or(0, |v| read_u64(&v));
-        index.insert(INVENTORY_SIZE_KEY, &(size + added).to_be_bytes())?;
+        add_to_counter(index, INVENTORY_SIZE_KEY, added)?;
     }
+    Ok(())
+}
+
+/// Adds `by` to the big-endian u64 at `key` (absent: zero).
+fn add_to_counter(tree: &TransactionalTree, key: &[u8], by: u64) -> TxResult<()> {
+    let value = tree.get(key)?.map_or(0, |bytes| read_u64(&bytes));
+    tree.insert(key, &(value + by).to_be_bytes())?;
     Ok(())
 }
 
@@ -1914,10 +1919,7 @@ fn supersede(
 
 /// Adds `by` to an event's count of non-terminal actions.
 fn increment_open(open_events: &TransactionalTree, seq: EventSeq, by: u64) -> TxResult<()> {
-    let key = seq.to_be_bytes();
-    let open = open_events.get(key)?.map_or(0, |bytes| read_u64(&bytes));
-    open_events.insert(&key, &(open + by).to_be_bytes())?;
-    Ok(())
+    add_to_counter(open_events, &seq.to_be_bytes(), by)
 }
 
 fn decrement_open(

@@ -368,8 +368,7 @@ impl PalClient {
             }
         }
         let token = fetched?;
-        let renew_after = self.inner.clock.now()
-            + chrono::Duration::from_std(TOKEN_RENEWAL_MARGIN).expect("small duration");
+        let renew_after = self.renew_after();
         self.inner
             .tokens
             .lock()
@@ -378,11 +377,17 @@ impl PalClient {
         Ok(token)
     }
 
+    /// Tokens that expire by then are due for renewal.
+    fn renew_after(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+            + chrono::Duration::from_std(TOKEN_RENEWAL_MARGIN).expect("small duration")
+    }
+
     fn cached(&self, key: &TokenKey) -> Option<AccessToken> {
+        let renew_after = self.renew_after();
         let tokens = self.inner.tokens.lock().expect("token lock");
         let token = tokens.get(key)?;
-        let margin = chrono::Duration::from_std(TOKEN_RENEWAL_MARGIN).expect("small duration");
-        (token.expires_at - margin > self.inner.clock.now()).then(|| token.clone())
+        (token.expires_at > renew_after).then(|| token.clone())
     }
 
     /// How long the token's identity must still wait after a `Retry-After`.
@@ -1007,6 +1012,13 @@ mod tests {
                 format!("{n:08x}-0000-4000-8000-000000000000"),
             )
         };
+        let recount = |cache: &TokenCache| -> usize {
+            cache
+                .tokens
+                .iter()
+                .map(|(k, t)| TokenCache::weight(k, t))
+                .sum()
+        };
         let mut cache = TokenCache::default();
         // Tokens about to expire, then fresh ones, far beyond the budget.
         for n in 0..100 {
@@ -1021,12 +1033,11 @@ mod tests {
             );
             assert!(cache.bytes <= TOKEN_CACHE_BYTES);
         }
-        let recount: usize = cache
-            .tokens
-            .iter()
-            .map(|(k, t)| TokenCache::weight(k, t))
-            .sum();
-        assert_eq!(cache.bytes, recount, "the byte count follows every change");
+        assert_eq!(
+            cache.bytes,
+            recount(&cache),
+            "the byte count follows every change"
+        );
         assert!(
             (0..100).all(|n| cache.get(&key(n)).is_none()),
             "expiring tokens went first"
@@ -1041,12 +1052,7 @@ mod tests {
         );
         cache.remove(&key(fresh - 1));
         assert!(cache.get(&key(fresh - 1)).is_none());
-        let recount: usize = cache
-            .tokens
-            .iter()
-            .map(|(k, t)| TokenCache::weight(k, t))
-            .sum();
-        assert_eq!(cache.bytes, recount);
+        assert_eq!(cache.bytes, recount(&cache));
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

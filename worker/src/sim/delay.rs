@@ -5,41 +5,12 @@
 //! thread per simulator waits for the earliest deadline with the OS's
 //! sub-millisecond timed wait and releases each request at its deadline.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-
-/// A request waiting for its deadline.
-struct Waiting {
-    at: Instant,
-    /// Arrival order, so that equal deadlines leave in order.
-    seq: u64,
-    release: oneshot::Sender<()>,
-}
-
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Waiting {}
-
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Waiting {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
 
 /// A deadline and the request to release then.
 type Delay = (Instant, oneshot::Sender<()>);
@@ -82,32 +53,33 @@ fn spawn() -> Option<mpsc::Sender<Delay>> {
 }
 
 fn run(queue: mpsc::Receiver<Delay>) {
-    let mut waiting: BinaryHeap<Reverse<Waiting>> = BinaryHeap::new();
+    // By deadline, then arrival order (so equal deadlines leave in order).
+    let mut waiting: BTreeMap<(Instant, u64), oneshot::Sender<()>> = BTreeMap::new();
     let mut seq = 0u64;
     loop {
         let now = Instant::now();
-        while waiting.peek().is_some_and(|next| next.0.at <= now) {
-            let Reverse(due) = waiting.pop().expect("peeked");
-            let _ = due.release.send(());
+        while let Some(entry) = waiting.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let _ = entry.remove().send(());
         }
-        let received = match waiting.peek() {
-            Some(next) => queue.recv_timeout(next.0.at - now),
+        let next = waiting.first_key_value().map(|((at, _), _)| *at);
+        let received = match next {
+            Some(at) => queue.recv_timeout(at - now),
             None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match received {
             Ok((at, release)) => {
                 seq += 1;
-                waiting.push(Reverse(Waiting { at, seq, release }));
+                waiting.insert((at, seq), release);
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                // The simulator is gone; release whoever still waits.
-                if waiting.is_empty() {
-                    return;
-                }
-                let next = waiting.peek().expect("not empty").0.at;
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            }
+            // The simulator is gone; release whoever still waits.
+            Err(RecvTimeoutError::Disconnected) => match next {
+                None => return,
+                Some(at) => std::thread::sleep(at.saturating_duration_since(Instant::now())),
+            },
         }
     }
 }
