@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
@@ -20,9 +21,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use palworker_config::{AmqpSettings, DeclareMode};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::intake::{Disposition, Incoming, Intake};
+use crate::intake::{Checked, Disposition, Incoming, Intake};
 use crate::telemetry::{BrokerConnectionChanged, Metrics};
 
 /// Routing keys the events queue is bound with (SPEC §4).
@@ -261,67 +263,153 @@ impl Consumer {
         *was_connected = true;
         self.set_connected(true, "");
         let max_batch = usize::from(self.settings.prefetch.max(1));
+        // Two stages: the ledger stores and flushes one batch on a blocking
+        // thread while this task receives and validates the next deliveries
+        // and settles the batch before. The ledger never waits for the
+        // broker; prefetch still bounds every delivery not yet acknowledged.
+        let mut waiting: Vec<(Delivery, Checked)> = Vec::new();
+        let mut storing: Option<(Vec<Delivery>, JoinHandle<Vec<Disposition>>)> = None;
         loop {
-            let first = tokio::select! {
-                next = consumer.next() => next,
+            if storing.is_none() && !waiting.is_empty() {
+                storing = Some(self.store(std::mem::take(&mut waiting)));
+            }
+            tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {
-                    // Unacknowledged deliveries go back to the queue when the channel closes.
+                    // The batch being stored is settled; deliveries not yet
+                    // stored go back to the queue when the channel closes.
+                    if let Some((batch, job)) = storing.take() {
+                        self.settle(&dead_letters, &batch, stored(job.await)).await?;
+                    }
                     let _ = channel.close(200, "palworker shutting down".into()).await;
                     let _ = connection.close(200, "palworker shutting down".into()).await;
                     return Ok(());
                 }
-            };
-            let first = match first {
-                Some(delivery) => delivery?,
-                None => anyhow::bail!("the broker ended the consumer"),
-            };
-            let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
-                    Some(Some(Err(error))) => return Err(error.into()),
-                    _ => break,
+                joined = async { (&mut storing.as_mut().expect("guarded").1).await }, if storing.is_some() => {
+                    let (batch, _) = storing.take().expect("guarded");
+                    // The next batch starts before this one's acks go out.
+                    if !waiting.is_empty() {
+                        storing = Some(self.store(std::mem::take(&mut waiting)));
+                    }
+                    self.settle(&dead_letters, &batch, stored(joined)).await?;
+                }
+                next = consumer.next(), if waiting.len() < max_batch => {
+                    match next {
+                        Some(delivery) => self.receive(&mut waiting, delivery?),
+                        None => anyhow::bail!("the broker ended the consumer"),
+                    }
+                    while waiting.len() < max_batch {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(delivery))) => self.receive(&mut waiting, delivery),
+                            Some(Some(Err(error))) => return Err(error.into()),
+                            _ => break,
+                        }
+                    }
                 }
             }
-            let incoming = batch
-                .iter()
-                .map(|delivery| Incoming {
-                    body: delivery.data.clone(),
-                    content_type: delivery
-                        .properties
-                        .content_type()
-                        .as_ref()
-                        .map(|s| s.as_str().to_owned()),
-                    user_id: delivery
-                        .properties
-                        .user_id()
-                        .as_ref()
-                        .map(|s| s.as_str().to_owned()),
-                    routing_key: delivery.routing_key.as_str().to_owned(),
-                })
-                .collect();
-            let dispositions = self.intake.handle_batch(incoming).await;
-            // Consecutive acks go out as one `basic.ack` with `multiple`: it
-            // covers every earlier unacknowledged delivery of this channel,
-            // and all of those are acked ones of this batch (earlier batches
-            // are settled, and a requeue or dead-letter first sends the acks
-            // before it). One frame per batch instead of one per delivery.
-            let mut last_ack: Option<&lapin::message::Delivery> = None;
-            for (index, delivery) in batch.iter().enumerate() {
-                let disposition = dispositions
-                    .get(index)
-                    .cloned()
-                    .unwrap_or(Disposition::Requeue);
-                if !matches!(disposition, Disposition::Ack)
-                    && let Some(acked) = last_ack.take()
-                {
-                    acked.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+    }
+
+    /// Validates a delivery and queues it for the next batch.
+    fn receive(&self, waiting: &mut Vec<(Delivery, Checked)>, delivery: Delivery) {
+        let incoming = Incoming {
+            body: delivery.data.clone(),
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str().to_owned()),
+            user_id: delivery
+                .properties
+                .user_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned()),
+            routing_key: delivery.routing_key.as_str().to_owned(),
+        };
+        let checked = self.intake.check(&incoming);
+        waiting.push((delivery, checked));
+    }
+
+    /// Starts storing a batch (one ledger flush for all of it).
+    fn store(
+        &self,
+        batch: Vec<(Delivery, Checked)>,
+    ) -> (Vec<Delivery>, JoinHandle<Vec<Disposition>>) {
+        let (deliveries, checked): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let intake = self.intake.clone();
+        let job = tokio::spawn(async move { intake.handle_batch(checked).await });
+        (deliveries, job)
+    }
+
+    /// Acknowledges, dead-letters or requeues each delivery of a stored batch.
+    async fn settle(
+        &self,
+        dead_letters: &Channel,
+        batch: &[Delivery],
+        dispositions: Vec<Disposition>,
+    ) -> anyhow::Result<()> {
+        // Consecutive acks go out as one `basic.ack` with `multiple`: it
+        // covers every earlier unacknowledged delivery of this channel, and
+        // all of those are acked ones of this batch (earlier batches are
+        // settled, later ones have higher delivery tags, and a requeue or
+        // dead-letter first sends the acks before it). One frame per batch
+        // instead of one per delivery.
+        let mut last_ack: Option<&Delivery> = None;
+        for (index, delivery) in batch.iter().enumerate() {
+            let disposition = dispositions
+                .get(index)
+                .cloned()
+                .unwrap_or(Disposition::Requeue);
+            if !matches!(disposition, Disposition::Ack)
+                && let Some(acked) = last_ack.take()
+            {
+                acked.acker.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            match disposition {
+                Disposition::Ack => {
+                    last_ack = Some(delivery);
                 }
-                match disposition {
-                    Disposition::Ack => {
-                        last_ack = Some(delivery);
+                Disposition::Requeue => {
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await?;
+                }
+                Disposition::DeadLetter { detail, .. } => {
+                    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                    headers.insert(
+                        REASON_HEADER.into(),
+                        AMQPValue::LongString(detail.as_str().into()),
+                    );
+                    headers.insert(
+                        "x-palworker-routing-key".into(),
+                        AMQPValue::LongString(delivery.routing_key.as_str().into()),
+                    );
+                    let mut properties = BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers);
+                    if let Some(content_type) = delivery.properties.content_type() {
+                        properties = properties.with_content_type(content_type.clone());
                     }
-                    Disposition::Requeue => {
+                    let confirm = dead_letters
+                        .basic_publish(
+                            self.topology.dead_letter_exchange.as_str().into(),
+                            delivery.routing_key.clone(),
+                            BasicPublishOptions::default(),
+                            &delivery.data,
+                            properties,
+                        )
+                        .await?
+                        .await?;
+                    if confirm.is_ack() {
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                    } else {
+                        tracing::error!(
+                            "The broker refused the dead-letter copy; the message is requeued."
+                        );
                         delivery
                             .acker
                             .nack(BasicNackOptions {
@@ -330,54 +418,23 @@ impl Consumer {
                             })
                             .await?;
                     }
-                    Disposition::DeadLetter { detail, .. } => {
-                        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-                        headers.insert(
-                            REASON_HEADER.into(),
-                            AMQPValue::LongString(detail.as_str().into()),
-                        );
-                        headers.insert(
-                            "x-palworker-routing-key".into(),
-                            AMQPValue::LongString(delivery.routing_key.as_str().into()),
-                        );
-                        let mut properties = BasicProperties::default()
-                            .with_delivery_mode(2)
-                            .with_headers(headers);
-                        if let Some(content_type) = delivery.properties.content_type() {
-                            properties = properties.with_content_type(content_type.clone());
-                        }
-                        let confirm = dead_letters
-                            .basic_publish(
-                                self.topology.dead_letter_exchange.as_str().into(),
-                                delivery.routing_key.clone(),
-                                BasicPublishOptions::default(),
-                                &delivery.data,
-                                properties,
-                            )
-                            .await?
-                            .await?;
-                        if confirm.is_ack() {
-                            delivery.acker.ack(BasicAckOptions::default()).await?;
-                        } else {
-                            tracing::error!(
-                                "The broker refused the dead-letter copy; the message is requeued."
-                            );
-                            delivery
-                                .acker
-                                .nack(BasicNackOptions {
-                                    requeue: true,
-                                    ..BasicNackOptions::default()
-                                })
-                                .await?;
-                        }
-                    }
                 }
             }
-            if let Some(acked) = last_ack {
-                acked.acker.ack(BasicAckOptions { multiple: true }).await?;
-            }
         }
+        if let Some(acked) = last_ack {
+            acked.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        Ok(())
     }
+}
+
+/// A stored batch's dispositions; none (so every delivery is requeued) if
+/// its task failed.
+fn stored(joined: Result<Vec<Disposition>, tokio::task::JoinError>) -> Vec<Disposition> {
+    joined.unwrap_or_else(|error| {
+        tracing::error!(error = %error, "Intake task failed; the batch will be redelivered.");
+        Vec::new()
+    })
 }
 
 /// A publisher with confirms (the `publish` command, the demo, tests).

@@ -58,15 +58,16 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     {
         let ledger = ledger.clone();
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             metrics.actions_pending.set(ledger.pending_count() as i64);
             metrics.held_plans.set(ledger.held_plan_count() as i64);
             metrics
                 .events_in_flight
-                .set(ledger.open_event_count() as i64);
+                .set(ledger.open_event_count()? as i64);
             metrics.ledger_size_bytes.set(ledger.size_on_disk() as f64);
+            Ok(())
         })
-        .await?;
+        .await??;
     }
     let health = Health::default();
     health.ledger_open.store(true, Ordering::SeqCst);

@@ -14,12 +14,16 @@
 //!   `approving:{seq}` → () while a held plan is being released;
 //!   `meta:inventory_accounts` → u64, the number of accounts in `inventory`
 //!   (kept in the transactions that add one)
-//! - `events`: seq → [`EventRecord`]
+//! - `events`: seq → [`EventRecord`]; a plan written in one transaction (every
+//!   plan but a large one) keeps its action ids and, once accepted, its count of
+//!   non-terminal actions in the record itself (one insert less each per event)
 //! - `actions`: action id → [`ActionRecord`]
-//! - `event_actions`: seq ++ action id → ()
+//! - `event_actions`: seq ++ action id → () (large plans, older ledgers)
 //! - `due`: due-millis (rounded up) ++ action id → tenant (pending and scheduled actions)
 //! - `in_flight`: action id → ()
-//! - `open_events`: seq → remaining non-terminal actions
+//! - `open_events`: seq → remaining non-terminal actions (large and approved
+//!   plans, older ledgers); `open_events` → u64, the number of open events
+//!   wherever their count is kept
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -110,6 +114,15 @@ pub struct EventRecord {
     pub completed_at: Option<DateTime<Utc>>,
     /// The AMQP `user_id` of the publisher, when the broker provided one.
     pub publisher: Option<String>,
+    /// The plan's action ids, in creation order, when the plan was written in
+    /// one transaction; `None`: they are in `event_actions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_ids: Option<Vec<ActionId>>,
+    /// The number of non-terminal actions of an event accepted in one
+    /// transaction; `None`: it is in `open_events` (held, approved and large
+    /// plans, older ledgers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_actions: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -514,6 +527,14 @@ impl Ledger {
                 .index
                 .insert(INVENTORY_SIZE_KEY, &size.to_be_bytes())?;
         }
+        if ledger.open_events.get(OPEN_COUNT_KEY)?.is_none() {
+            // A ledger from before the count was kept, where every open
+            // event has an entry: count once.
+            let open = ledger.open_events.len() as u64;
+            ledger
+                .open_events
+                .insert(OPEN_COUNT_KEY, &open.to_be_bytes())?;
+        }
         Ok(ledger)
     }
 
@@ -582,8 +603,12 @@ impl Ledger {
         self.index.scan_prefix(b"held:").count() as u64
     }
 
-    pub fn open_event_count(&self) -> u64 {
-        self.open_events.len() as u64
+    /// Accepted (or approved) events whose actions are not all terminal yet.
+    pub fn open_event_count(&self) -> Result<u64> {
+        Ok(self
+            .open_events
+            .get(OPEN_COUNT_KEY)?
+            .map_or(0, |v| read_u64(&v)))
     }
 
     // ---- inventory -------------------------------------------------------
@@ -724,7 +749,7 @@ impl Ledger {
         };
         let seq = self.db.generate_id()?;
         let (state, not_before) = initial_state(event, held, now);
-        let record = |total: usize| EventRecord {
+        let record = |total: usize, action_ids: Option<Vec<ActionId>>| EventRecord {
             seq,
             event: event.clone(),
             state: if held {
@@ -737,6 +762,9 @@ impl Ledger {
             unassigned: unassigned.clone(),
             completed_at: (total == 0).then_some(now),
             publisher: publisher.map(str::to_owned),
+            // Kept in the record when the plan is written in one transaction.
+            open_actions: (action_ids.is_some() && !held).then_some(total as u64),
+            action_ids,
         };
         let trees = self.accept_trees();
 
@@ -745,15 +773,18 @@ impl Ledger {
             // deduplication marker in one transaction.
             let total = first.len();
             let new_actions = self.new_actions(event, seq, &first, state, now, not_before)?;
-            let record = record(total);
+            let record = record(
+                total,
+                Some(new_actions.iter().map(|a| a.action_id).collect()),
+            );
             let cancelled = trees
                 .transaction(|trees| {
                     let (cancelled, added) =
-                        write_changes(trees, seq, &first, &new_actions, held, now)?;
+                        write_changes(trees, seq, &first, &new_actions, held, true, now)?;
                     add_inventory_size(&trees.1, added)?;
                     let (_, index, events, _, _, _, open_events) = trees;
                     if !held && total > 0 {
-                        open_events.insert(&seq.to_be_bytes(), &(total as u64).to_be_bytes())?;
+                        count_open_events(open_events, 1)?;
                     }
                     write_event_marker(index, events, event, &record)?;
                     Ok(cancelled)
@@ -783,10 +814,10 @@ impl Ledger {
                 .transaction(|trees| {
                     if !held {
                         // The first chunk also adds the marker's share.
-                        increment_open(&trees.6, seq, chunk.len() as u64 + marker_share)?;
+                        increment_open(&trees.6, &trees.2, seq, chunk.len() as u64 + marker_share)?;
                     }
                     let (cancelled, added) =
-                        write_changes(trees, seq, &chunk, &new_actions, held, now)?;
+                        write_changes(trees, seq, &chunk, &new_actions, held, false, now)?;
                     add_inventory_size(&trees.1, added)?;
                     Ok(cancelled)
                 })
@@ -798,7 +829,7 @@ impl Ledger {
             }
             chunk = chunks.next_chunk(self)?;
         }
-        let record = record(total);
+        let record = record(total, None);
         let completed = (&self.index, &self.events, &self.open_events)
             .transaction(|(index, events, open_events)| {
                 write_event_marker(index, events, event, &record)?;
@@ -837,6 +868,7 @@ impl Ledger {
                 let (inventory, index, events_tree, _, _, _, open_events) = trees;
                 let mut outcomes = Vec::with_capacity(events.len());
                 let mut added = 0;
+                let mut opened = 0;
                 for ((event, publisher), (seq, action_id)) in events.iter().zip(&ids) {
                     if index.get(event_id_key(&event.source, &event.id))?.is_some() {
                         outcomes.push(AcceptOutcome::Duplicate);
@@ -869,11 +901,12 @@ impl Ledger {
                         &changes,
                         std::slice::from_ref(&action),
                         held,
+                        true,
                         now,
                     )?;
                     added += new_accounts;
                     if !held {
-                        open_events.insert(&seq.to_be_bytes(), &1u64.to_be_bytes())?;
+                        opened += 1;
                     }
                     let record = EventRecord {
                         seq: *seq,
@@ -888,11 +921,14 @@ impl Ledger {
                         unassigned: Vec::new(),
                         completed_at: None,
                         publisher: publisher.map(str::to_owned),
+                        action_ids: Some(vec![*action_id]),
+                        open_actions: (!held).then_some(1),
                     };
                     write_event_marker(index, events_tree, event, &record)?;
                     outcomes.push(accept_outcome(*seq, 1, held, Vec::new(), cancelled, None));
                 }
                 add_inventory_size(index, added)?;
+                count_open_events(open_events, opened)?;
                 Ok(outcomes)
             })
             .map_err(tx_error)
@@ -998,15 +1034,25 @@ impl Ledger {
         &self,
         seq: EventSeq,
     ) -> impl Iterator<Item = Result<ActionRecord>> + '_ {
-        self.event_actions
-            .scan_prefix(seq.to_be_bytes())
-            .filter_map(move |item| {
-                let id = match item {
-                    Ok((key, _)) => read_u64(&key[8..]),
-                    Err(error) => return Some(Err(error.into())),
-                };
-                self.action(id).transpose()
-            })
+        self.event_action_ids(seq)
+            .filter_map(move |id| id.and_then(|id| self.action(id)).transpose())
+    }
+
+    /// The ids of an event's actions, in creation order: from its record,
+    /// or from `event_actions` (large plans, older ledgers).
+    fn event_action_ids(&self, seq: EventSeq) -> Box<dyn Iterator<Item = Result<ActionId>> + '_> {
+        match self.event(seq) {
+            Ok(Some(EventRecord {
+                action_ids: Some(ids),
+                ..
+            })) => Box::new(ids.into_iter().map(Ok)),
+            Ok(_) => Box::new(
+                self.event_actions
+                    .scan_prefix(seq.to_be_bytes())
+                    .map(|item| Ok(read_u64(&item?.0[8..]))),
+            ),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
     }
 
     /// Releases a held plan. Actions whose account a later accepted event
@@ -1032,10 +1078,10 @@ impl Ledger {
         // actions may finish while later ones are still being released, and
         // the event must not complete before the last is. Taken once, even if
         // an approval interrupted by a crash is repeated.
-        (&self.index, &self.open_events)
-            .transaction(|(index, open_events)| {
+        (&self.index, &self.open_events, &self.events)
+            .transaction(|(index, open_events, events)| {
                 if index.insert(approving_key(seq), &[])?.is_none() {
-                    increment_open(open_events, seq, 1)?;
+                    increment_open(open_events, events, seq, 1)?;
                 }
                 Ok(())
             })
@@ -1132,7 +1178,7 @@ impl Ledger {
                     };
                     action.not_before = not_before;
                     actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                    increment_open(open_events, seq, 1)?;
+                    increment_open(open_events, events, seq, 1)?;
                     due.insert(
                         &due_key(action.due_at(), action.action_id),
                         action.tenant_id.as_str().as_bytes(),
@@ -1185,13 +1231,12 @@ impl Ledger {
             )));
         }
         let mut cancelled = 0u64;
-        let mut keys = self.event_actions.scan_prefix(seq.to_be_bytes());
+        let mut ids = self.event_action_ids(seq);
         let mut batch: Vec<ActionId> = Vec::with_capacity(ACCEPT_CHUNK);
         loop {
             batch.clear();
-            for item in keys.by_ref().take(ACCEPT_CHUNK) {
-                let (key, _) = item?;
-                batch.push(read_u64(&key[8..]));
+            for id in ids.by_ref().take(ACCEPT_CHUNK) {
+                batch.push(id?);
             }
             if batch.is_empty() {
                 break;
@@ -1503,8 +1548,8 @@ impl Ledger {
                 "action {id} was superseded by a later event for the same account"
             )));
         }
-        (&self.actions, &self.due, &self.open_events)
-            .transaction(|(actions, due, open_events)| {
+        (&self.actions, &self.due, &self.open_events, &self.events)
+            .transaction(|(actions, due, open_events, events)| {
                 let mut action = action.clone();
                 action.state = ActionState::Pending;
                 action.first_attempt_at = None;
@@ -1516,7 +1561,7 @@ impl Ledger {
                     &due_key(action.due_at(), id),
                     action.tenant_id.as_str().as_bytes(),
                 )?;
-                increment_open(open_events, action.event_seq, 1)?;
+                increment_open(open_events, events, action.event_seq, 1)?;
                 Ok(action)
             })
             .map_err(tx_error)
@@ -1743,19 +1788,23 @@ type AcceptTrees = (
 /// actions of the same accounts. Held plans store their actions only.
 /// Returns the superseded actions and the number of new accounts (the caller
 /// adds them to the inventory's size once per transaction).
+#[allow(clippy::too_many_arguments)]
 fn write_changes(
     (inventory, index, events, actions, event_actions, due, open_events): &AcceptTrees,
     seq: EventSeq,
     changes: &[PlannedChange],
     new_actions: &[ActionRecord],
     held: bool,
+    ids_in_record: bool,
     now: DateTime<Utc>,
 ) -> TxResult<(Vec<Superseded>, u64)> {
     let mut cancelled = Vec::new();
     let mut added = 0u64;
     for (change, action) in changes.iter().zip(new_actions) {
         actions.insert(&action.action_id.to_be_bytes(), encode(action))?;
-        event_actions.insert(&pair_key(seq, action.action_id), &[])?;
+        if !ids_in_record {
+            event_actions.insert(&pair_key(seq, action.action_id), &[])?;
+        }
         if held {
             continue;
         }
@@ -1917,11 +1966,55 @@ fn supersede(
     }))
 }
 
-/// Adds `by` to an event's count of non-terminal actions.
-fn increment_open(open_events: &TransactionalTree, seq: EventSeq, by: u64) -> TxResult<()> {
-    add_to_counter(open_events, &seq.to_be_bytes(), by)
+/// `open_events` key of the number of open events (an event's own key is
+/// its 8-byte sequence number, so the two never meet).
+const OPEN_COUNT_KEY: &[u8] = b"open_events";
+
+/// Adds `delta` to the number of open events.
+fn count_open_events(open_events: &TransactionalTree, delta: i64) -> TxResult<()> {
+    if delta != 0 {
+        let count = open_events.get(OPEN_COUNT_KEY)?.map_or(0, |v| read_u64(&v));
+        let count = count.saturating_add_signed(delta);
+        open_events.insert(OPEN_COUNT_KEY, &count.to_be_bytes())?;
+    }
+    Ok(())
 }
 
+/// Adds `by` to an event's count of non-terminal actions, where the event
+/// keeps it: its `open_events` entry, or else its record; an event with
+/// neither (a large plan's first chunk, an approval, a retry after the
+/// event completed) gets an entry.
+fn increment_open(
+    open_events: &TransactionalTree,
+    events: &TransactionalTree,
+    seq: EventSeq,
+    by: u64,
+) -> TxResult<()> {
+    let key = seq.to_be_bytes();
+    if let Some(bytes) = open_events.get(key)? {
+        open_events.insert(&key, &(read_u64(&bytes) + by).to_be_bytes())?;
+        return Ok(());
+    }
+    if let Some(bytes) = events.get(key)? {
+        let mut record: EventRecord = tx_decode(&key, &bytes)?;
+        if let Some(open) = record.open_actions {
+            record.open_actions = Some(open + by);
+            events.insert(&key, encode(&record))?;
+            if open == 0 && by > 0 {
+                count_open_events(open_events, 1)?;
+            }
+            return Ok(());
+        }
+    }
+    if by > 0 {
+        open_events.insert(&key, &by.to_be_bytes())?;
+        count_open_events(open_events, 1)?;
+    }
+    Ok(())
+}
+
+/// Takes one from an event's count of non-terminal actions; returns the
+/// event, completed, when that was the last.
 fn decrement_open(
     open_events: &TransactionalTree,
     events: &TransactionalTree,
@@ -1929,19 +2022,35 @@ fn decrement_open(
     now: DateTime<Utc>,
 ) -> TxResult<Option<EventRecord>> {
     let key = seq.to_be_bytes();
-    let Some(remaining) = open_events.get(key)? else {
-        return Ok(None);
+    let in_record = match open_events.get(key)? {
+        Some(remaining) => {
+            let remaining = read_u64(&remaining).saturating_sub(1);
+            if remaining > 0 {
+                open_events.insert(&key, &remaining.to_be_bytes())?;
+                return Ok(None);
+            }
+            open_events.remove(&key)?;
+            count_open_events(open_events, -1)?;
+            false
+        }
+        None => true,
     };
-    let remaining = read_u64(&remaining).saturating_sub(1);
-    if remaining > 0 {
-        open_events.insert(&key, &remaining.to_be_bytes())?;
-        return Ok(None);
-    }
-    open_events.remove(&key)?;
     let Some(bytes) = events.get(key)? else {
         return Ok(None);
     };
     let mut record: EventRecord = tx_decode(&key, &bytes)?;
+    if in_record {
+        let remaining = match record.open_actions {
+            Some(open) if open > 0 => open - 1,
+            _ => return Ok(None),
+        };
+        record.open_actions = Some(remaining);
+        if remaining > 0 {
+            events.insert(&key, encode(&record))?;
+            return Ok(None);
+        }
+        count_open_events(open_events, -1)?;
+    }
     record.completed_at = Some(now);
     events.insert(&key, encode(&record))?;
     Ok(Some(record))
@@ -2100,6 +2209,94 @@ mod tests {
         assert_eq!(due.len(), 1, "only the newer action remains");
         assert_ne!(due[0].action_id, old.action_id);
         assert_eq!(ledger.pending_count(), 1);
+    }
+
+    /// Claims and ends an event's only due action with `state`.
+    fn end_due_action(ledger: &Ledger, now: DateTime<Utc>, state: ActionState) -> Completion {
+        let due = ledger.due_actions(now, 10, |_| false).unwrap();
+        assert_eq!(due.len(), 1, "one due action");
+        let mut action = ledger.claim(due[0].action_id, now).unwrap().unwrap();
+        action.state = state;
+        action.completed_at = Some(now);
+        ledger.finish(&action).unwrap()
+    }
+
+    #[test]
+    fn a_plan_written_at_once_keeps_its_actions_and_open_count_in_its_record() {
+        let (dir, ledger) = ledger();
+        let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        let AcceptOutcome::Accepted { seq, .. } =
+            ledger.accept(&assignment("single"), None, now, 10).unwrap()
+        else {
+            panic!("accepted")
+        };
+        let record = ledger.event(seq).unwrap().unwrap();
+        let action_id = record.action_ids.as_ref().expect("ids in the record")[0];
+        assert_eq!(record.open_actions, Some(1));
+        assert_eq!(ledger.event_actions.len(), 0);
+        assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+        assert_eq!(ledger.open_event_count().unwrap(), 1);
+        assert_eq!(ledger.event_actions(seq).unwrap()[0].action_id, action_id);
+
+        // Fails: the event completes; a retry reopens it until the action ends again.
+        let completion = end_due_action(&ledger, now, ActionState::Failed);
+        let completed = completion.event_completed.expect("the event completed");
+        assert_eq!(completed.open_actions, Some(0));
+        assert_eq!(ledger.open_event_count().unwrap(), 0);
+        ledger.retry_action(action_id, now).unwrap();
+        assert_eq!(ledger.event(seq).unwrap().unwrap().open_actions, Some(1));
+        assert_eq!(ledger.open_event_count().unwrap(), 1);
+        let completion = end_due_action(&ledger, now, ActionState::Done);
+        assert!(completion.event_completed.is_some());
+        assert_eq!(ledger.open_event_count().unwrap(), 0);
+        assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+
+        // The count survives a restart.
+        ledger
+            .accept(&assignment_for("second", "222"), None, now, 10)
+            .unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&dir.path().join("ledger"), 1 << 20).unwrap();
+        assert_eq!(ledger.open_event_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn an_older_ledger_keeps_working_with_its_event_actions_and_open_events() {
+        let (dir, ledger) = ledger();
+        let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        let AcceptOutcome::Accepted { seq, .. } =
+            ledger.accept(&assignment("older"), None, now, 10).unwrap()
+        else {
+            panic!("accepted")
+        };
+        // Rewrite the event as an older ledger stored it: ids and count in
+        // their own trees, no count of open events.
+        let mut record = ledger.event(seq).unwrap().unwrap();
+        let action_id = record.action_ids.take().unwrap()[0];
+        record.open_actions = None;
+        ledger
+            .events
+            .insert(seq.to_be_bytes(), encode(&record))
+            .unwrap();
+        ledger
+            .event_actions
+            .insert(pair_key(seq, action_id), &[])
+            .unwrap();
+        ledger
+            .open_events
+            .insert(seq.to_be_bytes(), &1u64.to_be_bytes())
+            .unwrap();
+        ledger.open_events.remove(OPEN_COUNT_KEY).unwrap();
+        drop(ledger);
+
+        let ledger = Ledger::open(&dir.path().join("ledger"), 1 << 20).unwrap();
+        assert_eq!(ledger.open_event_count().unwrap(), 1, "recounted at open");
+        assert_eq!(ledger.event_actions(seq).unwrap()[0].action_id, action_id);
+        let completion = end_due_action(&ledger, now, ActionState::Done);
+        let completed = completion.event_completed.expect("the event completed");
+        assert_eq!(completed.open_actions, None);
+        assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+        assert_eq!(ledger.open_event_count().unwrap(), 0);
     }
 
     fn import_linked(ledger: &Ledger, count: usize) {
@@ -2318,6 +2515,7 @@ mod tests {
         assert_eq!(approval.released, count as u64);
         assert!(approval.completed.is_none());
         assert!(!ledger.index.contains_key(approving_key(seq)).unwrap());
+        assert_eq!(ledger.open_event_count().unwrap(), 1);
         let due = ledger.due_actions(now, count * 2, |_| false).unwrap();
         assert_eq!(due.len(), count);
         let mut completions = 0;
@@ -2332,6 +2530,7 @@ mod tests {
         }
         assert_eq!(completions, 1);
         assert!(ledger.event(seq).unwrap().unwrap().completed_at.is_some());
+        assert_eq!(ledger.open_event_count().unwrap(), 0);
     }
 
     #[test]
