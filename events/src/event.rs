@@ -248,9 +248,22 @@ impl Event {
     }
 }
 
+/// Writes the JSON of [`Event::to_cloudevent_json`] directly, attributes in
+/// the same (sorted) order, without building the SDK's event and a `Value`
+/// of it: the ledger stores every accepted event this way, and the SDK path
+/// cost a tenth of storing one. A test holds the two byte for byte.
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_cloudevent_json().serialize(serializer)
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(7))?;
+        map.serialize_entry("data", &Value::Object(self.data.to_json_object()))?;
+        map.serialize_entry("datacontenttype", envelope::JSON_CONTENT_TYPE)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("source", &self.source)?;
+        map.serialize_entry("specversion", envelope::SPEC_VERSION)?;
+        map.serialize_entry("time", &self.time)?;
+        map.serialize_entry("type", self.data.event_type().as_str())?;
+        map.end()
     }
 }
 

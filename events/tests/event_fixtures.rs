@@ -153,6 +153,12 @@ fn every_valid_fixture_survives_the_serde_representation_used_by_the_ledger() {
         let loaded: Event = serde_json::from_str(&stored).expect(&name);
         assert_eq!(loaded, event, "{name}");
 
+        assert_eq!(
+            stored,
+            serde_json::to_string(&event.to_cloudevent_json()).unwrap(),
+            "{name}: the stored form is the published CloudEvent, byte for byte"
+        );
+
         let data = serde_json::to_string(&event.data).unwrap();
         let loaded: palworker_events::EventData = serde_json::from_str(&data).expect(&name);
         assert_eq!(loaded, event.data, "{name}");

@@ -405,8 +405,14 @@ fn tx_error(error: TransactionError<LedgerError>) -> LedgerError {
     }
 }
 
+/// Room for a typical record (events, actions and inventory entries are
+/// 300 to 600 bytes), so encoding one does not grow its buffer seven times.
+const RECORD_CAPACITY: usize = 640;
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("ledger records serialise")
+    let mut bytes = Vec::with_capacity(RECORD_CAPACITY);
+    serde_json::to_writer(&mut bytes, value).expect("ledger records serialise");
+    bytes
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
