@@ -7,11 +7,12 @@
 //! the loop builds a new connection, channel and consumer from scratch —
 //! lapin's own connection recovery is left off.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
@@ -21,7 +22,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use palworker_config::{AmqpSettings, DeclareMode};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::{Checked, Disposition, Incoming, Intake};
@@ -263,56 +263,52 @@ impl Consumer {
         *was_connected = true;
         self.set_connected(true, "");
         let max_batch = usize::from(self.settings.prefetch.max(1));
-        // Two stages: the ledger stores and flushes one batch on a blocking
-        // thread while this task receives and validates the next deliveries
-        // and settles the batch before. The ledger never waits for the
-        // broker; prefetch still bounds every delivery not yet acknowledged.
-        let mut waiting: Vec<(Delivery, Checked)> = Vec::new();
-        let mut storing: Option<(Vec<Delivery>, JoinHandle<Vec<Disposition>>)> = None;
+        // This task receives and validates deliveries and settles stored
+        // batches; the session's intake thread stores and flushes a batch at
+        // a time, taking every delivery that arrived meanwhile as the next
+        // one. Prefetch bounds every delivery not yet settled.
+        let (queue, mut stored) = self.intake.start_thread(max_batch)?;
+        let mut unsettled: VecDeque<Delivery> = VecDeque::new();
         loop {
-            if storing.is_none() && !waiting.is_empty() {
-                storing = Some(self.store(std::mem::take(&mut waiting)));
-            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    // The batch being stored is settled; deliveries not yet
-                    // stored go back to the queue when the channel closes.
-                    if let Some((batch, job)) = storing.take() {
-                        self.settle(&dead_letters, &batch, stored(job.await)).await?;
+                    // The intake thread stores what it was given, then stops;
+                    // those deliveries are settled before the channel closes.
+                    drop(queue);
+                    while !unsettled.is_empty() {
+                        let Some(dispositions) = stored.recv().await else {
+                            break;
+                        };
+                        self.settle(&dead_letters, &mut unsettled, dispositions).await?;
                     }
                     let _ = channel.close(200, "palworker shutting down".into()).await;
                     let _ = connection.close(200, "palworker shutting down".into()).await;
                     return Ok(());
                 }
-                joined = async { (&mut storing.as_mut().expect("guarded").1).await }, if storing.is_some() => {
-                    let (batch, _) = storing.take().expect("guarded");
-                    // The next batch starts before this one's acks go out.
-                    if !waiting.is_empty() {
-                        storing = Some(self.store(std::mem::take(&mut waiting)));
-                    }
-                    self.settle(&dead_letters, &batch, stored(joined)).await?;
+                dispositions = stored.recv() => {
+                    let Some(dispositions) = dispositions else {
+                        anyhow::bail!("the intake thread stopped");
+                    };
+                    self.settle(&dead_letters, &mut unsettled, dispositions).await?;
                 }
-                next = consumer.next(), if waiting.len() < max_batch => {
-                    match next {
-                        Some(delivery) => self.receive(&mut waiting, delivery?),
+                next = consumer.next() => {
+                    let delivery = match next {
+                        Some(delivery) => delivery?,
                         None => anyhow::bail!("the broker ended the consumer"),
+                    };
+                    if !queue.push(self.check(&delivery)) {
+                        anyhow::bail!("the intake thread stopped");
                     }
-                    while waiting.len() < max_batch {
-                        match consumer.next().now_or_never() {
-                            Some(Some(Ok(delivery))) => self.receive(&mut waiting, delivery),
-                            Some(Some(Err(error))) => return Err(error.into()),
-                            _ => break,
-                        }
-                    }
+                    unsettled.push_back(delivery);
                 }
             }
         }
     }
 
-    /// Validates a delivery and queues it for the next batch.
-    fn receive(&self, waiting: &mut Vec<(Delivery, Checked)>, delivery: Delivery) {
-        let incoming = Incoming {
+    /// Validates a delivery.
+    fn check(&self, delivery: &Delivery) -> Checked {
+        self.intake.check(&Incoming {
             body: delivery.data.clone(),
             content_type: delivery
                 .properties
@@ -325,29 +321,19 @@ impl Consumer {
                 .as_ref()
                 .map(|s| s.as_str().to_owned()),
             routing_key: delivery.routing_key.as_str().to_owned(),
-        };
-        let checked = self.intake.check(&incoming);
-        waiting.push((delivery, checked));
-    }
-
-    /// Starts storing a batch (one ledger flush for all of it).
-    fn store(
-        &self,
-        batch: Vec<(Delivery, Checked)>,
-    ) -> (Vec<Delivery>, JoinHandle<Vec<Disposition>>) {
-        let (deliveries, checked): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let intake = self.intake.clone();
-        let job = tokio::spawn(async move { intake.handle_batch(checked).await });
-        (deliveries, job)
+        })
     }
 
     /// Acknowledges, dead-letters or requeues each delivery of a stored batch.
+    /// The batch is the oldest unsettled deliveries, one per disposition.
     async fn settle(
         &self,
         dead_letters: &Channel,
-        batch: &[Delivery],
+        unsettled: &mut VecDeque<Delivery>,
         dispositions: Vec<Disposition>,
     ) -> anyhow::Result<()> {
+        let size = dispositions.len().min(unsettled.len());
+        let batch: Vec<Delivery> = unsettled.drain(..size).collect();
         // Consecutive acks go out as one `basic.ack` with `multiple`: it
         // covers every earlier unacknowledged delivery of this channel, and
         // all of those are acked ones of this batch (earlier batches are
@@ -426,15 +412,6 @@ impl Consumer {
         }
         Ok(())
     }
-}
-
-/// A stored batch's dispositions; none (so every delivery is requeued) if
-/// its task failed.
-fn stored(joined: Result<Vec<Disposition>, tokio::task::JoinError>) -> Vec<Disposition> {
-    joined.unwrap_or_else(|error| {
-        tracing::error!(error = %error, "Intake task failed; the batch will be redelivered.");
-        Vec::new()
-    })
 }
 
 /// A publisher with confirms (the `publish` command, the demo, tests).
