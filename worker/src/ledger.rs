@@ -79,6 +79,7 @@ pub struct InventoryEntry {
     pub last_event_seq: Option<EventSeq>,
     /// The action of that event: older unfinished actions are superseded by it.
     pub current_action: Option<ActionId>,
+    #[serde(serialize_with = "same_instant::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -107,6 +108,7 @@ pub struct EventRecord {
     pub seq: EventSeq,
     pub event: Event,
     pub state: EventState,
+    #[serde(serialize_with = "same_instant::serialize")]
     pub accepted_at: DateTime<Utc>,
     pub action_count: u64,
     /// Tenants where a departed employee's link had no successor account.
@@ -210,7 +212,9 @@ pub struct ActionRecord {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    #[serde(serialize_with = "same_instant::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "same_instant::serialize")]
     pub updated_at: DateTime<Utc>,
     /// `effective_at` of the event: the action does not run before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,6 +406,32 @@ fn tx_error(error: TransactionError<LedgerError>) -> LedgerError {
     match error {
         TransactionError::Abort(error) => error,
         TransactionError::Storage(error) => LedgerError::Storage(error),
+    }
+}
+
+/// Serialises a UTC instant exactly as chrono does (RFC 3339 with `Z` and
+/// as many fraction digits as needed), remembering the last instant each
+/// thread wrote: an intake batch writes the same `now` into four fields of
+/// every event's records, and chrono's formatting was 7 % of storing one.
+mod same_instant {
+    use std::cell::RefCell;
+
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    thread_local! {
+        static LAST: RefCell<Option<(DateTime<Utc>, String)>> = const { RefCell::new(None) };
+    }
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            let (_, text) = match &mut *last {
+                Some(cached) if cached.0 == *at => cached,
+                slot => slot.insert((*at, at.to_rfc3339_opts(SecondsFormat::AutoSi, true))),
+            };
+            serializer.serialize_str(text)
+        })
     }
 }
 
@@ -2169,6 +2199,23 @@ mod tests {
                      "credential": "sp"}
         });
         Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).expect("valid event")
+    }
+
+    #[test]
+    fn record_instants_serialise_exactly_as_chrono_writes_them() {
+        #[derive(Serialize)]
+        struct Cached(#[serde(serialize_with = "same_instant::serialize")] DateTime<Utc>);
+        let base = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        for nanos in [0, 120_000_000, 123_456_000, 123_456_789, 1] {
+            let at = base + chrono::Duration::nanoseconds(nanos);
+            for _ in 0..2 {
+                // Twice: formatted, then from the thread's cache.
+                assert_eq!(
+                    serde_json::to_string(&Cached(at)).unwrap(),
+                    serde_json::to_string(&at).unwrap()
+                );
+            }
+        }
     }
 
     #[test]
