@@ -9,10 +9,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
 use palworker_config::SecuritySettings;
 use palworker_events::{Event, EventType, RejectReason};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::Clock;
 use crate::executor::ExecutorWake;
