@@ -355,15 +355,7 @@ impl Consumer {
                 Disposition::Ack => {
                     last_ack = Some(delivery);
                 }
-                Disposition::Requeue => {
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await?;
-                }
+                Disposition::Requeue => requeue(delivery).await?,
                 Disposition::DeadLetter { detail, .. } => {
                     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
                     headers.insert(
@@ -396,13 +388,7 @@ impl Consumer {
                         tracing::error!(
                             "The broker refused the dead-letter copy; the message is requeued."
                         );
-                        delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..BasicNackOptions::default()
-                            })
-                            .await?;
+                        requeue(delivery).await?;
                     }
                 }
             }
@@ -412,6 +398,18 @@ impl Consumer {
         }
         Ok(())
     }
+}
+
+/// Rejects a delivery back to its queue, to be delivered again.
+async fn requeue(delivery: &Delivery) -> lapin::Result<()> {
+    delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await?;
+    Ok(())
 }
 
 /// A publisher with confirms (the `publish` command, the demo, tests).
