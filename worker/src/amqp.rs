@@ -308,19 +308,14 @@ impl Consumer {
 
     /// Validates a delivery.
     fn check(&self, delivery: &Delivery) -> Checked {
-        self.intake.check(&Incoming {
-            body: delivery.data.clone(),
+        self.intake.check(Incoming {
+            body: &delivery.data,
             content_type: delivery
                 .properties
                 .content_type()
                 .as_ref()
-                .map(|s| s.as_str().to_owned()),
-            user_id: delivery
-                .properties
-                .user_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned()),
-            routing_key: delivery.routing_key.as_str().to_owned(),
+                .map(|s| s.as_str()),
+            user_id: delivery.properties.user_id().as_ref().map(|s| s.as_str()),
         })
     }
 

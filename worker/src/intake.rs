@@ -18,14 +18,13 @@ use crate::executor::ExecutorWake;
 use crate::ledger::{AcceptOutcome, Ledger, LedgerError};
 use crate::telemetry::{EventAccepted, EventDeadLettered, EventDuplicate, EventHeld, Metrics};
 
-/// A delivery as the intake sees it (no broker types).
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub body: Vec<u8>,
-    pub content_type: Option<String>,
+/// A delivery as the intake sees it (no broker types), borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub body: &'a [u8],
+    pub content_type: Option<&'a str>,
     /// The AMQP `user_id` property, validated by RabbitMQ against the connection's user.
-    pub user_id: Option<String>,
-    pub routing_key: String,
+    pub user_id: Option<&'a str>,
 }
 
 /// A delivery after validation: the event and its publisher, or why it is
@@ -103,9 +102,9 @@ impl Intake {
     }
 
     /// Validates one delivery (see [`Checked`]).
-    pub fn check(&self, message: &Incoming) -> Checked {
+    pub fn check(&self, message: Incoming<'_>) -> Checked {
         Checked {
-            user_id: message.user_id.clone(),
+            user_id: message.user_id.map(str::to_owned),
             verdict: self.validate(message),
         }
     }
@@ -318,7 +317,7 @@ impl Intake {
     }
 
     /// Validates one delivery: the event, or why it is dead-lettered.
-    fn validate(&self, message: &Incoming) -> Result<Event, Box<Processed>> {
+    fn validate(&self, message: Incoming<'_>) -> Result<Event, Box<Processed>> {
         if message.body.len() > self.settings.max_message_bytes {
             return Err(Box::new(Processed::Rejected(
                 None,
@@ -331,7 +330,7 @@ impl Intake {
                 None,
             )));
         }
-        if let Some(content_type) = message.content_type.as_deref() {
+        if let Some(content_type) = message.content_type {
             let essence = content_type
                 .split(';')
                 .next()
@@ -350,23 +349,23 @@ impl Intake {
                 )));
             }
         }
-        let event = match Event::from_json_slice(&message.body) {
+        let event = match Event::from_json_slice(message.body) {
             Ok(event) => event,
             Err(error) => {
                 return Err(Box::new(Processed::Rejected(
                     None,
                     error.reason(),
                     error.to_string(),
-                    declared_type(&message.body),
+                    declared_type(message.body),
                 )));
             }
         };
         if !self
             .settings
             .security
-            .allows(message.user_id.as_deref(), event.event_type.as_str())
+            .allows(message.user_id, event.event_type.as_str())
         {
-            let detail = match &message.user_id {
+            let detail = match message.user_id {
                 Some(user) => format!(
                     "publisher_not_allowed: AMQP user_id `{}` may not publish `{}`",
                     truncate(user, 64),
