@@ -556,21 +556,12 @@ impl Ledger {
             storing_large_plan: AtomicBool::new(false),
         };
         ledger.recover_in_flight()?;
-        if ledger.index.get(INVENTORY_SIZE_KEY)?.is_none() {
-            // A ledger from before the size was kept: count once.
-            let size = ledger.inventory.len() as u64;
-            ledger
-                .index
-                .insert(INVENTORY_SIZE_KEY, &size.to_be_bytes())?;
-        }
-        if ledger.open_events.get(OPEN_COUNT_KEY)?.is_none() {
-            // A ledger from before the count was kept, where every open
-            // event has an entry: count once.
-            let open = ledger.open_events.len() as u64;
-            ledger
-                .open_events
-                .insert(OPEN_COUNT_KEY, &open.to_be_bytes())?;
-        }
+        // A ledger from before these counts were kept is counted once (in
+        // such a ledger every open event has an `open_events` entry).
+        recount_if_missing(&ledger.index, INVENTORY_SIZE_KEY, || ledger.inventory.len())?;
+        recount_if_missing(&ledger.open_events, OPEN_COUNT_KEY, || {
+            ledger.open_events.len()
+        })?;
         Ok(ledger)
     }
 
@@ -578,10 +569,7 @@ impl Ledger {
     /// fan-out's size, so a large plan is counted against
     /// `limits.max_actions_per_event` only when it could exceed it.
     pub fn inventory_size(&self) -> Result<u64> {
-        Ok(self
-            .index
-            .get(INVENTORY_SIZE_KEY)?
-            .map_or(0, |v| read_u64(&v)))
+        read_counter(&self.index, INVENTORY_SIZE_KEY)
     }
 
     fn recover_in_flight(&self) -> Result<()> {
@@ -641,10 +629,7 @@ impl Ledger {
 
     /// Accepted (or approved) events whose actions are not all terminal yet.
     pub fn open_event_count(&self) -> Result<u64> {
-        Ok(self
-            .open_events
-            .get(OPEN_COUNT_KEY)?
-            .map_or(0, |v| read_u64(&v)))
+        read_counter(&self.open_events, OPEN_COUNT_KEY)
     }
 
     // ---- inventory -------------------------------------------------------
@@ -1916,16 +1901,28 @@ const INVENTORY_SIZE_KEY: &[u8] = b"meta:inventory_accounts";
 
 /// Adds `added` new accounts to the inventory's size.
 fn add_inventory_size(index: &TransactionalTree, added: u64) -> TxResult<()> {
-    if added > 0 {
-        add_to_counter(index, INVENTORY_SIZE_KEY, added)?;
+    add_to_counter(index, INVENTORY_SIZE_KEY, added as i64)
+}
+
+/// Adds `delta` to the big-endian u64 at `key` (absent: zero; never below zero).
+fn add_to_counter(tree: &TransactionalTree, key: &[u8], delta: i64) -> TxResult<()> {
+    if delta != 0 {
+        let value = tree.get(key)?.map_or(0, |bytes| read_u64(&bytes));
+        tree.insert(key, &value.saturating_add_signed(delta).to_be_bytes())?;
     }
     Ok(())
 }
 
-/// Adds `by` to the big-endian u64 at `key` (absent: zero).
-fn add_to_counter(tree: &TransactionalTree, key: &[u8], by: u64) -> TxResult<()> {
-    let value = tree.get(key)?.map_or(0, |bytes| read_u64(&bytes));
-    tree.insert(key, &(value + by).to_be_bytes())?;
+/// The big-endian u64 at `key` (absent: zero).
+fn read_counter(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
+    Ok(tree.get(key)?.map_or(0, |bytes| read_u64(&bytes)))
+}
+
+/// Writes `count()` at `key` unless a count is stored there already.
+fn recount_if_missing(tree: &sled::Tree, key: &[u8], count: impl FnOnce() -> usize) -> Result<()> {
+    if tree.get(key)?.is_none() {
+        tree.insert(key, &(count() as u64).to_be_bytes())?;
+    }
     Ok(())
 }
 
@@ -2008,12 +2005,7 @@ const OPEN_COUNT_KEY: &[u8] = b"open_events";
 
 /// Adds `delta` to the number of open events.
 fn count_open_events(open_events: &TransactionalTree, delta: i64) -> TxResult<()> {
-    if delta != 0 {
-        let count = open_events.get(OPEN_COUNT_KEY)?.map_or(0, |v| read_u64(&v));
-        let count = count.saturating_add_signed(delta);
-        open_events.insert(OPEN_COUNT_KEY, &count.to_be_bytes())?;
-    }
-    Ok(())
+    add_to_counter(open_events, OPEN_COUNT_KEY, delta)
 }
 
 /// Adds `by` to an event's count of non-terminal actions, where the event
