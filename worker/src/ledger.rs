@@ -2256,6 +2256,14 @@ mod tests {
         assert_eq!(ledger.pending_count(), 1);
     }
 
+    /// Accepts an event that is not held; its sequence number.
+    fn accept_pending(ledger: &Ledger, event: &Event, now: DateTime<Utc>) -> EventSeq {
+        match ledger.accept(event, None, now, 10).unwrap() {
+            AcceptOutcome::Accepted { seq, .. } => seq,
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
     /// Claims and ends an event's only due action with `state`.
     fn end_due_action(ledger: &Ledger, now: DateTime<Utc>, state: ActionState) -> Completion {
         let due = ledger.due_actions(now, 10, |_| false).unwrap();
@@ -2270,11 +2278,7 @@ mod tests {
     fn a_plan_written_at_once_keeps_its_actions_and_open_count_in_its_record() {
         let (dir, ledger) = ledger();
         let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
-        let AcceptOutcome::Accepted { seq, .. } =
-            ledger.accept(&assignment("single"), None, now, 10).unwrap()
-        else {
-            panic!("accepted")
-        };
+        let seq = accept_pending(&ledger, &assignment("single"), now);
         let record = ledger.event(seq).unwrap().unwrap();
         let action_id = record.action_ids.as_ref().expect("ids in the record")[0];
         assert_eq!(record.open_actions, Some(1));
@@ -2309,11 +2313,7 @@ mod tests {
     fn an_older_ledger_keeps_working_with_its_event_actions_and_open_events() {
         let (dir, ledger) = ledger();
         let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
-        let AcceptOutcome::Accepted { seq, .. } =
-            ledger.accept(&assignment("older"), None, now, 10).unwrap()
-        else {
-            panic!("accepted")
-        };
+        let seq = accept_pending(&ledger, &assignment("older"), now);
         // Rewrite the event as an older ledger stored it: ids and count in
         // their own trees, no count of open events.
         let mut record = ledger.event(seq).unwrap().unwrap();
