@@ -147,7 +147,7 @@ impl Intake {
     /// all of it; one disposition per delivery, in order. Blocking. (Flushing
     /// while the next batch is stored was measured slower: sled's flush and a
     /// concurrent transaction slow each other down.)
-    pub fn handle_batch(&self, batch: Vec<Checked>) -> Vec<Disposition> {
+    fn handle_batch(&self, batch: Vec<Checked>) -> Vec<Disposition> {
         let processed = self.process_batch(batch);
         let stored_any = processed.iter().any(|p| matches!(p, Processed::Stored(..)));
         let flushed = if stored_any {
