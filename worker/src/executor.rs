@@ -3,18 +3,19 @@
 //! per tenant (so a tenant queueing behind its rate limit never holds every
 //! slot), and records every outcome in the ledger.
 //!
-//! Architecture invariant: the executor never holds more than
-//! `limits.concurrency` actions in memory; everything else waits in the
-//! ledger's `due` tree, ordered by due time.
+//! Architecture invariant: the executor never runs more than
+//! `limits.concurrency` actions at once, and holds no more than those and the
+//! outcomes of the tasks that ended since its loop's last ledger transaction;
+//! everything else waits in the ledger's `due` tree, ordered by due time.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use palworker_config::RetrySettings;
 use palworker_events::{AccountKey, DesiredLink};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,47 +66,6 @@ pub struct Executor {
     wake: ExecutorWake,
     /// When set, nothing is claimed (the benchmark measures ingest alone).
     paused: Arc<std::sync::atomic::AtomicBool>,
-    /// Outcomes on their way to the ledger: see [`Finisher`].
-    finishing: mpsc::UnboundedSender<Finishing>,
-    finisher: Mutex<Option<Finisher>>,
-}
-
-/// An outcome to record, and where to say that it is recorded.
-type Finishing = (
-    ActionRecord,
-    oneshot::Sender<Result<Completion, crate::ledger::LedgerError>>,
-);
-
-/// Group commit of outcomes: every sled transaction writes (and syncs) its
-/// own log buffer, so the outcomes that arrive while one transaction commits
-/// are recorded together in the next. A task keeps its slot and its account
-/// until its outcome is recorded.
-struct Finisher {
-    ledger: Arc<Ledger>,
-    queue: mpsc::UnboundedReceiver<Finishing>,
-}
-
-impl Finisher {
-    async fn run(mut self) {
-        let mut batch = Vec::new();
-        while self.queue.recv_many(&mut batch, usize::MAX).await > 0 {
-            let (records, replies): (Vec<ActionRecord>, Vec<_>) = batch.drain(..).unzip();
-            match self.ledger.finish_many(&records) {
-                Ok(completions) => {
-                    for (reply, completion) in replies.into_iter().zip(completions) {
-                        let _ = reply.send(Ok(completion));
-                    }
-                }
-                // One at a time, so that each outcome meets its own error
-                // (and one bad record does not fail the others).
-                Err(_) => {
-                    for (reply, record) in replies.into_iter().zip(&records) {
-                        let _ = reply.send(self.ledger.finish(record));
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// How one attempt ended.
@@ -129,11 +89,6 @@ impl Executor {
         settings: ExecutorSettings,
         wake: ExecutorWake,
     ) -> Self {
-        let (finishing, queue) = mpsc::unbounded_channel();
-        let finisher = Finisher {
-            ledger: ledger.clone(),
-            queue,
-        };
         Executor {
             ledger,
             pal,
@@ -142,8 +97,6 @@ impl Executor {
             settings,
             wake,
             paused: Arc::default(),
-            finishing,
-            finisher: Mutex::new(Some(finisher)),
         }
     }
 
@@ -154,14 +107,18 @@ impl Executor {
     /// Runs until `shutdown` is cancelled, then lets in-flight actions finish
     /// within the grace period; those still running are left in flight in the
     /// ledger and resumed by the next start.
+    ///
+    /// Group commit: a task that ends hands its outcome back to this loop,
+    /// which records the outcomes of every task that ended since its last
+    /// pass and claims the actions that take their slots in one ledger
+    /// transaction (sled writes and syncs a log buffer around each). An
+    /// account is free again once its task has ended: its next action may be
+    /// claimed in the transaction that records the previous one's outcome.
     pub async fn run(self, shutdown: CancellationToken) {
-        // Ends when the last sender, held by `this`, is dropped at the end.
-        if let Some(finisher) = self.finisher.lock().expect("finisher lock").take() {
-            tokio::spawn(finisher.run());
-        }
         let this = Arc::new(self);
-        let busy: Arc<Mutex<HashSet<AccountKey>>> = Arc::default();
-        let mut tasks: JoinSet<AccountKey> = JoinSet::new();
+        let mut busy: HashSet<AccountKey> = HashSet::new();
+        let mut tasks: JoinSet<(AccountKey, Option<ActionRecord>)> = JoinSet::new();
+        let mut ended: Vec<ActionRecord> = Vec::new();
         let concurrency = this.settings.concurrency.max(1);
         loop {
             if shutdown.is_cancelled() {
@@ -170,96 +127,38 @@ impl Executor {
             let paused = this.paused.load(std::sync::atomic::Ordering::Relaxed)
                 || this.ledger.is_storing_large_plan();
             let free = concurrency.saturating_sub(tasks.len());
+            let now = this.clock.now();
+            let mut keys = Vec::new();
+            let mut ids = Vec::new();
             if free > 0 && !paused {
-                let now = this.clock.now();
-                let candidates = {
-                    let busy = busy.lock().expect("busy lock");
-                    let cap = this.settings.per_tenant_concurrency.max(1);
-                    let mut in_flight: HashMap<String, usize> = HashMap::new();
-                    for key in busy.iter() {
-                        *in_flight
-                            .entry(key.tenant_id.as_str().to_owned())
-                            .or_default() += 1;
+                for candidate in this.candidates(&busy, free, now) {
+                    let key = candidate.account_key();
+                    if busy.insert(key.clone()) {
+                        keys.push(key);
+                        ids.push(candidate.action_id);
                     }
-                    // Counts the candidates taken so far as well as the running actions.
-                    let in_flight = RefCell::new(in_flight);
-                    this.ledger.due_actions_in(
-                        now,
-                        free,
-                        |tenant| in_flight.borrow().get(tenant).is_some_and(|n| *n >= cap),
-                        |action| {
-                            if busy.contains(&action.account_key()) {
-                                return true;
-                            }
-                            *in_flight
-                                .borrow_mut()
-                                .entry(action.tenant_id.as_str().to_owned())
-                                .or_default() += 1;
-                            false
-                        },
-                    )
-                };
-                match candidates {
-                    Ok(candidates) => {
-                        let mut keys = Vec::with_capacity(candidates.len());
-                        let mut ids = Vec::with_capacity(candidates.len());
-                        {
-                            let mut busy = busy.lock().expect("busy lock");
-                            for candidate in candidates {
-                                let key = candidate.account_key();
-                                if busy.insert(key.clone()) {
-                                    keys.push(key);
-                                    ids.push(candidate.action_id);
-                                }
-                            }
-                        }
-                        // One transaction claims every slot this scan fills.
-                        match this.ledger.claim_many(&ids, now) {
-                            Ok(claimed) => {
-                                for (key, action) in keys.into_iter().zip(claimed) {
-                                    let Some(action) = action else {
-                                        busy.lock().expect("busy lock").remove(&key);
-                                        continue;
-                                    };
-                                    let this = this.clone();
-                                    let span = tracing::info_span!(
-                                        "action",
-                                        action_id = action.action_id,
-                                        event_id = %action.event_id,
-                                        tenant_id = %action.tenant_id,
-                                        employee_id = %action.employee_id,
-                                    );
-                                    tasks.spawn(
-                                        async move {
-                                            this.run_action(action).await;
-                                            key
-                                        }
-                                        .instrument(span),
-                                    );
-                                }
-                            }
-                            Err(error) => {
-                                let mut busy = busy.lock().expect("busy lock");
-                                for key in &keys {
-                                    busy.remove(key);
-                                }
-                                tracing::error!(error = %error, "Claiming actions failed.");
-                            }
-                        }
-                    }
-                    Err(error) => tracing::error!(error = %error, "Reading due actions failed."),
                 }
             }
-            let wait = this.idle_wait(&tasks, concurrency);
+            let claimed = this.commit(std::mem::take(&mut ended), &ids, now);
+            for (key, action) in keys.into_iter().zip(claimed) {
+                let Some(action) = action else {
+                    busy.remove(&key);
+                    continue;
+                };
+                let this = this.clone();
+                let span = action_span(&action);
+                tasks.spawn(async move { (key, this.run_action(action).await) }.instrument(span));
+            }
+            let wait = this.idle_wait(tasks.len(), concurrency);
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    // Every task that has finished by now, so that one scan of
-                    // the due schedule refills all their slots.
+                    // Every task that has finished by now, so that one pass
+                    // records all their outcomes and refills all their slots.
                     let mut done = Some(done);
                     while let Some(result) = done.take().or_else(|| tasks.try_join_next()) {
-                        match result {
-                            Ok(key) => { busy.lock().expect("busy lock").remove(&key); }
-                            Err(error) => tracing::error!(error = %error, "An action task panicked."),
+                        if let Some((key, outcome)) = ended_task(result) {
+                            busy.remove(&key);
+                            ended.extend(outcome);
                         }
                     }
                 }
@@ -275,7 +174,9 @@ impl Executor {
                 "Draining in-flight actions."
             );
             let drained = tokio::time::timeout(this.settings.shutdown_grace, async {
-                while tasks.join_next().await.is_some() {}
+                while let Some(result) = tasks.join_next().await {
+                    ended.extend(ended_task(result).and_then(|(_, outcome)| outcome));
+                }
             })
             .await;
             if drained.is_err() {
@@ -284,15 +185,99 @@ impl Executor {
                     "Grace period over; the remaining in-flight actions resume at the next start."
                 );
                 tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
+                // A task may have ended just before it was aborted.
+                while let Some(result) = tasks.join_next().await {
+                    if !matches!(&result, Err(error) if error.is_cancelled()) {
+                        ended.extend(ended_task(result).and_then(|(_, outcome)| outcome));
+                    }
+                }
+            }
+        }
+        this.commit(ended, &[], this.clock.now());
+    }
+
+    /// Due actions for up to `free` slots: not of a busy account, and at most
+    /// `per_tenant_concurrency` in flight per tenant, counting the candidates
+    /// taken so far as well as the running actions.
+    fn candidates(
+        &self,
+        busy: &HashSet<AccountKey>,
+        free: usize,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<ActionRecord> {
+        let cap = self.settings.per_tenant_concurrency.max(1);
+        let mut in_flight: HashMap<String, usize> = HashMap::new();
+        for key in busy {
+            *in_flight
+                .entry(key.tenant_id.as_str().to_owned())
+                .or_default() += 1;
+        }
+        let in_flight = RefCell::new(in_flight);
+        self.ledger
+            .due_actions_in(
+                now,
+                free,
+                |tenant| in_flight.borrow().get(tenant).is_some_and(|n| *n >= cap),
+                |action| {
+                    if busy.contains(&action.account_key()) {
+                        return true;
+                    }
+                    *in_flight
+                        .borrow_mut()
+                        .entry(action.tenant_id.as_str().to_owned())
+                        .or_default() += 1;
+                    false
+                },
+            )
+            .unwrap_or_else(|error| {
+                tracing::error!(error = %error, "Reading due actions failed.");
+                Vec::new()
+            })
+    }
+
+    /// Records the outcomes of the tasks that ended and claims `ids`, in one
+    /// transaction, and reports the outcomes. One entry per id: the claimed
+    /// action, or `None` when it is no longer claimable or claiming failed.
+    fn commit(
+        &self,
+        ended: Vec<ActionRecord>,
+        ids: &[crate::ledger::ActionId],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<Option<ActionRecord>> {
+        let error = match self.ledger.finish_and_claim(&ended, ids, now) {
+            Ok((completions, claimed)) => {
+                for completion in completions {
+                    self.report(completion);
+                }
+                return claimed;
+            }
+            Err(error) => error,
+        };
+        tracing::warn!(error = %error, "Recording outcomes and claims together failed; recording them apart.");
+        // One at a time, so that each outcome meets its own error (and one
+        // bad record does not fail the others).
+        for record in &ended {
+            match self.ledger.finish(record) {
+                Ok(completion) => self.report(completion),
+                Err(error) => {
+                    let _span = action_span(record).entered();
+                    tracing::error!(error = %error, "Recording an action outcome failed; it resumes at the next start.");
+                }
+            }
+        }
+        match self.ledger.finish_and_claim(&[], ids, now) {
+            Ok((_, claimed)) => claimed,
+            Err(error) => {
+                tracing::error!(error = %error, "Claiming actions failed.");
+                vec![None; ids.len()]
             }
         }
     }
 
     /// How long to wait when nothing more can be started right now.
-    fn idle_wait(&self, tasks: &JoinSet<AccountKey>, concurrency: usize) -> Duration {
+    fn idle_wait(&self, running: usize, concurrency: usize) -> Duration {
         const MAX_IDLE: Duration = Duration::from_secs(1);
-        if tasks.len() >= concurrency {
+        if running >= concurrency {
             return MAX_IDLE;
         }
         if self.ledger.is_storing_large_plan() {
@@ -305,7 +290,7 @@ impl Executor {
                 let now = self.clock.now();
                 if due <= now {
                     // Due but blocked behind a busy account: a task finishing wakes us.
-                    if tasks.is_empty() {
+                    if running == 0 {
                         Duration::from_millis(50)
                     } else {
                         MAX_IDLE
@@ -318,7 +303,9 @@ impl Executor {
         }
     }
 
-    async fn run_action(&self, mut action: ActionRecord) {
+    /// Runs one claimed action; returns its outcome for the run loop to
+    /// record, or `None` when a retry was scheduled (recorded here).
+    async fn run_action(&self, mut action: ActionRecord) -> Option<ActionRecord> {
         let attempt = self.attempt(&action).await;
         let now = self.clock.now();
         action.updated_at = now;
@@ -342,7 +329,7 @@ impl Executor {
                 action.next_attempt_at = None;
                 action.completed_at = Some(now);
                 action.dry_run = self.settings.dry_run;
-                self.finish(action).await;
+                Some(action)
             }
             Attempt::Retry(error) => {
                 let PalError::Transient {
@@ -373,11 +360,11 @@ impl Executor {
                             Ok(Rescheduled::Scheduled) => {}
                             Ok(Rescheduled::Superseded(completion)) => {
                                 self.report(*completion);
-                                return;
+                                return None;
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "Recording a retry failed; the action resumes at the next start.");
-                                return;
+                                return None;
                             }
                         }
                         ActionRetryScheduled {
@@ -391,6 +378,7 @@ impl Executor {
                             error: message,
                         }
                         .emit(&self.metrics);
+                        None
                     }
                     RetryDecision::GiveUp => {
                         action.state = ActionState::Failed;
@@ -400,35 +388,16 @@ impl Executor {
                         ));
                         action.next_attempt_at = None;
                         action.completed_at = Some(now);
-                        self.finish(action).await;
+                        Some(action)
                     }
                 }
             }
         }
     }
 
-    async fn finish(&self, action: ActionRecord) {
-        let (reply, recorded) = oneshot::channel();
-        let recorded = match self.finishing.send((action, reply)) {
-            Ok(()) => recorded.await,
-            // Not running (never, while a task runs): record it directly.
-            Err(mpsc::error::SendError((action, _))) => Ok(self.ledger.finish(&action)),
-        };
-        let recorded = recorded.unwrap_or_else(|_| {
-            Err(crate::ledger::LedgerError::Rejected(
-                "the executor stopped before the outcome was recorded".into(),
-            ))
-        });
-        match recorded {
-            Ok(completion) => self.report(completion),
-            Err(error) => {
-                tracing::error!(error = %error, "Recording an action outcome failed; it resumes at the next start.");
-            }
-        }
-    }
-
     /// Logs and counts a terminal transition recorded in the ledger.
     fn report(&self, completion: Completion) {
+        let _span = action_span(&completion.record).entered();
         ActionFinished::of(&completion.record, true).emit(&self.metrics);
         if let Some(record) = &completion.event_completed {
             EventCompleted { record }.emit(&self.metrics);
@@ -605,6 +574,26 @@ impl Executor {
         check_identity(&token, None, &action.tenant_id, &action.object_id)?;
         Ok(token)
     }
+}
+
+/// The span of everything logged about one action.
+fn action_span(action: &ActionRecord) -> tracing::Span {
+    tracing::info_span!(
+        "action",
+        action_id = action.action_id,
+        event_id = %action.event_id,
+        tenant_id = %action.tenant_id,
+        employee_id = %action.employee_id,
+    )
+}
+
+/// The account and outcome of a task that ended; `None` if it panicked.
+fn ended_task(
+    result: Result<(AccountKey, Option<ActionRecord>), tokio::task::JoinError>,
+) -> Option<(AccountKey, Option<ActionRecord>)> {
+    result
+        .inspect_err(|error| tracing::error!(error = %error, "An action task panicked."))
+        .ok()
 }
 
 fn is_unauthorized(error: &PalError) -> bool {

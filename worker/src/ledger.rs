@@ -1410,24 +1410,65 @@ impl Ledger {
     /// Moves a pending or scheduled action to in flight and counts the attempt.
     /// Returns None when the action is no longer claimable (cancelled meanwhile).
     pub fn claim(&self, id: ActionId, now: DateTime<Utc>) -> Result<Option<ActionRecord>> {
-        Ok(self.claim_many(&[id], now)?.pop().flatten())
+        Ok(self.finish_and_claim(&[], &[id], now)?.1.pop().flatten())
     }
 
-    /// [`Ledger::claim`] for several actions in one transaction: every sled
-    /// transaction writes its own log buffer, so the executor claims all the
-    /// slots one scan fills at once. One entry per id, in order.
-    pub fn claim_many(
+    /// Whether the action is still the latest one for its account.
+    pub fn is_current(&self, action: &ActionRecord) -> Result<bool> {
+        Ok(self
+            .inventory_entry(&action.account_key())?
+            .is_none_or(|entry| entry.current_action == Some(action.action_id)))
+    }
+
+    /// Records the end of an in-flight action.
+    pub fn finish(&self, action: &ActionRecord) -> Result<Completion> {
+        let (mut completions, _) =
+            self.finish_and_claim(std::slice::from_ref(action), &[], action.updated_at)?;
+        Ok(completions.pop().expect("one completion per action"))
+    }
+
+    /// The executor's group commit: records the end of the `finished`
+    /// in-flight actions and claims the actions `claim` ([`Ledger::claim`]
+    /// for each) in ONE transaction — sled writes and syncs a log buffer
+    /// around every transaction, so the outcomes of the tasks that ended
+    /// and the claims of the actions that take their slots share one.
+    /// Outcomes are written first: an account's next action may be claimed
+    /// in the transaction that ends its previous one. One completion per
+    /// finished action and one entry per claimed id, in order; an event whose
+    /// last actions are among the finished completes once. `now` is the
+    /// claims' time (an outcome carries its own).
+    pub fn finish_and_claim(
         &self,
-        ids: &[ActionId],
+        finished: &[ActionRecord],
+        claim: &[ActionId],
         now: DateTime<Utc>,
-    ) -> Result<Vec<Option<ActionRecord>>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<(Vec<Completion>, Vec<Option<ActionRecord>>)> {
+        debug_assert!(finished.iter().all(|action| action.state.is_terminal()));
+        if finished.is_empty() && claim.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
-        (&self.actions, &self.due, &self.in_flight)
-            .transaction(|(actions, due, in_flight)| {
-                let mut claimed = Vec::with_capacity(ids.len());
-                for id in ids {
+        (
+            &self.actions,
+            &self.due,
+            &self.in_flight,
+            &self.open_events,
+            &self.events,
+        )
+            .transaction(|(actions, due, in_flight, open_events, events)| {
+                let mut completions = Vec::with_capacity(finished.len());
+                for action in finished {
+                    let key = action.action_id.to_be_bytes();
+                    actions.insert(&key, encode(action))?;
+                    in_flight.remove(&key)?;
+                    let event_completed =
+                        decrement_open(open_events, events, action.event_seq, action.updated_at)?;
+                    completions.push(Completion {
+                        record: action.clone(),
+                        event_completed,
+                    });
+                }
+                let mut claimed = Vec::with_capacity(claim.len());
+                for id in claim {
                     let key = id.to_be_bytes();
                     let Some(bytes) = actions.get(key)? else {
                         claimed.push(None);
@@ -1447,52 +1488,7 @@ impl Ledger {
                     in_flight.insert(&key, &[])?;
                     claimed.push(Some(action));
                 }
-                Ok(claimed)
-            })
-            .map_err(tx_error)
-    }
-
-    /// Whether the action is still the latest one for its account.
-    pub fn is_current(&self, action: &ActionRecord) -> Result<bool> {
-        Ok(self
-            .inventory_entry(&action.account_key())?
-            .is_none_or(|entry| entry.current_action == Some(action.action_id)))
-    }
-
-    /// Records the end of an in-flight action.
-    pub fn finish(&self, action: &ActionRecord) -> Result<Completion> {
-        let mut completions = self.finish_many(std::slice::from_ref(action))?;
-        Ok(completions.pop().expect("one completion per action"))
-    }
-
-    /// [`Ledger::finish`] for several actions in one transaction (the
-    /// executor's group commit of outcomes). One completion per action, in
-    /// order; an event whose last actions are among them completes once.
-    pub fn finish_many(&self, finished: &[ActionRecord]) -> Result<Vec<Completion>> {
-        debug_assert!(finished.iter().all(|action| action.state.is_terminal()));
-        if finished.is_empty() {
-            return Ok(Vec::new());
-        }
-        (
-            &self.actions,
-            &self.in_flight,
-            &self.open_events,
-            &self.events,
-        )
-            .transaction(|(actions, in_flight, open_events, events)| {
-                let mut completions = Vec::with_capacity(finished.len());
-                for action in finished {
-                    let key = action.action_id.to_be_bytes();
-                    actions.insert(&key, encode(action))?;
-                    in_flight.remove(&key)?;
-                    let event_completed =
-                        decrement_open(open_events, events, action.event_seq, action.updated_at)?;
-                    completions.push(Completion {
-                        record: action.clone(),
-                        event_completed,
-                    });
-                }
-                Ok(completions)
+                Ok((completions, claimed))
             })
             .map_err(tx_error)
     }
@@ -2254,6 +2250,54 @@ mod tests {
         assert_eq!(due.len(), 1, "only the newer action remains");
         assert_ne!(due[0].action_id, old.action_id);
         assert_eq!(ledger.pending_count(), 1);
+    }
+
+    #[test]
+    fn one_transaction_records_an_outcome_and_claims_the_accounts_next_action() {
+        let (_dir, ledger) = ledger();
+        let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        let first = accept_pending(&ledger, &assignment("first"), now);
+        let due = ledger.due_actions(now, 10, |_| false).unwrap().remove(0);
+        let mut running = ledger.claim(due.action_id, now).unwrap().unwrap();
+        accept_pending(&ledger, &assignment("second"), now);
+        let next = ledger.due_actions(now, 10, |_| false).unwrap();
+        assert_eq!(next.len(), 1, "the second event's action is due");
+        assert_eq!(next[0].account_key(), running.account_key());
+
+        running.state = ActionState::Done;
+        running.completed_at = Some(now);
+        let later = now + chrono::Duration::seconds(1);
+        let (completions, claimed) = ledger
+            .finish_and_claim(
+                std::slice::from_ref(&running),
+                &[next[0].action_id, running.action_id],
+                later,
+            )
+            .unwrap();
+
+        assert_eq!(completions.len(), 1);
+        assert_eq!(completions[0].record.action_id, running.action_id);
+        let completed = completions[0].event_completed.as_ref().map(|r| r.seq);
+        assert_eq!(completed, Some(first), "the first event completes");
+        let [Some(claimed), None] = claimed.as_slice() else {
+            panic!("the next action is claimed, the ended one is not: {claimed:?}");
+        };
+        assert_eq!(claimed.action_id, next[0].action_id);
+        assert_eq!(claimed.state, ActionState::InFlight);
+        assert_eq!(
+            (claimed.attempts, claimed.first_attempt_at),
+            (1, Some(later))
+        );
+        let stored = ledger.action(running.action_id).unwrap().unwrap();
+        assert_eq!(stored.state, ActionState::Done);
+        let stored = ledger.action(claimed.action_id).unwrap().unwrap();
+        assert_eq!(stored.state, ActionState::InFlight);
+        assert!(ledger.due_actions(later, 10, |_| false).unwrap().is_empty());
+        assert_eq!(
+            ledger.pending_count(),
+            1,
+            "only the claimed action is in flight"
+        );
     }
 
     /// Accepts an event that is not held; its sequence number.
