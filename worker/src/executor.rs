@@ -247,7 +247,7 @@ impl Executor {
         let error = match self.ledger.finish_and_claim(&ended, ids, now) {
             Ok((completions, claimed)) => {
                 for completion in completions {
-                    self.report(completion);
+                    self.report_ended(completion);
                 }
                 return claimed;
             }
@@ -258,7 +258,7 @@ impl Executor {
         // bad record does not fail the others).
         for record in &ended {
             match self.ledger.finish(record) {
-                Ok(completion) => self.report(completion),
+                Ok(completion) => self.report_ended(completion),
                 Err(error) => {
                     let _span = action_span(record).entered();
                     tracing::error!(error = %error, "Recording an action outcome failed; it resumes at the next start.");
@@ -395,9 +395,14 @@ impl Executor {
         }
     }
 
+    /// [`Executor::report`] for an action whose task has ended, in the
+    /// action's span as if its task reported it.
+    fn report_ended(&self, completion: Completion) {
+        action_span(&completion.record).in_scope(|| self.report(completion));
+    }
+
     /// Logs and counts a terminal transition recorded in the ledger.
     fn report(&self, completion: Completion) {
-        let _span = action_span(&completion.record).entered();
         ActionFinished::of(&completion.record, true).emit(&self.metrics);
         if let Some(record) = &completion.event_completed {
             EventCompleted { record }.emit(&self.metrics);
