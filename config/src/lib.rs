@@ -127,6 +127,14 @@ impl Settings {
         Settings::build(Some(toml), env.into_iter().collect())
     }
 
+    /// `overlay` laid over `base`, key by key (tables merge, values
+    /// replace), as one TOML document: how the local environment adds a
+    /// test's settings to its own, and writes the result for a worker
+    /// process.
+    pub fn layer_toml(base: &str, overlay: &str) -> Result<String, ConfigError> {
+        sources::layer_toml(base, overlay)
+    }
+
     fn build(
         toml: Option<figment::value::Dict>,
         env: BTreeMap<String, String>,

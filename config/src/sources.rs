@@ -26,6 +26,31 @@ pub(crate) fn parse_toml(text: &str, file: Option<&Path>) -> Result<Dict, Config
     })
 }
 
+/// `overlay` laid over `base` (see [`crate::Settings::layer_toml`]).
+pub(crate) fn layer_toml(base: &str, overlay: &str) -> Result<String, ConfigError> {
+    fn table(text: &str) -> Result<toml::Table, ConfigError> {
+        text.parse::<toml::Table>()
+            .map_err(|error| ConfigError::Syntax {
+                file: None,
+                position: error.span().map(|span| line_and_column(text, span.start)),
+                message: one_line(error.message()),
+            })
+    }
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, value) => {
+                    into.insert(key, value);
+                }
+            }
+        }
+    }
+    let mut layered = table(base)?;
+    merge(&mut layered, table(overlay)?);
+    Ok(layered.to_string())
+}
+
 /// Merges the TOML values (if any) and the environment overrides, and reads
 /// the result into the raw settings shape.
 pub(crate) fn extract(

@@ -827,3 +827,21 @@ fn publishers_allow_list() {
     assert!(open.allows(None, "hr.employee.departed"));
     assert!(open.allows(Some("anyone"), "anything"));
 }
+
+#[test]
+fn a_toml_overlay_merges_tables_and_replaces_values() {
+    let layered = Settings::layer_toml(
+        "[amqp]\nprefetch = 8\nqueue = \"q\"\n[limits]\nconcurrency = 4\n",
+        "[amqp]\nprefetch = 16\n[worker]\ndry_run = true\n",
+    )
+    .unwrap();
+    let settings = Settings::from_toml_str(&layered, []).unwrap();
+    assert_eq!(settings.amqp.prefetch, 16);
+    assert_eq!(settings.amqp.queue, "q");
+    assert_eq!(settings.limits.concurrency, 4);
+    assert!(settings.worker.dry_run);
+    assert!(matches!(
+        Settings::layer_toml("[amqp", ""),
+        Err(ConfigError::Syntax { .. })
+    ));
+}

@@ -25,7 +25,7 @@ use palworker_config::{AmqpSettings, DeclareMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::{Checked, Disposition, Incoming, Intake};
-use crate::telemetry::{BrokerConnectionChanged, Metrics};
+use crate::telemetry::{BrokerConnectionChanged, ConsumerStopped, Metrics};
 
 /// Routing keys the events queue is bound with (SPEC §4).
 pub const EVENT_BINDINGS: [&str; 3] = ["hr.#", "project.#", "partner.#"];
@@ -154,6 +154,33 @@ async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     Connection::connect(url, properties).await
 }
 
+/// How far a consumer session got before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    Connecting,
+    Consuming,
+}
+
+/// Why a consumer session ended, and how far it got.
+struct SessionError {
+    reached: Reached,
+    error: anyhow::Error,
+}
+
+impl SessionError {
+    fn at(reached: Reached) -> impl FnOnce(anyhow::Error) -> SessionError {
+        move |error| SessionError { reached, error }
+    }
+}
+
+/// A session's connection, channels and consumer, once consuming.
+struct Consuming {
+    connection: Connection,
+    channel: Channel,
+    dead_letters: Channel,
+    consumer: lapin::Consumer,
+}
+
 /// The consuming side of the worker.
 pub struct Consumer {
     settings: AmqpSettings,
@@ -197,19 +224,17 @@ impl Consumer {
             if shutdown.is_cancelled() {
                 break;
             }
-            let mut was_connected = false;
-            let result = self.session(&shutdown, &mut was_connected).await;
-            self.set_connected(false, "");
+            let result = self.session(&shutdown).await;
+            self.set_disconnected();
             match result {
                 Ok(()) => break,
-                Err(error) => {
-                    if was_connected {
+                Err(SessionError { reached, error }) => {
+                    if reached == Reached::Consuming {
                         // A session that got as far as consuming restarts the schedule.
                         delays = schedule();
                     }
                     let delay = delays.next().unwrap_or(self.settings.reconnect_max);
-                    BrokerConnectionChanged {
-                        connected: false,
+                    BrokerConnectionChanged::Down {
                         detail: &format!("{error:#}; retrying in {} ms", delay.as_millis()),
                     }
                     .emit(&self.metrics);
@@ -220,27 +245,35 @@ impl Consumer {
                 }
             }
         }
-        self.set_connected(false, "");
+        self.set_disconnected();
     }
 
-    fn set_connected(&self, connected: bool, detail: &str) {
-        let was = self.connected.swap(connected, Ordering::SeqCst);
-        if connected && !was {
-            BrokerConnectionChanged {
-                connected: true,
-                detail,
-            }
-            .emit(&self.metrics);
-        } else if !connected {
-            self.metrics.amqp_connected.set(0);
+    fn set_connected(&self) {
+        if !self.connected.swap(true, Ordering::SeqCst) {
+            BrokerConnectionChanged::Up.emit(&self.metrics);
         }
     }
 
-    async fn session(
-        &self,
-        shutdown: &CancellationToken,
-        was_connected: &mut bool,
-    ) -> anyhow::Result<()> {
+    fn set_disconnected(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+        ConsumerStopped.emit(&self.metrics);
+    }
+
+    /// One connection's life: connect, declare, consume until shutdown or a
+    /// failure, which says how far the session got.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let consuming = self
+            .connect_and_consume()
+            .await
+            .map_err(SessionError::at(Reached::Connecting))?;
+        self.set_connected();
+        self.consume(shutdown, consuming)
+            .await
+            .map_err(SessionError::at(Reached::Consuming))
+    }
+
+    /// Connects, declares the topology and starts consuming.
+    async fn connect_and_consume(&self) -> anyhow::Result<Consuming> {
         let connection = connect(self.settings.url.expose(), "palworker").await?;
         let channel = connection.create_channel().await?;
         declare_topology(&channel, &self.topology, self.settings.declare).await?;
@@ -252,7 +285,7 @@ impl Consumer {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let tag = format!("palworker-{}", uuid::Uuid::new_v4());
-        let mut consumer = channel
+        let consumer = channel
             .basic_consume(
                 self.topology.queue.as_str().into(),
                 tag.as_str().into(),
@@ -260,8 +293,26 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        *was_connected = true;
-        self.set_connected(true, "");
+        Ok(Consuming {
+            connection,
+            channel,
+            dead_letters,
+            consumer,
+        })
+    }
+
+    /// Receives, validates and settles deliveries until shutdown or a failure.
+    async fn consume(
+        &self,
+        shutdown: &CancellationToken,
+        consuming: Consuming,
+    ) -> anyhow::Result<()> {
+        let Consuming {
+            connection,
+            channel,
+            dead_letters,
+            mut consumer,
+        } = consuming;
         let max_batch = usize::from(self.settings.prefetch.max(1));
         // This task receives and validates deliveries and settles stored
         // batches; the session's intake thread stores and flushes a batch at

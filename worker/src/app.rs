@@ -14,15 +14,15 @@ use palworker_config::Settings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Admin;
 use crate::amqp::Consumer;
 use crate::clock::Clock;
 use crate::executor::{Executor, ExecutorSettings, ExecutorWake};
 use crate::http::{self, Health};
 use crate::intake::{Intake, IntakeSettings};
 use crate::ledger::Ledger;
+use crate::operators::{Attached, LedgerOperations};
 use crate::pal::PalClient;
-use crate::telemetry::Metrics;
+use crate::telemetry::{LedgerGauges, Metrics};
 
 /// Opens the ledger named by the settings (blocking IO on a worker thread).
 pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<Ledger>> {
@@ -59,12 +59,13 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         let ledger = ledger.clone();
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            metrics.actions_pending.set(ledger.pending_count() as i64);
-            metrics.held_plans.set(ledger.held_plan_count() as i64);
-            metrics
-                .events_in_flight
-                .set(ledger.open_event_count()? as i64);
-            metrics.ledger_size_bytes.set(ledger.size_on_disk() as f64);
+            LedgerGauges {
+                pending_actions: ledger.pending_count(),
+                held_plans: ledger.held_plan_count(),
+                open_events: ledger.open_event_count()?,
+                size_bytes: ledger.size_on_disk(),
+            }
+            .emit(&metrics);
             Ok(())
         })
         .await??;
@@ -129,7 +130,13 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     let router = http::router(
         metrics.clone(),
         health.clone(),
-        Admin::running(ledger.clone(), metrics.clone(), wake.clone()),
+        LedgerOperations::new(
+            ledger.clone(),
+            Attached::Running {
+                metrics: metrics.clone(),
+                wake: wake.clone(),
+            },
+        ),
         settings.http.admin_token.clone(),
     );
     let stop_http = CancellationToken::new();

@@ -4,6 +4,7 @@
 //! otherwise go through the running worker's admin API on `http.listen`, so
 //! nothing ever requires stopping the worker.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,14 +12,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use palworker_config::Settings;
 use palworker_events::Event;
 
-use crate::admin::{Admin, AuditRecord, ReleaseSummary, StatusRow};
+use palworker_core::{ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow};
+
 use crate::clock::SystemClock;
-use crate::http::AdminClient;
-use crate::ledger::{InventoryEntry, Ledger, LedgerError, StatusFilter};
+use crate::ledger::{Ledger, LedgerError};
+use crate::logging::LogFormat;
+use crate::operators::{
+    AdminApiClient, Attached, Decision, EventRef, LedgerOperations, OperatorError, Operations,
+    RetryTarget,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,35 +43,12 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker: consume, plan, execute, serve HTTP. Stops gracefully on SIGTERM/SIGINT.
     Run,
-    /// Print the plan an event would produce against the current inventory; changes nothing.
-    Plan {
-        #[arg(long, value_name = "FILE")]
-        event: PathBuf,
-    },
-    /// Load or list the inventory.
-    #[command(subcommand)]
-    Inventory(InventoryCommand),
-    /// Every action with state, attempts, last error, timestamps.
-    Status(StatusArgs),
-    /// Re-run failed actions.
-    Retry(RetryArgs),
-    /// Release a held plan.
-    Approve(EventArg),
-    /// Discard a held plan.
-    Reject(EventArg),
-    /// Compliance exports.
-    #[command(subcommand)]
-    Audit(AuditCommand),
+    #[command(flatten)]
+    Operator(OperatorCommand),
     /// Publish one CloudEvent (or a JSON Lines file of them) with publisher confirms.
     Publish {
         file: PathBuf,
@@ -86,9 +69,30 @@ pub enum Command {
     },
     /// End-to-end demo: simulator in-process, local RabbitMQ, sample events, summary.
     Demo,
-    /// Benchmarks against the local RabbitMQ and the in-process simulator; one
-    /// machine-readable line per scenario.
-    Bench(crate::bench::BenchArgs),
+}
+
+/// The commands that work on the ledger, whether the worker runs or not.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Print the plan an event would produce against the current inventory; changes nothing.
+    Plan {
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+    },
+    /// Load or list the inventory.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+    /// Every action with state, attempts, last error, timestamps.
+    Status(StatusArgs),
+    /// Re-run failed actions.
+    Retry(RetryArgs),
+    /// Release a held plan.
+    Approve(EventArg),
+    /// Discard a held plan.
+    Reject(EventArg),
+    /// Compliance exports.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,7 +143,7 @@ pub struct StatusArgs {
 #[group(required = true, multiple = false)]
 pub struct RetryArgs {
     #[arg(long, value_name = "ID")]
-    action: Option<u64>,
+    action: Option<ActionId>,
     #[arg(long)]
     failed: bool,
 }
@@ -162,7 +166,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and the benchmarks print their own results; their logs stay
     // quiet unless asked for.
-    let default_directive = if matches!(cli.command, Command::Demo | Command::Bench(_)) {
+    let default_directive = if matches!(cli.command, Command::Demo) {
         "warn"
     } else {
         "info"
@@ -221,11 +225,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim { listen, clients } => {
             let config = match clients {
-                Some(path) => crate::sim::SimConfig::from_json_file(&path)
+                Some(path) => palworker_sim::SimConfig::from_json_file(&path)
                     .map_err(|e| UsageError(format!("--clients `{}`: {e}", path.display())))?,
-                None => crate::sim::SimConfig::default(),
+                None => palworker_sim::SimConfig::default(),
             };
-            crate::sim::run(listen, config, crate::app::shutdown_signal()).await
+            palworker_sim::run(listen, config, crate::app::shutdown_signal()).await
         }
         // The demo brings its own simulator and credentials; it needs only the
         // broker URL, so it reads the config file only when one is named.
@@ -234,14 +238,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => load_settings(Some(path))?,
                 None => Settings::load(None, environment())?,
             };
-            crate::demo::run(settings).await
-        }
-        Command::Bench(args) => {
-            let settings = match cli.config.as_deref() {
-                Some(path) => load_settings(Some(path))?,
-                None => Settings::load(None, environment())?,
-            };
-            crate::bench::run(settings, args).await
+            crate::local::demo::run(settings).await
         }
         Command::Run => {
             let settings = load_settings(cli.config.as_deref())?;
@@ -260,10 +257,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let settings = load_settings(cli.config.as_deref())?;
             publish(&settings, &file, user_id.as_deref(), no_validate).await
         }
-        command => {
+        Command::Operator(command) => {
             let settings = load_settings(cli.config.as_deref())?;
-            let target = Target::connect(&settings).await?;
-            operate(target, command).await
+            match Target::connect(&settings).await? {
+                Target::Local(operations) => operate(&operations, command).await,
+                Target::Remote(client) => operate(&client, command).await,
+            }
         }
     }
 }
@@ -319,10 +318,11 @@ async fn publish(
     Ok(())
 }
 
-/// Where operator commands go.
+/// Where operator commands go: the ledger itself when no worker holds it,
+/// else the running worker's admin API.
 enum Target {
-    Local(Admin),
-    Remote(AdminClient),
+    Local(LedgerOperations),
+    Remote(AdminApiClient),
 }
 
 impl Target {
@@ -330,8 +330,11 @@ impl Target {
         let path = settings.ledger.path.clone();
         let cache = settings.ledger.cache_capacity_bytes.min(16 * 1024 * 1024);
         match tokio::task::spawn_blocking(move || Ledger::open(&path, cache)).await? {
-            Ok(ledger) => Ok(Target::Local(Admin::new(Arc::new(ledger)))),
-            Err(LedgerError::Locked(_)) => Ok(Target::Remote(AdminClient::new(
+            Ok(ledger) => Ok(Target::Local(LedgerOperations::new(
+                Arc::new(ledger),
+                Attached::Stopped,
+            ))),
+            Err(LedgerError::Locked(_)) => Ok(Target::Remote(AdminApiClient::new(
                 settings.http.listen,
                 settings.http.admin_token.clone(),
             )?)),
@@ -342,54 +345,44 @@ impl Target {
     }
 }
 
-fn read_event(path: &Path) -> anyhow::Result<(Vec<u8>, Event)> {
+fn read_event(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?;
-    let event = Event::from_json_slice(&bytes)
+    Event::from_json_slice(&bytes)
         .map_err(|e| UsageError(format!("`{}`: {e}", path.display())))?;
-    Ok((bytes, event))
+    Ok(bytes)
 }
 
-async fn operate(target: Target, command: Command) -> anyhow::Result<()> {
+/// Runs an operator command against either target.
+async fn operate(target: &impl Operations, command: OperatorCommand) -> anyhow::Result<()> {
     match command {
-        Command::Plan { event } => {
-            let (bytes, event) = read_event(&event)?;
-            let plan = match &target {
-                Target::Local(admin) => admin.plan(&event)?,
-                Target::Remote(client) => client.plan(bytes).await?,
-            };
+        OperatorCommand::Plan { event } => {
+            let plan = target.plan(read_event(&event)?).await?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
         }
-        Command::Inventory(InventoryCommand::Import { file }) => {
+        OperatorCommand::Inventory(InventoryCommand::Import { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading `{}`", file.display()))?;
             let progress = crate::progress::spinner("importing accounts");
-            let imported = match &target {
-                Target::Local(admin) => {
-                    admin.import(&text).map_err(|e| reject_to_usage(e, &file))?
+            let imported = target.import(text).await.map_err(|error| match error {
+                OperatorError::Refused(message) => {
+                    UsageError(format!("`{}`: {message}", file.display())).into()
                 }
-                Target::Remote(client) => client.import(text).await?,
-            };
+                OperatorError::Failed(error) => error,
+            })?;
             progress.finish_and_clear();
             println!("imported {imported} account(s)");
         }
-        Command::Inventory(InventoryCommand::List {
+        OperatorCommand::Inventory(InventoryCommand::List {
             employee,
             tenant,
             json,
         }) => {
-            let entries: Vec<InventoryEntry> = match &target {
-                Target::Local(admin) => admin
-                    .ledger
-                    .inventory_list(employee.as_deref(), tenant.as_deref())?,
-                Target::Remote(client) => {
-                    client
-                        .inventory(employee.as_deref(), tenant.as_deref())
-                        .await?
-                }
-            };
+            let entries = target
+                .inventory(employee.as_deref(), tenant.as_deref())
+                .await?;
             print_inventory(&entries, json)?;
         }
-        Command::Status(args) => {
+        OperatorCommand::Status(args) => {
             let filter = StatusFilter {
                 event_id: args.event,
                 event_source: args.source,
@@ -398,89 +391,55 @@ async fn operate(target: Target, command: Command) -> anyhow::Result<()> {
                 failed: args.failed,
                 manual: args.manual,
             };
-            let rows = match &target {
-                Target::Local(admin) => admin.status(&filter)?,
-                Target::Remote(client) => client.status(&filter).await?,
-            };
-            print_status(&rows, args.json)?;
-        }
-        Command::Retry(args) => {
-            let retried = match &target {
-                Target::Local(admin) => admin.retry(args.action, args.failed)?,
-                Target::Remote(client) => client.retry(args.action, args.failed).await?,
-            };
-            println!("queued {} action(s) again: {:?}", retried.len(), retried);
-        }
-        Command::Approve(arg) => {
-            let summary = match &target {
-                Target::Local(admin) => admin.approve(&arg.event, arg.source.as_deref())?,
-                Target::Remote(client) => {
-                    client
-                        .release("approve", &arg.event, arg.source.as_deref())
-                        .await?
-                }
-            };
-            print_release("approved", &summary);
-        }
-        Command::Reject(arg) => {
-            let summary = match &target {
-                Target::Local(admin) => admin.reject(&arg.event, arg.source.as_deref())?,
-                Target::Remote(client) => {
-                    client
-                        .release("reject", &arg.event, arg.source.as_deref())
-                        .await?
-                }
-            };
-            print_release("rejected", &summary);
-        }
-        Command::Audit(AuditCommand::Export { since }) => {
-            use std::io::Write;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            match &target {
-                Target::Local(admin) => {
-                    let progress = crate::progress::counter("exporting action outcomes");
-                    let mut failure = None;
-                    admin.audit(since, |record: AuditRecord| {
-                        if failure.is_none()
-                            && let Err(e) = writeln!(
-                                out,
-                                "{}",
-                                serde_json::to_string(&record).expect("serialisable")
-                            )
-                        {
-                            failure = Some(e);
-                        }
-                        progress.inc(1);
-                    })?;
-                    progress.finish_and_clear();
-                    if let Some(e) = failure {
-                        return Err(e.into());
-                    }
-                }
-                Target::Remote(client) => {
-                    out.write_all(client.audit(since).await?.as_bytes())?;
-                }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if !args.json {
+                print_status_header(&mut out)?;
             }
+            target
+                .status(&filter, &mut |row| print_status_row(&mut out, &row, args.json))
+                .await?;
             out.flush()?;
         }
-        Command::Run
-        | Command::Publish { .. }
-        | Command::Sim { .. }
-        | Command::Demo
-        | Command::Bench(_) => {
-            unreachable!("dispatched before")
+        OperatorCommand::Retry(args) => {
+            let target_actions = match args.action {
+                Some(id) => RetryTarget::Action(id),
+                None => RetryTarget::AllFailed,
+            };
+            let retried = target.retry(target_actions).await?;
+            let ids: Vec<u64> = retried.iter().map(|id| id.get()).collect();
+            println!("queued {} action(s) again: {:?}", ids.len(), ids);
+        }
+        OperatorCommand::Approve(arg) => {
+            let summary = target.decide(Decision::Approve, &arg.into()).await?;
+            print_release("approved", &summary);
+        }
+        OperatorCommand::Reject(arg) => {
+            let summary = target.decide(Decision::Reject, &arg.into()).await?;
+            print_release("rejected", &summary);
+        }
+        OperatorCommand::Audit(AuditCommand::Export { since }) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let progress = crate::progress::counter("exporting action outcomes");
+            target
+                .audit(since, &mut |record: AuditRecord| {
+                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                    progress.inc(1);
+                    Ok(())
+                })
+                .await?;
+            progress.finish_and_clear();
+            out.flush()?;
         }
     }
     Ok(())
 }
 
-fn reject_to_usage(error: LedgerError, file: &Path) -> anyhow::Error {
-    match error {
-        LedgerError::Rejected(message) => {
-            UsageError(format!("`{}`: {message}", file.display())).into()
+impl From<EventArg> for EventRef {
+    fn from(arg: EventArg) -> Self {
+        EventRef {
+            event: arg.event,
+            source: arg.source,
         }
-        other => other.into(),
     }
 }
 
@@ -530,36 +489,39 @@ fn print_inventory(entries: &[InventoryEntry], json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-fn print_status(rows: &[StatusRow], json: bool) -> anyhow::Result<()> {
-    if json {
-        for row in rows {
-            println!("{}", serde_json::to_string(row)?);
-        }
-        return Ok(());
-    }
-    println!(
+fn print_status_header(out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
         "{:>8}  {:<24}  {:<26}  {:<8}  {:<36}  {:<12}  {:<10}  {:>3}  LAST ERROR / DETAIL",
         "ACTION", "EVENT", "TYPE", "OP", "TENANT", "EMPLOYEE", "STATE", "TRY"
-    );
-    for row in rows {
-        let note = row
-            .last_error
-            .as_deref()
-            .or(row.detail.as_deref())
-            .unwrap_or("");
-        println!(
-            "{:>8}  {:<24}  {:<26}  {:<8}  {:<36}  {:<12}  {:<10}  {:>3}  {}",
-            row.action_id,
-            truncate(&row.event_id, 24),
-            row.event_type,
-            row.op,
-            row.tenant_id,
-            truncate(&row.employee_id, 12),
-            row.state,
-            row.attempts,
-            truncate(note, 120)
-        );
+    )?;
+    Ok(())
+}
+
+fn print_status_row(out: &mut impl Write, row: &StatusRow, json: bool) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(row)?)?;
+        return Ok(());
     }
+    let action = &row.action;
+    let note = action
+        .last_error
+        .as_deref()
+        .or(action.detail.as_deref())
+        .unwrap_or("");
+    writeln!(
+        out,
+        "{:>8}  {:<24}  {:<26}  {:<8}  {:<36}  {:<12}  {:<10}  {:>3}  {}",
+        action.action_id.get(),
+        truncate(&action.event_id, 24),
+        action.event_type.as_str(),
+        action.op.as_str(),
+        action.tenant_id.as_str(),
+        truncate(action.employee_id.as_str(), 12),
+        row.state.as_str(),
+        action.attempts,
+        truncate(note, 120)
+    )?;
     Ok(())
 }
 

@@ -14,18 +14,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palworker_config::RetrySettings;
-use palworker_events::{AccountKey, DesiredLink};
+use palworker_events::{AccountKey, PartnerId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::ledger::{ActionRecord, ActionState, Completion, Ledger, Rescheduled};
-use crate::pal::{AccessToken, PalClient, PalError, check_identity};
-use crate::retry::{self, RetryDecision};
+use crate::ledger::{Ledger, LedgerError};
+use palworker_core::retry::{self, RetryDecision};
+use palworker_core::{ActionId, ActionRecord, ActionState, Completion, Rescheduled};
+use crate::pal::{
+    Checkpoint, PalClient, PalError, Reconcile, ReconcileError, Reconciled, Transient, WriteMode,
+};
 use crate::telemetry::{
-    ActionFinished, ActionRetryScheduled, EventCompleted, Metrics, RetryReason,
+    ActionFinished, ActionRetryScheduled, EventCompleted, Metrics,
 };
 
 /// How the executor behaves.
@@ -70,14 +73,83 @@ pub struct Executor {
 
 /// How one attempt ended.
 enum Attempt {
-    Terminal {
-        state: ActionState,
-        before: Option<String>,
-        after: Option<String>,
-        detail: Option<String>,
-        error: Option<String>,
-    },
-    Retry(PalError),
+    /// The action is finished: this state, these links, this note.
+    Terminal(Terminal),
+    /// It failed transiently: the retry schedule decides what next.
+    Retry(Transient),
+}
+
+/// A terminal attempt: the action's new state and what it saw and did.
+struct Terminal {
+    state: ActionState,
+    before: Option<PartnerId>,
+    after: Option<PartnerId>,
+    detail: Option<String>,
+    error: Option<String>,
+}
+
+impl Terminal {
+    fn failed(error: String) -> Self {
+        Terminal {
+            state: ActionState::Failed,
+            before: None,
+            after: None,
+            detail: None,
+            error: Some(error),
+        }
+    }
+
+    /// How PAL's answer ends the action.
+    fn of(reconciled: Reconciled) -> Self {
+        let (state, before, after, detail) = match reconciled {
+            Reconciled::AlreadyAsDesired { link } => (ActionState::Noop, link.clone(), link, None),
+            Reconciled::Written {
+                before,
+                after,
+                write,
+            } => (ActionState::Done, before, after, Some(write.to_string())),
+            Reconciled::AlreadyRemoved { before, write } => {
+                (ActionState::Noop, before, None, Some(write.to_string()))
+            }
+            Reconciled::WouldWrite {
+                before,
+                after,
+                write,
+            } => (
+                ActionState::Done,
+                before,
+                after,
+                Some(format!("dry run: would {write}; nothing was written")),
+            ),
+            Reconciled::Superseded { link } => (
+                ActionState::Cancelled,
+                link.clone(),
+                link,
+                Some("superseded by a later event for the same account".to_owned()),
+            ),
+        };
+        Terminal {
+            state,
+            before,
+            after,
+            detail,
+            error: None,
+        }
+    }
+}
+
+/// The executor's checkpoint: whether an action is still its account's latest.
+struct StillCurrent<'a> {
+    ledger: &'a Ledger,
+    action: &'a ActionRecord,
+}
+
+impl Checkpoint for StillCurrent<'_> {
+    type Error = LedgerError;
+
+    fn still_current(&self) -> Result<bool, LedgerError> {
+        self.ledger.is_current(self.action)
+    }
 }
 
 impl Executor {
@@ -241,7 +313,7 @@ impl Executor {
     fn commit(
         &self,
         ended: Vec<ActionRecord>,
-        ids: &[crate::ledger::ActionId],
+        ids: &[ActionId],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<Option<ActionRecord>> {
         let error = match self.ledger.finish_and_claim(&ended, ids, now) {
@@ -309,90 +381,67 @@ impl Executor {
         let attempt = self.attempt(&action).await;
         let now = self.clock.now();
         action.updated_at = now;
-        match attempt {
-            Attempt::Terminal {
-                state,
-                before,
-                after,
-                detail,
-                error,
-            } => {
-                action.state = state;
-                action.before_partner_id =
-                    before.and_then(|p| palworker_events::PartnerId::parse(&p).ok());
-                action.after_partner_id =
-                    after.and_then(|p| palworker_events::PartnerId::parse(&p).ok());
-                action.detail = detail;
-                if error.is_some() {
-                    action.last_error = error;
+        let error = match attempt {
+            Attempt::Terminal(terminal) => {
+                action.state = terminal.state;
+                action.before_partner_id = terminal.before;
+                action.after_partner_id = terminal.after;
+                action.detail = terminal.detail;
+                if terminal.error.is_some() {
+                    action.last_error = terminal.error;
                 }
                 action.next_attempt_at = None;
                 action.completed_at = Some(now);
                 action.dry_run = self.settings.dry_run;
-                Some(action)
+                return Some(action);
             }
-            Attempt::Retry(error) => {
-                let PalError::Transient {
-                    reason,
-                    retry_after,
-                    budget,
-                    message,
-                } = &error
-                else {
-                    unreachable!("only transient errors are retried")
-                };
-                let decision = retry::decide(
-                    &self.settings.retry,
-                    action.attempts,
-                    *retry_after,
-                    rand::random::<f64>(),
-                    action.first_attempt_at.unwrap_or(now),
-                    now,
-                    *budget,
-                );
-                action.last_error = Some(message.clone());
-                match decision {
-                    RetryDecision::RetryAt(at) => {
-                        action.state = ActionState::Scheduled;
-                        action.next_attempt_at = Some(at);
-                        let delay = (at - now).to_std().unwrap_or_default();
-                        match self.ledger.reschedule(&action) {
-                            Ok(Rescheduled::Scheduled) => {}
-                            Ok(Rescheduled::Superseded(completion)) => {
-                                self.report(*completion);
-                                return None;
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "Recording a retry failed; the action resumes at the next start.");
-                                return None;
-                            }
-                        }
-                        ActionRetryScheduled {
-                            action_id: action.action_id,
-                            event_id: &action.event_id,
-                            tenant_id: action.tenant_id.as_str(),
-                            employee_id: action.employee_id.as_str(),
-                            reason: *reason,
-                            attempts: action.attempts,
-                            delay,
-                            error: message,
-                        }
-                        .emit(&self.metrics);
-                        None
-                    }
-                    RetryDecision::GiveUp => {
-                        action.state = ActionState::Failed;
-                        action.last_error = Some(format!(
-                            "retry budget exhausted after {} attempts; last error: {message}",
-                            action.attempts
-                        ));
-                        action.next_attempt_at = None;
-                        action.completed_at = Some(now);
-                        Some(action)
-                    }
-                }
+            Attempt::Retry(error) => error,
+        };
+        let decision = retry::decide(
+            &self.settings.retry,
+            action.attempts,
+            error.retry_after,
+            rand::random::<f64>(),
+            action.first_attempt_at.unwrap_or(now),
+            now,
+            error.budget,
+        );
+        action.last_error = Some(error.message.clone());
+        let at = match decision {
+            RetryDecision::RetryAt(at) => at,
+            RetryDecision::GiveUp => {
+                action.state = ActionState::Failed;
+                action.last_error = Some(format!(
+                    "retry budget exhausted after {} attempts; last error: {}",
+                    action.attempts, error.message
+                ));
+                action.next_attempt_at = None;
+                action.completed_at = Some(now);
+                return Some(action);
+            }
+        };
+        action.state = ActionState::Scheduled;
+        action.next_attempt_at = Some(at);
+        let delay = (at - now).to_std().unwrap_or_default();
+        match self.ledger.reschedule(&action) {
+            Ok(Rescheduled::Scheduled) => {}
+            Ok(Rescheduled::Superseded(completion)) => {
+                self.report(*completion);
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Recording a retry failed; the action resumes at the next start.");
+                return None;
             }
         }
+        ActionRetryScheduled {
+            action: &action,
+            reason: error.reason,
+            delay,
+            error: &error.message,
+        }
+        .emit(&self.metrics);
+        None
     }
 
     /// [`Executor::report`] for an action whose task has ended, in the
@@ -403,7 +452,7 @@ impl Executor {
 
     /// Logs and counts a terminal transition recorded in the ledger.
     fn report(&self, completion: Completion) {
-        ActionFinished::of(&completion.record, true).emit(&self.metrics);
+        ActionFinished::of(&completion.record, ActionState::InFlight).emit(&self.metrics);
         if let Some(record) = &completion.event_completed {
             EventCompleted { record }.emit(&self.metrics);
         }
@@ -412,7 +461,7 @@ impl Executor {
     /// One attempt of SPEC §5 steps 1–4.
     async fn attempt(&self, action: &ActionRecord) -> Attempt {
         let Some(credential) = action.credential.as_ref() else {
-            return Attempt::Terminal {
+            return Attempt::Terminal(Terminal {
                 state: ActionState::Manual,
                 before: None,
                 after: None,
@@ -422,162 +471,39 @@ impl Executor {
                     action.tenant_id, action.object_id
                 )),
                 error: None,
-            };
+            });
         };
-        match self.reconcile(action, credential).await {
-            Ok(terminal) => terminal,
-            Err(error @ PalError::Transient { .. }) => Attempt::Retry(error),
-            Err(PalError::Permanent { code, message }) => Attempt::Terminal {
-                state: ActionState::Failed,
-                before: None,
-                after: None,
-                detail: None,
-                error: Some(if message.starts_with(&code) {
+        let request = Reconcile {
+            credential,
+            tenant_id: &action.tenant_id,
+            object_id: &action.object_id,
+            desired: &action.desired,
+            mode: if self.settings.dry_run {
+                WriteMode::DryRun
+            } else {
+                WriteMode::Write
+            },
+        };
+        let checkpoint = StillCurrent {
+            ledger: &self.ledger,
+            action,
+        };
+        match self.pal.reconcile(&request, &checkpoint).await {
+            Ok(reconciled) => Attempt::Terminal(Terminal::of(reconciled)),
+            Err(ReconcileError::Pal(PalError::Transient(error))) => Attempt::Retry(error),
+            Err(ReconcileError::Pal(PalError::Permanent { code, message })) => {
+                Attempt::Terminal(Terminal::failed(if message.starts_with(&code) {
                     message
                 } else {
                     format!("{code}: {message}")
-                }),
-            },
-        }
-    }
-
-    async fn reconcile(
-        &self,
-        action: &ActionRecord,
-        credential: &palworker_events::CredentialName,
-    ) -> Result<Attempt, PalError> {
-        let tenant = &action.tenant_id;
-        let object = &action.object_id;
-        let mut token = self.pal.token(credential, tenant).await?;
-        check_identity(&token, None, tenant, object)?;
-        let mut refreshed = false;
-
-        let link = loop {
-            match self.pal.get_link(&token).await {
-                Err(e) if is_unauthorized(&e) => {
-                    token = self.refresh(credential, action, &mut refreshed, e).await?;
-                }
-                other => break other?,
+                }))
             }
-        };
-        check_identity(&token, link.as_ref(), tenant, object)?;
-        let current = link
-            .filter(|l| l.state.as_deref() != Some("Deleted"))
-            .map(|l| l.partner_id);
-
-        enum Write<'a> {
-            Delete(String),
-            Patch(&'a palworker_events::PartnerId),
-            Put(&'a palworker_events::PartnerId),
-        }
-        let write = match (&action.desired, &current) {
-            (DesiredLink::Absent, None) => None,
-            (DesiredLink::Absent, Some(existing)) => Some(Write::Delete(existing.clone())),
-            (DesiredLink::Linked(p), Some(existing)) if existing == p.as_str() => None,
-            (DesiredLink::Linked(p), Some(_)) => Some(Write::Patch(p)),
-            (DesiredLink::Linked(p), None) => Some(Write::Put(p)),
-        };
-        let desired = action.desired.partner_id().map(|p| p.as_str().to_owned());
-        let Some(write) = write else {
-            return Ok(Attempt::Terminal {
-                state: ActionState::Noop,
-                before: current.clone(),
-                after: current,
-                detail: None,
-                error: None,
-            });
-        };
-        let verb = match &write {
-            Write::Delete(p) => format!("DELETE {p}"),
-            Write::Patch(p) => format!("PATCH {p}"),
-            Write::Put(p) => format!("PUT {p}"),
-        };
-        if self.settings.dry_run {
-            return Ok(Attempt::Terminal {
-                state: ActionState::Done,
-                before: current,
-                after: desired,
-                detail: Some(format!("dry run: would {verb}; nothing was written")),
-                error: None,
-            });
-        }
-        // Checkpoint: a later event may have superseded this action while it read PAL.
-        match self.ledger.is_current(action) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Ok(Attempt::Terminal {
-                    state: ActionState::Cancelled,
-                    before: current.clone(),
-                    after: current,
-                    detail: Some("superseded by a later event for the same account".into()),
-                    error: None,
-                });
-            }
-            Err(error) => {
-                return Err(PalError::Permanent {
-                    code: "ledger".into(),
-                    message: error.to_string(),
-                });
+            // The ledger could not say whether the action is still current:
+            // nothing was written, and the action fails with the ledger's error.
+            Err(ReconcileError::Checkpoint(error)) => {
+                Attempt::Terminal(Terminal::failed(format!("ledger: {error}")))
             }
         }
-        loop {
-            let result = match &write {
-                Write::Delete(p) => self
-                    .pal
-                    .delete_link(&token, p)
-                    .await
-                    .map(|removed| (removed, None)),
-                Write::Patch(p) => self.pal.patch_link(&token, p).await.map(|l| (true, l)),
-                Write::Put(p) => self.pal.put_link(&token, p).await.map(|l| (true, l)),
-            };
-            match result {
-                Err(e) if is_unauthorized(&e) => {
-                    token = self.refresh(credential, action, &mut refreshed, e).await?;
-                }
-                Err(e) => return Err(e),
-                Ok((changed, link)) => {
-                    if let Some(link) = &link {
-                        check_identity(&token, Some(link), tenant, object)?;
-                    }
-                    return Ok(Attempt::Terminal {
-                        state: if changed {
-                            ActionState::Done
-                        } else {
-                            ActionState::Noop
-                        },
-                        before: current,
-                        after: desired,
-                        detail: Some(verb),
-                        error: None,
-                    });
-                }
-            }
-        }
-    }
-
-    /// After a 401: drop the cached token and fetch a new one, once per attempt.
-    async fn refresh(
-        &self,
-        credential: &palworker_events::CredentialName,
-        action: &ActionRecord,
-        refreshed: &mut bool,
-        error: PalError,
-    ) -> Result<AccessToken, PalError> {
-        if *refreshed {
-            return Err(PalError::Permanent {
-                code: "unauthorized".into(),
-                message: format!("still unauthorized after refreshing the token: {error}"),
-            });
-        }
-        *refreshed = true;
-        self.metrics
-            .action_retries_total
-            .with_label_values(&[RetryReason::Unauthorized.as_str()])
-            .inc();
-        self.pal.invalidate(credential, &action.tenant_id);
-        let token = self.pal.token(credential, &action.tenant_id).await?;
-        check_identity(&token, None, &action.tenant_id, &action.object_id)?;
-        Ok(token)
     }
 }
 
@@ -585,7 +511,7 @@ impl Executor {
 fn action_span(action: &ActionRecord) -> tracing::Span {
     tracing::info_span!(
         "action",
-        action_id = action.action_id,
+        action_id = action.action_id.get(),
         event_id = %action.event_id,
         tenant_id = %action.tenant_id,
         employee_id = %action.employee_id,
@@ -599,14 +525,4 @@ fn ended_task(
     result
         .inspect_err(|error| tracing::error!(error = %error, "An action task panicked."))
         .ok()
-}
-
-fn is_unauthorized(error: &PalError) -> bool {
-    matches!(
-        error,
-        PalError::Transient {
-            reason: RetryReason::Unauthorized,
-            ..
-        }
-    )
 }

@@ -1,6 +1,8 @@
 //! The worker's HTTP surface on `http.listen`: `/metrics`, `/healthz`,
 //! `/readyz` and the admin API under `/admin/` (bearer token, compared in
-//! constant time).
+//! constant time), which runs the operator commands of
+//! [`LedgerOperations`] on the worker's ledger. Its client is
+//! `operators::AdminApiClient`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +19,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::admin::Admin;
-use crate::ledger::{LedgerError, StatusFilter};
-use crate::telemetry::Metrics;
+use palworker_core::{ActionId, StatusFilter};
+
+use crate::operators::{Decision, EventRef, LedgerOperations, OperatorError, RetryTarget};
+use crate::telemetry::{LedgerSizeMeasured, Metrics};
 
 /// What `/readyz` looks at.
 #[derive(Clone, Default)]
@@ -32,14 +35,14 @@ pub struct Health {
 struct AppState {
     metrics: Metrics,
     health: Health,
-    admin: Admin,
+    admin: LedgerOperations,
     admin_token: Option<Arc<SecretString>>,
 }
 
 pub fn router(
     metrics: Metrics,
     health: Health,
-    admin: Admin,
+    admin: LedgerOperations,
     admin_token: Option<SecretString>,
 ) -> Router {
     let state = AppState {
@@ -90,9 +93,9 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
-    let ledger = state.admin.ledger.clone();
-    if let Ok(size) = tokio::task::spawn_blocking(move || ledger.size_on_disk()).await {
-        state.metrics.ledger_size_bytes.set(size as f64);
+    let ledger = state.admin.ledger().clone();
+    if let Ok(bytes) = tokio::task::spawn_blocking(move || ledger.size_on_disk()).await {
+        LedgerSizeMeasured { bytes }.emit(&state.metrics);
     }
     (
         [(
@@ -131,11 +134,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<LedgerError> for ApiError {
-    fn from(error: LedgerError) -> Self {
+impl From<OperatorError> for ApiError {
+    fn from(error: OperatorError) -> Self {
         match error {
-            LedgerError::Rejected(message) => ApiError(StatusCode::BAD_REQUEST, message),
-            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+            OperatorError::Refused(message) => ApiError(StatusCode::BAD_REQUEST, message),
+            OperatorError::Failed(error) => {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
+            }
         }
     }
 }
@@ -178,7 +183,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, OperatorError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
         .await
@@ -191,13 +196,13 @@ async fn status(
     Query(filter): Query<StatusFilter>,
 ) -> Result<Response, ApiError> {
     let admin = state.admin.clone();
-    let rows = blocking(move || admin.status(&filter)).await?;
+    let rows = blocking(move || admin.status_rows(&filter)).await?;
     Ok(axum::Json(rows).into_response())
 }
 
 #[derive(Deserialize)]
 struct RetryRequest {
-    action: Option<u64>,
+    action: Option<ActionId>,
     #[serde(default)]
     failed: bool,
 }
@@ -207,14 +212,18 @@ async fn retry(
     axum::Json(request): axum::Json<RetryRequest>,
 ) -> Result<Response, ApiError> {
     let admin = state.admin.clone();
-    let retried = blocking(move || admin.retry(request.action, request.failed)).await?;
+    let target = match (request.action, request.failed) {
+        (Some(id), _) => RetryTarget::Action(id),
+        (None, true) => RetryTarget::AllFailed,
+        (None, false) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "retry needs an action id or failed=true".into(),
+            ));
+        }
+    };
+    let retried = blocking(move || admin.retry_now(target)).await?;
     Ok(axum::Json(serde_json::json!({ "retried": retried })).into_response())
-}
-
-#[derive(Deserialize)]
-struct EventRef {
-    event: String,
-    source: Option<String>,
 }
 
 async fn approve(
@@ -222,8 +231,7 @@ async fn approve(
     axum::Json(request): axum::Json<EventRef>,
 ) -> Result<Response, ApiError> {
     let admin = state.admin.clone();
-    let summary =
-        blocking(move || admin.approve(&request.event, request.source.as_deref())).await?;
+    let summary = blocking(move || admin.decide_now(Decision::Approve, &request)).await?;
     Ok(axum::Json(summary).into_response())
 }
 
@@ -232,7 +240,7 @@ async fn reject(
     axum::Json(request): axum::Json<EventRef>,
 ) -> Result<Response, ApiError> {
     let admin = state.admin.clone();
-    let summary = blocking(move || admin.reject(&request.event, request.source.as_deref())).await?;
+    let summary = blocking(move || admin.decide_now(Decision::Reject, &request)).await?;
     Ok(axum::Json(summary).into_response())
 }
 
@@ -248,7 +256,7 @@ async fn audit(
     let admin = state.admin.clone();
     let body = blocking(move || {
         let mut out = String::new();
-        admin.audit(query.since, |record| {
+        admin.audit_records(query.since, |record| {
             out.push_str(&serde_json::to_string(&record).expect("audit records serialise"));
             out.push('\n');
         })?;
@@ -268,10 +276,11 @@ async fn inventory_list(
     State(state): State<AppState>,
     Query(query): Query<InventoryQuery>,
 ) -> Result<Response, ApiError> {
-    let ledger = state.admin.ledger.clone();
-    let entries =
-        blocking(move || ledger.inventory_list(query.employee.as_deref(), query.tenant.as_deref()))
-            .await?;
+    let admin = state.admin.clone();
+    let entries = blocking(move || {
+        admin.inventory_entries(query.employee.as_deref(), query.tenant.as_deref())
+    })
+    .await?;
     Ok(axum::Json(entries).into_response())
 }
 
@@ -280,7 +289,7 @@ async fn inventory_import(
     body: String,
 ) -> Result<Response, ApiError> {
     let admin = state.admin.clone();
-    let imported = blocking(move || admin.import(&body)).await?;
+    let imported = blocking(move || admin.import_text(&body)).await?;
     Ok(axum::Json(serde_json::json!({ "imported": imported })).into_response())
 }
 
@@ -291,134 +300,6 @@ async fn plan(
     let event = Event::from_json_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let admin = state.admin.clone();
-    let plan = blocking(move || admin.plan(&event)).await?;
+    let plan = blocking(move || admin.plan_event(&event)).await?;
     Ok(axum::Json(plan).into_response())
-}
-
-/// The CLI's client of a running worker's admin API.
-pub struct AdminClient {
-    http: reqwest::Client,
-    base: String,
-    token: Option<SecretString>,
-}
-
-impl AdminClient {
-    pub fn new(listen: SocketAddr, token: Option<SecretString>) -> anyhow::Result<Self> {
-        // A worker listening on all interfaces is reached on loopback.
-        let host = if listen.ip().is_unspecified() {
-            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
-        } else {
-            listen
-        };
-        Ok(AdminClient {
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .timeout(std::time::Duration::from_secs(300))
-                .build()?,
-            base: format!("http://{host}"),
-            token,
-        })
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token.expose_secret());
-        }
-        request
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let response = request.send().await.map_err(|e| {
-            anyhow::anyhow!(
-                "the ledger is in use by a running worker, and its admin API at {} did not answer: {e}",
-                self.base
-            )
-        })?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let message = body
-            .get("error")
-            .and_then(|e| e.as_str())
-            .unwrap_or("no detail")
-            .to_owned();
-        anyhow::bail!(
-            "the worker's admin API answered {}: {message}",
-            status.as_u16()
-        )
-    }
-
-    pub async fn status(
-        &self,
-        filter: &StatusFilter,
-    ) -> anyhow::Result<Vec<crate::admin::StatusRow>> {
-        let request = self
-            .request(reqwest::Method::GET, "/admin/status")
-            .query(filter);
-        Ok(self.send(request).await?.json().await?)
-    }
-
-    pub async fn retry(&self, action: Option<u64>, failed: bool) -> anyhow::Result<Vec<u64>> {
-        let request = self
-            .request(reqwest::Method::POST, "/admin/retry")
-            .json(&serde_json::json!({ "action": action, "failed": failed }));
-        let body: serde_json::Value = self.send(request).await?.json().await?;
-        Ok(serde_json::from_value(body["retried"].clone())?)
-    }
-
-    pub async fn release(
-        &self,
-        verb: &str,
-        event: &str,
-        source: Option<&str>,
-    ) -> anyhow::Result<crate::admin::ReleaseSummary> {
-        let request = self
-            .request(reqwest::Method::POST, &format!("/admin/{verb}"))
-            .json(&serde_json::json!({ "event": event, "source": source }));
-        Ok(self.send(request).await?.json().await?)
-    }
-
-    pub async fn audit(&self, since: Option<DateTime<Utc>>) -> anyhow::Result<String> {
-        let mut request = self.request(reqwest::Method::GET, "/admin/audit");
-        if let Some(since) = since {
-            request = request.query(&[("since", since.to_rfc3339())]);
-        }
-        Ok(self.send(request).await?.text().await?)
-    }
-
-    pub async fn inventory(
-        &self,
-        employee: Option<&str>,
-        tenant: Option<&str>,
-    ) -> anyhow::Result<Vec<crate::ledger::InventoryEntry>> {
-        let mut query = Vec::new();
-        if let Some(employee) = employee {
-            query.push(("employee", employee));
-        }
-        if let Some(tenant) = tenant {
-            query.push(("tenant", tenant));
-        }
-        let request = self
-            .request(reqwest::Method::GET, "/admin/inventory")
-            .query(&query);
-        Ok(self.send(request).await?.json().await?)
-    }
-
-    pub async fn import(&self, text: String) -> anyhow::Result<u64> {
-        let request = self
-            .request(reqwest::Method::POST, "/admin/inventory")
-            .body(text);
-        let body: serde_json::Value = self.send(request).await?.json().await?;
-        Ok(body["imported"].as_u64().unwrap_or(0))
-    }
-
-    pub async fn plan(&self, event: Vec<u8>) -> anyhow::Result<serde_json::Value> {
-        let request = self
-            .request(reqwest::Method::POST, "/admin/plan")
-            .body(event);
-        Ok(self.send(request).await?.json().await?)
-    }
 }

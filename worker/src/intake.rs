@@ -15,8 +15,14 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::Clock;
 use crate::executor::ExecutorWake;
-use crate::ledger::{AcceptOutcome, Ledger, LedgerError};
-use crate::telemetry::{EventAccepted, EventDeadLettered, EventDuplicate, EventHeld, Metrics};
+use palworker_core::AcceptOutcome;
+use palworker_core::planner::Assignment;
+
+use crate::ledger::{Ledger, LedgerError};
+use crate::telemetry::{
+    EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld, Metrics,
+    emit_superseded,
+};
 
 /// A delivery as the intake sees it (no broker types), borrowed from it.
 #[derive(Debug, Clone, Copy)]
@@ -30,9 +36,25 @@ pub struct Incoming<'a> {
 /// A delivery after validation: the event and its publisher, or why it is
 /// dead-lettered. Validation needs no ledger, so the consumer checks the next
 /// deliveries while the ledger stores the previous batch.
-pub struct Checked {
-    user_id: Option<String>,
-    verdict: Result<Event, Box<Processed>>,
+pub enum Checked {
+    /// A valid event from an allowed publisher (its AMQP `user_id`, if any).
+    Valid {
+        event: Event,
+        publisher: Option<String>,
+    },
+    /// Bad input: dead-lettered.
+    Rejected(Box<Rejection>),
+}
+
+/// Why a delivery is dead-lettered.
+pub struct Rejection {
+    /// The event, when the message parsed as one.
+    event: Option<Event>,
+    reason: RejectReason,
+    detail: String,
+    /// The catalogue type the message declared, when it had one (the `type`
+    /// label of `palworker_events_total`), even if its data was bad.
+    declared: Option<EventType>,
 }
 
 /// Where a consumer session hands checked deliveries to its intake thread.
@@ -76,11 +98,10 @@ pub struct Intake {
     wake: ExecutorWake,
 }
 
+/// What became of one delivery of a batch.
 enum Processed {
     Stored(Event, AcceptOutcome),
-    /// The event (when it parsed), why, the detail, and the catalogue type it
-    /// declared (for the metric label) when it had one.
-    Rejected(Option<Event>, RejectReason, String, Option<EventType>),
+    Rejected(Box<Rejection>),
     Failed(LedgerError),
 }
 
@@ -103,9 +124,12 @@ impl Intake {
 
     /// Validates one delivery (see [`Checked`]).
     pub fn check(&self, message: Incoming<'_>) -> Checked {
-        Checked {
-            user_id: message.user_id.map(str::to_owned),
-            verdict: self.validate(message),
+        match self.validate(message) {
+            Ok(event) => Checked::Valid {
+                event,
+                publisher: message.user_id.map(str::to_owned),
+            },
+            Err(rejection) => Checked::Rejected(rejection),
         }
     }
 
@@ -173,7 +197,13 @@ impl Intake {
                     }
                     Disposition::Ack
                 }
-                Processed::Rejected(event, reason, detail, declared) => {
+                Processed::Rejected(rejection) => {
+                    let Rejection {
+                        event,
+                        reason,
+                        detail,
+                        declared,
+                    } = *rejection;
                     EventDeadLettered {
                         event_type: event.as_ref().map(|e| e.event_type).or(declared),
                         event_id: event.as_ref().map(|e| e.id.as_str()),
@@ -193,16 +223,9 @@ impl Intake {
 
     fn emit_stored(&self, event: &Event, outcome: &AcceptOutcome) {
         match outcome {
-            AcceptOutcome::Duplicate => EventDuplicate {
-                event_type: event.event_type,
-                event_id: &event.id,
-                event_source: &event.source,
-            }
-            .emit(&self.metrics),
+            AcceptOutcome::Duplicate => EventDuplicate { event }.emit(&self.metrics),
             AcceptOutcome::Held { actions, .. } => EventHeld {
-                event_type: event.event_type,
-                event_id: &event.id,
-                event_source: &event.source,
+                event,
                 actions: *actions,
                 limit: self.settings.max_actions_per_event,
             }
@@ -215,9 +238,7 @@ impl Intake {
                 ..
             } => {
                 EventAccepted {
-                    event_type: event.event_type,
-                    event_id: &event.id,
-                    event_source: &event.source,
+                    event,
                     actions: *actions,
                     unassigned: unassigned.len(),
                 }
@@ -229,9 +250,9 @@ impl Intake {
                         "Successor has no active account in this tenant: the link is unassigned."
                     );
                 }
-                crate::telemetry::emit_superseded(cancelled, &self.metrics);
+                emit_superseded(cancelled, &self.metrics);
                 if let Some(record) = completed {
-                    crate::telemetry::EventCompleted { record }.emit(&self.metrics);
+                    EventCompleted { record }.emit(&self.metrics);
                 }
             }
         }
@@ -244,34 +265,38 @@ impl Intake {
         let mut out: Vec<Option<Processed>> = Vec::with_capacity(batch.len());
         let mut valid: Vec<(usize, Option<String>, Event)> = Vec::new();
         for (index, checked) in batch.into_iter().enumerate() {
-            match checked.verdict {
-                Ok(event) => {
+            match checked {
+                Checked::Valid { event, publisher } => {
                     out.push(None);
-                    valid.push((index, checked.user_id, event));
+                    valid.push((index, publisher, event));
                 }
-                Err(rejected) => out.push(Some(*rejected)),
+                Checked::Rejected(rejection) => out.push(Some(Processed::Rejected(rejection))),
             }
         }
+        let is_assignment = |event: &Event| Assignment::of(event).is_some();
         let mut rest = valid.into_iter().peekable();
-        while let Some((index, user_id, event)) = rest.next() {
-            if event.event_type != EventType::AssignmentStarted {
-                out[index] = Some(self.store(user_id.as_deref(), event));
+        while let Some((index, publisher, event)) = rest.next() {
+            if !is_assignment(&event) {
+                out[index] = Some(self.store(publisher.as_deref(), event));
                 continue;
             }
-            let mut run = vec![(index, user_id, event)];
+            let mut run = vec![(index, publisher, event)];
             while let Some((_, _, next)) = rest.peek()
-                && next.event_type == EventType::AssignmentStarted
+                && is_assignment(next)
             {
-                run.push(rest.next().expect("peeked"));
+                run.extend(rest.next());
             }
             if run.len() == 1 {
-                let (index, user_id, event) = run.pop().expect("one");
-                out[index] = Some(self.store(user_id.as_deref(), event));
+                for (index, publisher, event) in run {
+                    out[index] = Some(self.store(publisher.as_deref(), event));
+                }
                 continue;
             }
-            let items: Vec<(&Event, Option<&str>)> = run
+            let items: Vec<(Assignment<'_>, Option<&str>)> = run
                 .iter()
-                .map(|(_, user_id, event)| (event, user_id.as_deref()))
+                .filter_map(|(_, publisher, event)| {
+                    Assignment::of(event).map(|assignment| (assignment, publisher.as_deref()))
+                })
                 .collect();
             match self.ledger.accept_assignments(
                 &items,
@@ -285,14 +310,14 @@ impl Intake {
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, "Storing a run of assignments together failed; storing them one by one.");
-                    for (index, user_id, event) in run {
-                        out[index] = Some(self.store(user_id.as_deref(), event));
+                    for (index, publisher, event) in run {
+                        out[index] = Some(self.store(publisher.as_deref(), event));
                     }
                 }
             }
         }
         out.into_iter()
-            .map(|processed| processed.expect("every delivery processed"))
+            .map(|processed| processed.expect("every delivery of the batch is processed"))
             .collect()
     }
 
@@ -317,18 +342,18 @@ impl Intake {
     }
 
     /// Validates one delivery: the event, or why it is dead-lettered.
-    fn validate(&self, message: Incoming<'_>) -> Result<Event, Box<Processed>> {
+    fn validate(&self, message: Incoming<'_>) -> Result<Event, Box<Rejection>> {
         if message.body.len() > self.settings.max_message_bytes {
-            return Err(Box::new(Processed::Rejected(
-                None,
-                RejectReason::TooLarge,
-                format!(
+            return Err(Box::new(Rejection {
+                event: None,
+                reason: RejectReason::TooLarge,
+                detail: format!(
                     "too_large: the message has {} bytes, more than amqp.max_message_bytes ({})",
                     message.body.len(),
                     self.settings.max_message_bytes
                 ),
-                None,
-            )));
+                declared: None,
+            }));
         }
         if let Some(content_type) = message.content_type {
             let essence = content_type
@@ -338,26 +363,26 @@ impl Intake {
                 .trim()
                 .to_ascii_lowercase();
             if essence != "application/cloudevents+json" && essence != "application/json" {
-                return Err(Box::new(Processed::Rejected(
-                    None,
-                    RejectReason::UnsupportedContentType,
-                    format!(
+                return Err(Box::new(Rejection {
+                    event: None,
+                    reason: RejectReason::UnsupportedContentType,
+                    detail: format!(
                         "unsupported_content_type: `{}` (expected application/cloudevents+json or application/json, structured mode)",
                         truncate(content_type, 64)
                     ),
-                    None,
-                )));
+                    declared: None,
+                }));
             }
         }
         let event = match Event::from_json_slice(message.body) {
             Ok(event) => event,
             Err(error) => {
-                return Err(Box::new(Processed::Rejected(
-                    None,
-                    error.reason(),
-                    error.to_string(),
-                    declared_type(message.body),
-                )));
+                return Err(Box::new(Rejection {
+                    event: None,
+                    reason: error.reason(),
+                    detail: error.to_string(),
+                    declared: declared_type(message.body),
+                }));
             }
         };
         if !self
@@ -376,12 +401,12 @@ impl Intake {
                     event.event_type.as_str()
                 ),
             };
-            return Err(Box::new(Processed::Rejected(
-                Some(event),
-                RejectReason::PublisherNotAllowed,
+            return Err(Box::new(Rejection {
+                event: Some(event),
+                reason: RejectReason::PublisherNotAllowed,
                 detail,
-                None,
-            )));
+                declared: None,
+            }));
         }
         Ok(event)
     }

@@ -4,25 +4,25 @@
 //! with durable, idempotent retries tracked in a sled ledger.
 //!
 //! One module per outside system: only [`amqp`] imports lapin, only [`ledger`]
-//! imports sled, only [`pal`] imports reqwest. See ARCHITECTURE.md.
+//! imports sled, only [`pal`] imports reqwest for PAL (and
+//! [`operators`] for the worker's own admin API). What to do — the domain
+//! model, the planner and the retry schedule — is `palworker-core`; the
+//! PAL simulator is `palworker-sim`. [`local`] is the one fenced room of
+//! development tooling: the demo and the local environment it, the tests
+//! and the benchmarks share. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod amqp;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod clock;
-pub mod demo;
 pub mod executor;
-pub mod harness;
+pub mod local;
 pub mod http;
 pub mod intake;
 pub mod ledger;
 pub mod logging;
+pub mod operators;
 pub mod pal;
-pub mod planner;
 pub mod progress;
-pub mod retry;
-pub mod sim;
 pub mod telemetry;

@@ -5,7 +5,14 @@
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use crate::cli::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured on a terminal.
+    Text,
+    /// One JSON object per line, with the span fields.
+    Json,
+}
 
 /// `default_directive` applies when `RUST_LOG` is not set.
 pub fn init(format: LogFormat, default_directive: &str) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use palworker::sim::{FaultProfile, Faults, SimClient, SimConfig, SimHandle, Simulator};
+use palworker_sim::{FaultProfile, Faults, SimClient, SimConfig, SimHandle, Simulator};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -268,7 +268,7 @@ async fn certificate_assertions_signed_by_the_registered_key_get_tokens() {
                     ("grant_type", "client_credentials"),
                     ("client_id", APP_CERT),
                     ("scope", "https://management.azure.com/.default"),
-                    ("client_assertion_type", palworker::sim::JWT_BEARER),
+                    ("client_assertion_type", palworker_sim::JWT_BEARER),
                     ("client_assertion", &assertion),
                 ],
             )
@@ -300,7 +300,7 @@ async fn certificate_assertions_signed_by_the_registered_key_get_tokens() {
                     ("grant_type", "client_credentials"),
                     ("client_id", APP_CERT),
                     ("scope", "https://management.azure.com/.default"),
-                    ("client_assertion_type", palworker::sim::JWT_BEARER),
+                    ("client_assertion_type", palworker_sim::JWT_BEARER),
                     ("client_assertion", &assertion),
                 ],
             )
@@ -947,7 +947,7 @@ async fn shutdown_stops_serving() {
 
 #[tokio::test]
 async fn run_returns_when_shutdown_resolves_and_refuses_bad_config() {
-    palworker::sim::run("127.0.0.1:0".parse().unwrap(), config(), async {})
+    palworker_sim::run("127.0.0.1:0".parse().unwrap(), config(), async {})
         .await
         .expect("clean stop");
     let bad = SimConfig {
@@ -958,7 +958,7 @@ async fn run_returns_when_shutdown_resolves_and_refuses_bad_config() {
         ..config()
     };
     assert!(
-        palworker::sim::run("127.0.0.1:0".parse().unwrap(), bad, async {})
+        palworker_sim::run("127.0.0.1:0".parse().unwrap(), bad, async {})
             .await
             .is_err()
     );

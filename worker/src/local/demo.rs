@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use palworker_config::Settings;
 
-use crate::harness::{Harness, HarnessOptions, ServicePrincipal, events};
-use crate::ledger::StatusFilter;
+use super::{Harness, HarnessOptions, ServicePrincipal, events};
+use crate::operators::{Attached, LedgerOperations};
+use palworker_core::StatusFilter;
 
 const CONTOSO: &str = "1b1121dd-6900-412a-af73-e8d44f81e1c1";
 const FABRIKAM: &str = "2c2232ee-7a01-423b-b084-f9e55a92f2d2";
@@ -162,7 +163,8 @@ async fn scenario(harness: &mut Harness, progress: &indicatif::ProgressBar) -> a
         }).to_string());
         import.push('\n');
     }
-    let imported = crate::admin::Admin::new(harness.app().ledger.clone()).import(&import)?;
+    let imported = LedgerOperations::new(harness.app().ledger.clone(), Attached::Stopped)
+        .import_text(&import)?;
     println!("seeded the inventory: imported {imported} account(s) of Bob and Erin");
     for (n, (label, credential, tenant, object)) in ACCOUNTS.iter().enumerate() {
         if label.starts_with("E-200") || label.starts_with("E-500") {
@@ -291,7 +293,7 @@ async fn scenario(harness: &mut Harness, progress: &indicatif::ProgressBar) -> a
     );
     let manual: Vec<String> = actions
         .iter()
-        .filter(|a| a.state == crate::ledger::ActionState::Manual)
+        .filter(|a| a.state == palworker_core::ActionState::Manual)
         .map(|a| {
             format!(
                 "{} in {} (action {})",

@@ -13,7 +13,7 @@ use palworker_config::Settings;
 use crate::amqp::{BrokerAdmin, FetchedMessage, Publisher, Topology};
 use crate::app::{self, RunningApp};
 use crate::clock::{Clock, SystemClock};
-use crate::sim::{Faults, SimClient, SimConfig, SimHandle, Simulator};
+use palworker_sim::{Faults, SimClient, SimConfig, SimHandle, Simulator};
 
 /// The default local broker.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -82,7 +82,7 @@ pub struct Harness {
     /// (a restarted worker's metrics start at zero).
     seen_by_stopped_workers: u64,
     clock: Arc<dyn Clock>,
-    _ledger_dir: Option<tempfile::TempDir>,
+    _ledger_dir: Option<TempDir>,
 }
 
 impl Harness {
@@ -129,9 +129,7 @@ impl Harness {
         let (ledger_dir, ledger_path) = match &options.ledger_path {
             Some(path) => (None, path.clone()),
             None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("palworker-ledger-")
-                    .tempdir()?;
+                let dir = TempDir::new("palworker-ledger")?;
                 let path = dir.path().join("ledger");
                 (Some(dir), path)
             }
@@ -181,7 +179,8 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
             env.push((variable, principal_secret(principal)));
         }
         env.extend(options.extra_env.iter().cloned());
-        let config_toml = merge_toml(&toml, &options.extra_toml)?;
+        let config_toml =
+            Settings::layer_toml(&toml, &options.extra_toml).context("the harness's extra TOML")?;
         let settings =
             Settings::from_toml_str(&config_toml, env.clone()).context("harness configuration")?;
         let topology = Topology::from_settings(&settings.amqp);
@@ -233,16 +232,14 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
     /// Writes the configuration to `path`, with `http.listen` set to the
     /// running worker's actual address (so a CLI process reaches its admin API).
     pub fn write_config(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        let mut table: toml::Table = self.config_toml.parse()?;
-        if let Some(app) = &self.app
-            && let Some(toml::Value::Table(http)) = table.get_mut("http")
-        {
-            http.insert(
-                "listen".into(),
-                toml::Value::String(app.http_addr.to_string()),
-            );
-        }
-        std::fs::write(path, toml::to_string(&table)?)?;
+        let text = match &self.app {
+            Some(app) => Settings::layer_toml(
+                &self.config_toml,
+                &format!("[http]\nlisten = \"{}\"\n", app.http_addr),
+            )?,
+            None => self.config_toml.clone(),
+        };
+        std::fs::write(path, text)?;
         Ok(())
     }
 
@@ -298,12 +295,7 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
         let Some(app) = &self.app else {
             return self.seen_by_stopped_workers;
         };
-        let current: u64 = prometheus::core::Collector::collect(&app.metrics.events_total)
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|metric| metric.get_counter().get_value() as u64)
-            .sum();
-        self.seen_by_stopped_workers + current
+        self.seen_by_stopped_workers + app.metrics.deliveries_counted()
     }
 
     /// Waits until every published delivery was counted and no action is
@@ -325,24 +317,23 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
         what: &str,
         mut condition: impl FnMut(&Harness) -> bool,
     ) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if condition(self) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "timed out after {timeout:?} waiting for: {what} (published {}, seen {}, pending {})",
+        super::wait_until(
+            timeout,
+            what,
+            || condition(self),
+            || {
+                format!(
+                    "published {}, seen {}, pending {}",
                     self.published,
                     self.deliveries_seen(),
                     self.app
                         .as_ref()
                         .map(|a| a.ledger.pending_count())
                         .unwrap_or(0)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                )
+            },
+        )
+        .await
     }
 
     /// Takes every message from the dead-letter queue.
@@ -373,104 +364,26 @@ admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
     }
 }
 
-/// Merges two TOML documents, the second winning key by key.
-fn merge_toml(base: &str, extra: &str) -> anyhow::Result<String> {
-    let mut base: toml::Table = base.parse().context("harness TOML")?;
-    let extra: toml::Table = extra.parse().context("extra TOML")?;
-    fn merge(into: &mut toml::Table, from: toml::Table) {
-        for (key, value) in from {
-            match (into.get_mut(&key), value) {
-                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
-                (_, value) => {
-                    into.insert(key, value);
-                }
-            }
-        }
+/// A directory under the system's temporary directory, removed with
+/// everything in it when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `{temp}/{prefix}-{random}`.
+    pub fn new(prefix: &str) -> std::io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
     }
-    merge(&mut base, extra);
-    Ok(toml::to_string(&base)?)
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
 }
 
-/// CloudEvent builders for the six event types (demo, tests, benchmarks).
-pub mod events {
-    use serde_json::{Value, json};
-
-    fn envelope(kind: &str, id: &str, data: Value) -> Value {
-        json!({
-            "specversion": "1.0",
-            "id": id,
-            "source": "urn:palworker:harness",
-            "type": kind,
-            "time": "2026-11-29T09:00:00Z",
-            "datacontenttype": "application/json",
-            "data": data,
-        })
-    }
-
-    pub fn assignment_started(
-        id: &str,
-        employee: &str,
-        tenant: &str,
-        object: &str,
-        partner: &str,
-        credential: Option<&str>,
-        contract: Option<&str>,
-    ) -> Value {
-        let mut data = json!({"employee_id": employee, "tenant_id": tenant, "object_id": object, "partner_id": partner});
-        if let Some(credential) = credential {
-            data["credential"] = json!(credential);
-        }
-        if let Some(contract) = contract {
-            data["contract_id"] = json!(contract);
-        }
-        envelope("project.assignment.started", id, data)
-    }
-
-    pub fn assignment_ended(id: &str, employee: &str, tenant: &str) -> Value {
-        envelope(
-            "project.assignment.ended",
-            id,
-            json!({"employee_id": employee, "tenant_id": tenant}),
-        )
-    }
-
-    pub fn contract_ended(id: &str, tenant: &str, contract: Option<&str>) -> Value {
-        let mut data = json!({"tenant_id": tenant});
-        if let Some(contract) = contract {
-            data["contract_id"] = json!(contract);
-        }
-        envelope("project.contract.ended", id, data)
-    }
-
-    pub fn employee_departed(
-        id: &str,
-        employee: &str,
-        successor: Option<&str>,
-        effective_at: Option<&str>,
-    ) -> Value {
-        let mut data = json!({"employee_id": employee});
-        if let Some(successor) = successor {
-            data["successor_employee_id"] = json!(successor);
-        }
-        if let Some(at) = effective_at {
-            data["effective_at"] = json!(at);
-        }
-        envelope("hr.employee.departed", id, data)
-    }
-
-    pub fn employee_transferred(id: &str, employee: &str, new_partner: &str) -> Value {
-        envelope(
-            "hr.employee.transferred",
-            id,
-            json!({"employee_id": employee, "new_partner_id": new_partner}),
-        )
-    }
-
-    pub fn partner_id_changed(id: &str, old: &str, new: &str, tenants: Option<&[&str]>) -> Value {
-        let mut data = json!({"old_partner_id": old, "new_partner_id": new});
-        if let Some(tenants) = tenants {
-            data["tenant_ids"] = json!(tenants);
-        }
-        envelope("partner.id.changed", id, data)
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -7,18 +7,27 @@
 use std::collections::BTreeMap;
 
 use palworker_events::{
-    Account, AccountKey, ContractId, DesiredLink, EmployeeId, Event, EventData, PartnerId, TenantId,
+    Account, AccountKey, ContractId, CredentialName, DesiredLink, EmployeeId, Event, EventData,
+    ObjectId, PartnerId, TenantId,
 };
 use serde::Serialize;
 
-use crate::ledger::{ActionId, InventoryEntry, Op, Result};
+use crate::ids::ActionId;
+use crate::model::{InventoryEntry, Op};
 
-/// Read access to the inventory.
+/// Read access to the inventory: the narrow interface through which the
+/// planner reads whatever stores it (the ledger, or a test's memory).
 pub trait InventoryView {
-    fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>>;
-    fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>>;
-    fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>>;
-    fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<()>;
+    /// Why the store could not be read.
+    type Error;
+    /// The entry of one account.
+    fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>, Self::Error>;
+    /// Every entry of one employee.
+    fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>, Self::Error>;
+    /// Every entry of one tenant.
+    fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>, Self::Error>;
+    /// Visits every entry.
+    fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<(), Self::Error>;
 }
 
 /// What the ledger needs to know of an account's entry before the event
@@ -171,37 +180,78 @@ impl FanOut<'_> {
     }
 }
 
-/// The fan-out form of `event`, for the event types planned as a stream.
-pub fn fan_out(event: &Event) -> Option<FanOut<'_>> {
-    match &event.data {
-        EventData::ContractEnded {
-            tenant_id,
-            contract_id,
-        } => Some(FanOut {
+impl<'a> FanOut<'a> {
+    /// `project.contract.ended`: the contract's accounts in the tenant (all
+    /// of the tenant's accounts without a contract ID).
+    fn contract_ended(tenant_id: &TenantId, contract_id: Option<&'a ContractId>) -> Self {
+        FanOut {
             scope: Scope::Tenants(vec![tenant_id.clone()]),
-            rule: FanOutRule::ContractEnded {
-                contract_id: contract_id.as_ref(),
-            },
-        }),
-        EventData::PartnerIdChanged {
-            old_partner_id,
-            new_partner_id,
-            tenant_ids,
-        } => Some(FanOut {
+            rule: FanOutRule::ContractEnded { contract_id },
+        }
+    }
+
+    /// `partner.id.changed`: every account desired linked to `old`, in the
+    /// named tenants or everywhere.
+    fn partner_id_changed(
+        old: &'a PartnerId,
+        new: &'a PartnerId,
+        tenant_ids: Option<&[TenantId]>,
+    ) -> Self {
+        FanOut {
             scope: match tenant_ids {
                 Some(tenants) => {
-                    let mut tenants = tenants.clone();
+                    let mut tenants = tenants.to_vec();
                     tenants.sort();
                     tenants.dedup();
                     Scope::Tenants(tenants)
                 }
                 None => Scope::All,
             },
-            rule: FanOutRule::PartnerIdChanged {
-                old: old_partner_id,
-                new: new_partner_id,
-            },
-        }),
+            rule: FanOutRule::PartnerIdChanged { old, new },
+        }
+    }
+
+    /// Visits the scope's entries through `inventory`, collecting the changes.
+    fn collect<V: InventoryView + ?Sized>(
+        &self,
+        inventory: &V,
+        changes: &mut Changes,
+    ) -> Result<(), V::Error> {
+        let mut visit = |entry: InventoryEntry| {
+            if let Some(change) = self.change(entry) {
+                changes.0.push(change);
+            }
+        };
+        match &self.scope {
+            Scope::Tenants(tenants) => {
+                for tenant in tenants {
+                    for entry in inventory.by_tenant(tenant)? {
+                        visit(entry);
+                    }
+                }
+                Ok(())
+            }
+            Scope::All => inventory.for_each(&mut visit),
+        }
+    }
+}
+
+/// The fan-out form of `event`, for the event types planned as a stream.
+pub fn fan_out(event: &Event) -> Option<FanOut<'_>> {
+    match &event.data {
+        EventData::ContractEnded {
+            tenant_id,
+            contract_id,
+        } => Some(FanOut::contract_ended(tenant_id, contract_id.as_ref())),
+        EventData::PartnerIdChanged {
+            old_partner_id,
+            new_partner_id,
+            tenant_ids,
+        } => Some(FanOut::partner_id_changed(
+            old_partner_id,
+            new_partner_id,
+            tenant_ids.as_deref(),
+        )),
         _ => None,
     }
 }
@@ -213,59 +263,99 @@ fn linked_to(entry: &InventoryEntry) -> Option<&PartnerId> {
     }
 }
 
-/// The one change a `project.assignment.started` event implies, given its
-/// account's entry (it reads nothing else, so a run of them can be planned
-/// inside one ledger transaction). None for any other event type.
-pub fn assignment_started(event: &Event, before: Option<InventoryEntry>) -> Option<PlannedChange> {
-    let EventData::AssignmentStarted {
-        employee_id,
-        tenant_id,
-        object_id,
-        partner_id,
-        credential,
-        contract_id,
-    } = &event.data
-    else {
-        return None;
-    };
-    let desired = DesiredLink::Linked(partner_id.clone());
-    let op = op_for(before.as_ref(), &desired);
-    Some(PlannedChange {
-        previous: before.map(|entry| Previous {
-            current_action: entry.current_action,
-            employee_id: entry.account.employee_id,
-        }),
-        account: Account {
-            tenant_id: tenant_id.clone(),
-            object_id: object_id.clone(),
-            employee_id: employee_id.clone(),
-            credential: credential.clone(),
-            contract_id: contract_id.clone(),
-        },
-        desired,
-        assignment_active: true,
-        op,
-    })
+/// A `project.assignment.started` event: the one type whose plan reads
+/// nothing but its own account's entry, so a run of them can be planned
+/// inside one ledger transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Assignment<'a> {
+    event: &'a Event,
+    account: AccountRef<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AccountRef<'a> {
+    employee_id: &'a EmployeeId,
+    tenant_id: &'a TenantId,
+    object_id: &'a ObjectId,
+    partner_id: &'a PartnerId,
+    credential: Option<&'a CredentialName>,
+    contract_id: Option<&'a ContractId>,
+}
+
+impl<'a> Assignment<'a> {
+    /// The assignment `event` is, if it is one.
+    pub fn of(event: &'a Event) -> Option<Self> {
+        let EventData::AssignmentStarted {
+            employee_id,
+            tenant_id,
+            object_id,
+            partner_id,
+            credential,
+            contract_id,
+        } = &event.data
+        else {
+            return None;
+        };
+        Some(Assignment {
+            event,
+            account: AccountRef {
+                employee_id,
+                tenant_id,
+                object_id,
+                partner_id,
+                credential: credential.as_ref(),
+                contract_id: contract_id.as_ref(),
+            },
+        })
+    }
+
+    /// The event.
+    pub fn event(&self) -> &'a Event {
+        self.event
+    }
+
+    /// The account it assigns.
+    pub fn key(&self) -> AccountKey {
+        AccountKey {
+            tenant_id: self.account.tenant_id.clone(),
+            object_id: self.account.object_id.clone(),
+        }
+    }
+
+    /// The one change it implies, given its account's entry before it.
+    pub fn change(&self, before: Option<InventoryEntry>) -> PlannedChange {
+        let account = self.account;
+        let desired = DesiredLink::Linked(account.partner_id.clone());
+        let op = op_for(before.as_ref(), &desired);
+        PlannedChange {
+            previous: before.map(|entry| Previous {
+                current_action: entry.current_action,
+                employee_id: entry.account.employee_id,
+            }),
+            account: Account {
+                tenant_id: account.tenant_id.clone(),
+                object_id: account.object_id.clone(),
+                employee_id: account.employee_id.clone(),
+                credential: account.credential.cloned(),
+                contract_id: account.contract_id.cloned(),
+            },
+            desired,
+            assignment_active: true,
+            op,
+        }
+    }
 }
 
 /// Computes the plan of `event` against `inventory`.
-pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
+pub fn plan<V: InventoryView + ?Sized>(event: &Event, inventory: &V) -> Result<Plan, V::Error> {
     let mut changes = Changes::default();
     let mut unassigned = Vec::new();
     match &event.data {
-        EventData::AssignmentStarted {
-            tenant_id,
-            object_id,
-            ..
-        } => {
-            let before = inventory.get(&AccountKey {
-                tenant_id: tenant_id.clone(),
-                object_id: object_id.clone(),
-            })?;
-            return Ok(Plan {
-                changes: assignment_started(event, before).into_iter().collect(),
-                unassigned,
-            });
+        EventData::AssignmentStarted { .. } => {
+            if let Some(assignment) = Assignment::of(event) {
+                let before = inventory.get(&assignment.key())?;
+                changes.0.push(assignment.change(before));
+            }
         }
         EventData::AssignmentEnded {
             employee_id,
@@ -329,24 +419,17 @@ pub fn plan(event: &Event, inventory: &dyn InventoryView) -> Result<Plan> {
                 }
             }
         }
-        EventData::ContractEnded { .. } | EventData::PartnerIdChanged { .. } => {
-            let fan_out = fan_out(event).expect("a fan-out event");
-            let mut visit = |entry: InventoryEntry| {
-                if let Some(change) = fan_out.change(entry) {
-                    changes.0.push(change);
-                }
-            };
-            match &fan_out.scope {
-                Scope::Tenants(tenants) => {
-                    for tenant in tenants {
-                        for entry in inventory.by_tenant(tenant)? {
-                            visit(entry);
-                        }
-                    }
-                }
-                Scope::All => inventory.for_each(&mut visit)?,
-            }
-        }
+        EventData::ContractEnded {
+            tenant_id,
+            contract_id,
+        } => FanOut::contract_ended(tenant_id, contract_id.as_ref())
+            .collect(inventory, &mut changes)?,
+        EventData::PartnerIdChanged {
+            old_partner_id,
+            new_partner_id,
+            tenant_ids,
+        } => FanOut::partner_id_changed(old_partner_id, new_partner_id, tenant_ids.as_deref())
+            .collect(inventory, &mut changes)?,
     }
     Ok(Plan {
         changes: changes.into_vec(),
@@ -404,7 +487,9 @@ mod tests {
     }
 
     impl InventoryView for Memory {
-        fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>> {
+        type Error = std::convert::Infallible;
+
+        fn get(&self, key: &AccountKey) -> Result<Option<InventoryEntry>, Self::Error> {
             Ok(self
                 .0
                 .borrow()
@@ -412,7 +497,7 @@ mod tests {
                 .find(|e| e.account.key() == *key)
                 .cloned())
         }
-        fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>> {
+        fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>, Self::Error> {
             Ok(self
                 .0
                 .borrow()
@@ -421,7 +506,7 @@ mod tests {
                 .cloned()
                 .collect())
         }
-        fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>> {
+        fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>, Self::Error> {
             Ok(self
                 .0
                 .borrow()
@@ -430,7 +515,7 @@ mod tests {
                 .cloned()
                 .collect())
         }
-        fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<()> {
+        fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<(), Self::Error> {
             self.0.borrow().iter().cloned().for_each(visit);
             Ok(())
         }

@@ -53,6 +53,8 @@
 //! A tenant "exists" when a registered client has an identity in it or a link
 //! lives there; any other tenant, or one that is not a GUID, gets AADSTS90002.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod arm;
 mod certificate;

@@ -1,0 +1,247 @@
+//! The sled ledger: inventory, accepted events, plans and actions in one database.
+//!
+//! Only this module imports sled. Every state change of an event or an action
+//! is one sled transaction over the trees it touches, so a crash leaves either
+//! the old or the new state. Durability is explicit: callers `flush()` (group
+//! commit) before acknowledging a delivery.
+//!
+//! Trees and keys (all tenant-scoped data is keyed by tenant first):
+//! - `inventory`: `{tenant}/{object}` → [`InventoryEntry`]
+//! - `index`: `emp:{employee}\0{tenant}/{object}` → ();
+//!   `eid:{id}\0{source}` → seq, the deduplication marker and the lookup by id
+//!   (a source holds no NUL, so the last NUL separates the two; older ledgers
+//!   also hold `key:{source}\0{id}` → seq, no longer read); `held:{seq}` → ();
+//!   `approving:{seq}` → () while a held plan is being released;
+//!   `meta:inventory_accounts` → u64, the number of accounts in `inventory`
+//!   (kept in the transactions that add one)
+//! - `events`: seq → [`EventRecord`]; a plan written in one transaction (every
+//!   plan but a large one) keeps its action ids and, once accepted, its count of
+//!   non-terminal actions in the record itself (one insert less each per event)
+//! - `actions`: action id → [`ActionRecord`]
+//! - `event_actions`: seq ++ action id → () (large plans, older ledgers)
+//! - `due`: due-millis (rounded up) ++ action id → tenant (pending and scheduled actions)
+//! - `in_flight`: action id → ()
+//! - `open_events`: seq → remaining non-terminal actions (large and approved
+//!   plans, older ledgers); `open_events` → u64, the number of open events
+//!   wherever their count is kept
+//!
+//! # Files
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `mod.rs` | [`Ledger`]: opening (and recovering in-flight actions), flushing, sizes and counts |
+//! | `codec.rs` | record encoding, key layouts, stored counters |
+//! | `inventory.rs` | accounts: import, lookups, the planner's [`InventoryView`] |
+//! | `accept.rs` | accepting an event: dedup, plan, store (one transaction, or chunks) |
+//! | `chunks.rs` | a large plan handed out a chunk at a time (streamed fan-outs) |
+//! | `bookkeeping.rs` | what every transition keeps in step: supersession, open-action counts |
+//! | `execution.rs` | the executor's side: due actions, claims, outcomes, durable retries |
+//! | `operators.rs` | approve, reject, retry — operator transitions |
+//! | `events.rs`, `queries.rs` | reading events and actions back |
+
+mod accept;
+mod bookkeeping;
+mod chunks;
+mod codec;
+mod events;
+mod execution;
+mod inventory;
+mod operators;
+mod queries;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(doc)]
+use palworker_core::planner::InventoryView;
+#[cfg(doc)]
+use palworker_core::{EventRecord, InventoryEntry};
+use sled::Transactional;
+
+pub use accept::ACCEPT_CHUNK;
+use codec::{
+    INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, due_key, encode, read_counter, read_u64,
+    recount_if_missing, tx_decode, tx_error,
+};
+use palworker_core::{ActionId, ActionRecord, ActionState};
+
+/// Errors of the ledger. All of them are internal failures (disk, corruption):
+/// a delivery that meets one is not acked and comes back later.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// sled reported an IO or corruption error.
+    #[error("ledger storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("ledger record `{key}` is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    /// The ledger directory is used by another process (a running worker).
+    #[error("the ledger at `{0}` is in use by another process (is the worker running?)")]
+    Locked(String),
+    /// An operator command referred to something that does not exist or is in the wrong state.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// The ledger's result type.
+pub type Result<T> = std::result::Result<T, LedgerError>;
+
+/// The palworker ledger.
+pub struct Ledger {
+    db: sled::Db,
+    inventory: sled::Tree,
+    index: sled::Tree,
+    events: sled::Tree,
+    actions: sled::Tree,
+    event_actions: sled::Tree,
+    due: sled::Tree,
+    in_flight: sled::Tree,
+    open_events: sled::Tree,
+    /// Serialises planning: plans read the inventory outside the transaction
+    /// that writes them, so only one plan may be computed and stored at a time.
+    planning: Mutex<()>,
+    /// Set while a plan larger than one chunk is being written (see
+    /// [`Ledger::is_storing_large_plan`]).
+    storing_large_plan: AtomicBool,
+}
+
+/// Clears [`Ledger::storing_large_plan`] however the write ends.
+struct StoringLargePlan<'a>(&'a AtomicBool);
+
+impl<'a> StoringLargePlan<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        StoringLargePlan(flag)
+    }
+}
+
+impl Drop for StoringLargePlan<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger and recovers actions that were in flight
+    /// when the previous process stopped: they become pending again.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Ledger> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|error| match error {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    LedgerError::Locked(path.display().to_string())
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    LedgerError::Locked(path.display().to_string())
+                }
+                other => LedgerError::Storage(other),
+            })?;
+        let ledger = Ledger {
+            inventory: db.open_tree("inventory")?,
+            index: db.open_tree("index")?,
+            events: db.open_tree("events")?,
+            actions: db.open_tree("actions")?,
+            event_actions: db.open_tree("event_actions")?,
+            due: db.open_tree("due")?,
+            in_flight: db.open_tree("in_flight")?,
+            open_events: db.open_tree("open_events")?,
+            db,
+            planning: Mutex::new(()),
+            storing_large_plan: AtomicBool::new(false),
+        };
+        ledger.recover_in_flight()?;
+        // A ledger from before these counts were kept is counted once (in
+        // such a ledger every open event has an `open_events` entry).
+        recount_if_missing(&ledger.index, INVENTORY_SIZE_KEY, || ledger.inventory.len())?;
+        recount_if_missing(&ledger.open_events, OPEN_COUNT_KEY, || {
+            ledger.open_events.len()
+        })?;
+        Ok(ledger)
+    }
+
+    /// The planning lock: plans read the inventory outside the transaction
+    /// that writes them, so one plan at a time. A panic while it was held
+    /// leaves nothing half-written (every write is a transaction), so a
+    /// poisoned lock is taken over, not fatal.
+    fn planning(&self) -> MutexGuard<'_, ()> {
+        self.planning.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The number of accounts in the inventory: an upper bound of any
+    /// fan-out's size, so a large plan is counted against
+    /// `limits.max_actions_per_event` only when it could exceed it.
+    pub fn inventory_size(&self) -> Result<u64> {
+        read_counter(&self.index, INVENTORY_SIZE_KEY)
+    }
+
+    fn recover_in_flight(&self) -> Result<()> {
+        for entry in self.in_flight.iter() {
+            let (key, _) = entry?;
+            let action_id = ActionId::new(read_u64(&key));
+            (&self.actions, &self.due, &self.in_flight)
+                .transaction(|(actions, due, in_flight)| {
+                    in_flight.remove(&key)?;
+                    let Some(bytes) = actions.get(action_id.to_be_bytes())? else {
+                        return Ok(());
+                    };
+                    let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                    if action.state == ActionState::InFlight {
+                        action.state = ActionState::Pending;
+                        actions.insert(&action_id.to_be_bytes(), encode(&action))?;
+                        due.insert(
+                            &due_key(action.due_at(), action_id),
+                            action.tenant_id.as_str().as_bytes(),
+                        )?;
+                    }
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a plan larger than one chunk is being written. The executor
+    /// starts no action meanwhile: sled runs one transaction at a time, and
+    /// a fan-out's chunks (and the acknowledgement of its event) should not
+    /// wait behind claims of the actions its first chunks just created.
+    pub fn is_storing_large_plan(&self) -> bool {
+        self.storing_large_plan.load(Ordering::Acquire)
+    }
+
+    /// Makes every write so far durable. One flush covers every plan written
+    /// since the previous one (group commit). Blocking: call it from
+    /// `spawn_blocking` in async code.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The size of the ledger's files.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Non-terminal, non-held actions (pending, scheduled, in flight).
+    pub fn pending_count(&self) -> u64 {
+        (self.due.len() + self.in_flight.len()) as u64
+    }
+
+    /// Plans held for approval.
+    pub fn held_plan_count(&self) -> u64 {
+        self.index.scan_prefix(b"held:").count() as u64
+    }
+
+    /// Accepted (or approved) events whose actions are not all terminal yet.
+    pub fn open_event_count(&self) -> Result<u64> {
+        read_counter(&self.open_events, OPEN_COUNT_KEY)
+    }
+}

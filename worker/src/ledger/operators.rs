@@ -1,0 +1,288 @@
+//! Operator transitions: approving or rejecting a held plan, retrying a
+//! failed action.
+
+use chrono::{DateTime, Utc};
+use palworker_core::{
+    ActionId, ActionRecord, ActionState, Approval, EventSeq, EventState, InventoryEntry,
+    StatusFilter,
+};
+use palworker_events::{Account, DesiredLink, EventType};
+use sled::Transactional;
+
+use super::accept::ACCEPT_CHUNK;
+use super::bookkeeping::{decrement_open, increment_open, supersede};
+use super::codec::{
+    account_key_bytes, add_inventory_size, approving_key, due_key, encode, held_key, tx_decode,
+    tx_error,
+};
+use super::inventory::write_inventory;
+use super::{Ledger, LedgerError, Result};
+impl Ledger {
+    /// Releases a held plan. Actions whose account a later accepted event
+    /// already targeted end `cancelled`; the rest become pending.
+    /// Returns the actions released and the ones cancelled.
+    pub fn approve(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<Approval> {
+        let _planning = self.planning();
+        let mut record = self
+            .event(seq)?
+            .ok_or_else(|| LedgerError::Rejected(format!("no event with sequence {seq}")))?;
+        if record.state != EventState::Held {
+            return Err(LedgerError::Rejected(format!(
+                "event `{}` is {}, not held",
+                record.event.id,
+                record.state.as_str()
+            )));
+        }
+        let not_before = record.event.effective_at().filter(|at| *at > now);
+        let mut released = 0u64;
+        let mut cancelled = Vec::new();
+        let mut superseded = Vec::new();
+        // The approval's own share of the event's open-action count: released
+        // actions may finish while later ones are still being released, and
+        // the event must not complete before the last is. Taken once, even if
+        // an approval interrupted by a crash is repeated.
+        (&self.index, &self.open_events, &self.events)
+            .transaction(|(index, open_events, events)| {
+                if index.insert(approving_key(seq), &[])?.is_none() {
+                    increment_open(open_events, events, seq, 1)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        // One action at a time, read from the plan's key range: a large held
+        // plan is never loaded whole.
+        for action in self.iter_event_actions(seq) {
+            let action = action?;
+            if action.state != ActionState::Held {
+                // Released (or cancelled) by an approval that a crash
+                // interrupted; already counted.
+                if action.state != ActionState::Cancelled {
+                    released += 1;
+                }
+                continue;
+            }
+            let key = account_key_bytes(&action.tenant_id, &action.object_id);
+            let result = (
+                &self.inventory,
+                &self.index,
+                &self.actions,
+                &self.due,
+                &self.open_events,
+                &self.events,
+            )
+                .transaction(|(inventory, index, actions, due, open_events, events)| {
+                    let before: Option<InventoryEntry> = match inventory.get(&key)? {
+                        Some(bytes) => Some(tx_decode(&key, &bytes)?),
+                        None => None,
+                    };
+                    let mut action = action.clone();
+                    action.updated_at = now;
+                    if before
+                        .as_ref()
+                        .and_then(|entry| entry.last_event_seq)
+                        .is_some_and(|later| later > seq)
+                    {
+                        action.state = ActionState::Cancelled;
+                        action.detail = Some(
+                            "superseded: a later event targeted this account before approval"
+                                .into(),
+                        );
+                        action.completed_at = Some(now);
+                        actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
+                        return Ok((action, false, None));
+                    }
+                    let superseded = match before.as_ref().and_then(|e| e.current_action) {
+                        Some(previous) => {
+                            supersede(actions, due, open_events, events, previous, now)?
+                        }
+                        None => None,
+                    };
+                    let mut account =
+                        before
+                            .as_ref()
+                            .map(|e| e.account.clone())
+                            .unwrap_or_else(|| Account {
+                                tenant_id: action.tenant_id.clone(),
+                                object_id: action.object_id.clone(),
+                                employee_id: action.employee_id.clone(),
+                                credential: action.credential.clone(),
+                                contract_id: action.contract_id.clone(),
+                            });
+                    if record.event.event_type == EventType::AssignmentStarted {
+                        account.employee_id = action.employee_id.clone();
+                        account.credential = action.credential.clone();
+                        account.contract_id = action.contract_id.clone();
+                    }
+                    let entry = InventoryEntry {
+                        account,
+                        desired: action.desired.clone(),
+                        assignment_active: match action.desired {
+                            DesiredLink::Absent => {
+                                // A successor link keeps the assignment; removals end it.
+                                false
+                            }
+                            DesiredLink::Linked(_) => true,
+                        },
+                        last_event_seq: Some(seq),
+                        current_action: Some(action.action_id),
+                        updated_at: now,
+                    };
+                    let added = write_inventory(
+                        inventory,
+                        index,
+                        before.as_ref().map(|b| &b.account.employee_id),
+                        &entry,
+                    )?;
+                    add_inventory_size(index, u64::from(added))?;
+                    action.state = if not_before.is_some() {
+                        ActionState::Scheduled
+                    } else {
+                        ActionState::Pending
+                    };
+                    action.not_before = not_before;
+                    actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
+                    increment_open(open_events, events, seq, 1)?;
+                    due.insert(
+                        &due_key(action.due_at(), action.action_id),
+                        action.tenant_id.as_str().as_bytes(),
+                    )?;
+                    Ok((action, true, superseded))
+                })
+                .map_err(tx_error)?;
+            match result {
+                (_, true, previous) => {
+                    released += 1;
+                    superseded.extend(previous);
+                }
+                (action, false, _) => cancelled.push(action),
+            }
+        }
+        record.state = EventState::Approved;
+        let completed = (&self.events, &self.index, &self.open_events)
+            .transaction(|(events, index, open_events)| {
+                events.insert(&seq.to_be_bytes(), encode(&record))?;
+                index.remove(held_key(seq))?;
+                index.remove(approving_key(seq))?;
+                // Gives back the approval's share: completes the event if
+                // nothing was released or everything released already finished.
+                decrement_open(open_events, events, seq, now)
+            })
+            .map_err(tx_error)?;
+        Ok(Approval {
+            released,
+            cancelled,
+            superseded,
+            completed,
+        })
+    }
+
+    /// Discards a held plan: its actions end `cancelled` and nothing is
+    /// written to PAL. The actions are read from the plan's key range a chunk
+    /// at a time (one transaction each), so a large plan is never loaded
+    /// whole; repeating a rejection that a crash interrupted finishes it.
+    /// Returns how many actions this call cancelled.
+    pub fn reject(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<u64> {
+        let _planning = self.planning();
+        let mut record = self
+            .event(seq)?
+            .ok_or_else(|| LedgerError::Rejected(format!("no event with sequence {seq}")))?;
+        if record.state != EventState::Held {
+            return Err(LedgerError::Rejected(format!(
+                "event `{}` is {}, not held",
+                record.event.id,
+                record.state.as_str()
+            )));
+        }
+        let mut cancelled = 0u64;
+        let mut ids = self.event_action_ids(seq);
+        let mut batch: Vec<ActionId> = Vec::with_capacity(ACCEPT_CHUNK);
+        loop {
+            batch.clear();
+            for id in ids.by_ref().take(ACCEPT_CHUNK) {
+                batch.push(id?);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            cancelled += self
+                .actions
+                .transaction(|actions| {
+                    let mut count = 0u64;
+                    for id in &batch {
+                        let key = id.to_be_bytes();
+                        let Some(bytes) = actions.get(key)? else {
+                            continue;
+                        };
+                        let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                        if action.state != ActionState::Held {
+                            continue;
+                        }
+                        action.state = ActionState::Cancelled;
+                        action.detail = Some("plan rejected by an operator".into());
+                        action.updated_at = now;
+                        action.completed_at = Some(now);
+                        actions.insert(&key, encode(&action))?;
+                        count += 1;
+                    }
+                    Ok(count)
+                })
+                .map_err(tx_error)?;
+        }
+        record.state = EventState::Rejected;
+        record.completed_at = Some(now);
+        (&self.events, &self.index)
+            .transaction(|(events, index)| {
+                events.insert(&seq.to_be_bytes(), encode(&record))?;
+                index.remove(held_key(seq))?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        Ok(cancelled)
+    }
+
+    /// Puts a failed action back in the queue with a fresh retry budget.
+    pub fn retry_action(&self, id: ActionId, now: DateTime<Utc>) -> Result<ActionRecord> {
+        let action = self
+            .action(id)?
+            .ok_or_else(|| LedgerError::Rejected(format!("no action {id}")))?;
+        if action.state != ActionState::Failed {
+            return Err(LedgerError::Rejected(format!(
+                "action {id} is {}, only failed actions can be retried",
+                action.state.as_str()
+            )));
+        }
+        if !self.is_current(&action)? {
+            return Err(LedgerError::Rejected(format!(
+                "action {id} was superseded by a later event for the same account"
+            )));
+        }
+        (&self.actions, &self.due, &self.open_events, &self.events)
+            .transaction(|(actions, due, open_events, events)| {
+                let mut action = action.clone();
+                action.state = ActionState::Pending;
+                action.first_attempt_at = None;
+                action.next_attempt_at = Some(now);
+                action.completed_at = None;
+                action.updated_at = now;
+                actions.insert(&id.to_be_bytes(), encode(&action))?;
+                due.insert(
+                    &due_key(action.due_at(), id),
+                    action.tenant_id.as_str().as_bytes(),
+                )?;
+                increment_open(open_events, events, action.event_seq, 1)?;
+                Ok(action)
+            })
+            .map_err(tx_error)
+    }
+
+    pub fn failed_action_ids(&self) -> Result<Vec<ActionId>> {
+        Ok(self
+            .actions(&StatusFilter {
+                failed: true,
+                ..StatusFilter::default()
+            })?
+            .into_iter()
+            .map(|a| a.action_id)
+            .collect())
+    }
+}

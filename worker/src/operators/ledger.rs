@@ -1,0 +1,291 @@
+//! Operator commands on a ledger: the CLI's on a stopped worker, and the
+//! admin API's inside a running one (where they also report to its metrics
+//! and wake its executor). Blocking: the admin API calls them from
+//! `spawn_blocking`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use palworker_core::{
+    ActionId, ActionState, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+};
+use palworker_events::Event;
+
+use super::{Decision, EventRef, OperatorError, Operations, RetryTarget};
+use crate::executor::ExecutorWake;
+use crate::ledger::{Ledger, LedgerError};
+use crate::telemetry::{ActionFinished, ActionsRequeued, Metrics, PlanApproved, PlanRejected};
+
+/// The worker a ledger belongs to, as far as operator commands care.
+#[derive(Clone)]
+pub enum Attached {
+    /// No worker runs on the ledger (the CLI opened it).
+    Stopped,
+    /// Inside a running worker: report to its metrics, wake its executor.
+    Running {
+        metrics: Metrics,
+        wake: ExecutorWake,
+    },
+}
+
+/// Operator commands bound to a ledger.
+#[derive(Clone)]
+pub struct LedgerOperations {
+    ledger: Arc<Ledger>,
+    attached: Attached,
+}
+
+impl From<LedgerError> for OperatorError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Rejected(message) => OperatorError::Refused(message),
+            other => OperatorError::Failed(other.into()),
+        }
+    }
+}
+
+impl LedgerOperations {
+    pub fn new(ledger: Arc<Ledger>, attached: Attached) -> Self {
+        LedgerOperations { ledger, attached }
+    }
+
+    /// The ledger the commands work on.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        match &self.attached {
+            Attached::Stopped => None,
+            Attached::Running { metrics, .. } => Some(metrics),
+        }
+    }
+
+    fn wake(&self) {
+        if let Attached::Running { wake, .. } = &self.attached {
+            wake.wake();
+        }
+    }
+
+    pub fn status_rows(&self, filter: &StatusFilter) -> Result<Vec<StatusRow>, OperatorError> {
+        Ok(self
+            .ledger
+            .actions(filter)?
+            .iter()
+            .map(StatusRow::from)
+            .collect())
+    }
+
+    pub fn retry_now(&self, target: RetryTarget) -> Result<Vec<ActionId>, OperatorError> {
+        let ids = match target {
+            RetryTarget::Action(id) => vec![id],
+            RetryTarget::AllFailed => self.ledger.failed_action_ids()?,
+        };
+        let now = Utc::now();
+        let mut retried = Vec::new();
+        for id in ids {
+            match self.ledger.retry_action(id, now) {
+                Ok(_) => retried.push(id),
+                Err(error) if target != RetryTarget::AllFailed => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(action_id = id.get(), error = %error, "Not retried.")
+                }
+            }
+        }
+        self.ledger.flush()?;
+        let requeued = ActionsRequeued {
+            count: retried.len(),
+        };
+        match self.metrics() {
+            Some(metrics) => requeued.emit(metrics),
+            None => tracing::info!(
+                actions = retried.len(),
+                "Failed actions queued again by an operator."
+            ),
+        }
+        self.wake();
+        Ok(retried)
+    }
+
+    pub fn decide_now(
+        &self,
+        decision: Decision,
+        event: &EventRef,
+    ) -> Result<ReleaseSummary, OperatorError> {
+        let record = self
+            .ledger
+            .resolve_event(&event.event, event.source.as_deref())?;
+        let now = Utc::now();
+        let (released, cancelled) = match decision {
+            Decision::Approve => {
+                let approval = self.ledger.approve(record.seq, now)?;
+                self.ledger.flush()?;
+                if let Some(metrics) = self.metrics() {
+                    PlanApproved {
+                        record: &record,
+                        approval: &approval,
+                    }
+                    .emit(metrics);
+                }
+                self.wake();
+                (approval.released, approval.cancelled.len() as u64)
+            }
+            Decision::Reject => {
+                let cancelled = self.ledger.reject(record.seq, now)?;
+                self.ledger.flush()?;
+                if let Some(metrics) = self.metrics() {
+                    PlanRejected {
+                        record: &record,
+                        cancelled,
+                    }
+                    .emit(metrics);
+                    // Read back one at a time once durable: a large plan is
+                    // never held in memory whole.
+                    for action in self.ledger.iter_event_actions(record.seq) {
+                        let action = action?;
+                        if action.state == ActionState::Cancelled {
+                            ActionFinished::of(&action, ActionState::Held).emit(metrics);
+                        }
+                    }
+                }
+                (0, cancelled)
+            }
+        };
+        if self.metrics().is_none() {
+            tracing::info!(
+                event_id = %record.event.id,
+                released,
+                cancelled,
+                "Held plan {}d by an operator.",
+                decision.as_str()
+            );
+        }
+        Ok(ReleaseSummary {
+            event_id: record.event.id,
+            event_source: record.event.source,
+            released,
+            cancelled,
+        })
+    }
+
+    /// Every terminal action outcome completed at or after `since`.
+    pub fn audit_records(
+        &self,
+        since: Option<DateTime<Utc>>,
+        mut visit: impl FnMut(AuditRecord),
+    ) -> Result<(), OperatorError> {
+        self.ledger.for_each_action(|action| {
+            if !action.state.is_terminal() {
+                return;
+            }
+            if since.is_some_and(|since| action.completed_at.is_none_or(|at| at < since)) {
+                return;
+            }
+            visit(AuditRecord::from(&action));
+        })?;
+        Ok(())
+    }
+
+    pub fn inventory_entries(
+        &self,
+        employee: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<InventoryEntry>, OperatorError> {
+        Ok(self.ledger.inventory_list(employee, tenant)?)
+    }
+
+    pub fn import_text(&self, text: &str) -> Result<u64, OperatorError> {
+        let rows = palworker_events::parse_import(text)
+            .map_err(|e| OperatorError::Refused(e.to_string()))?;
+        let count = self.ledger.import_accounts(
+            rows.into_iter().map(|row| (row.account, row.partner_id)),
+            Utc::now(),
+        )?;
+        self.ledger.flush()?;
+        Ok(count)
+    }
+
+    pub fn plan_event(&self, event: &Event) -> Result<serde_json::Value, OperatorError> {
+        let plan = self.ledger.preview(event)?;
+        Ok(serde_json::json!({
+            "event_id": event.id,
+            "event_source": event.source,
+            "event_type": event.event_type.as_str(),
+            "effective_at": event.effective_at(),
+            "duplicate": self.ledger.is_duplicate(&event.source, &event.id)?,
+            "actions": plan.changes.iter().map(|c| serde_json::json!({
+                "tenant_id": c.account.tenant_id,
+                "object_id": c.account.object_id,
+                "employee_id": c.account.employee_id,
+                "credential": c.account.credential,
+                "op": c.op.as_str(),
+                "desired_partner_id": c.desired.partner_id(),
+                "manual": c.account.credential.is_none(),
+            })).collect::<Vec<_>>(),
+            "unassigned_tenants": plan.unassigned,
+        }))
+    }
+}
+
+/// The CLI on a stopped worker: the same commands, called in place.
+impl Operations for LedgerOperations {
+    async fn status(
+        &self,
+        filter: &StatusFilter,
+        visit: &mut dyn FnMut(StatusRow) -> anyhow::Result<()>,
+    ) -> Result<(), OperatorError> {
+        for row in self.status_rows(filter)? {
+            visit(row)?;
+        }
+        Ok(())
+    }
+
+    async fn retry(&self, target: RetryTarget) -> Result<Vec<ActionId>, OperatorError> {
+        self.retry_now(target)
+    }
+
+    async fn decide(
+        &self,
+        decision: Decision,
+        event: &EventRef,
+    ) -> Result<ReleaseSummary, OperatorError> {
+        self.decide_now(decision, event)
+    }
+
+    async fn audit(
+        &self,
+        since: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(AuditRecord) -> anyhow::Result<()>,
+    ) -> Result<(), OperatorError> {
+        let mut failure = None;
+        self.audit_records(since, |record| {
+            if failure.is_none()
+                && let Err(error) = visit(record)
+            {
+                failure = Some(error);
+            }
+        })?;
+        match failure {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn inventory(
+        &self,
+        employee: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<InventoryEntry>, OperatorError> {
+        self.inventory_entries(employee, tenant)
+    }
+
+    async fn import(&self, text: String) -> Result<u64, OperatorError> {
+        self.import_text(&text)
+    }
+
+    async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError> {
+        let event = Event::from_json_slice(&event)
+            .map_err(|error| OperatorError::Refused(error.to_string()))?;
+        self.plan_event(&event)
+    }
+}

@@ -1,0 +1,115 @@
+//! The PAL client: the whole conversation with Microsoft's identity platform
+//! and Azure Resource Manager's `Microsoft.ManagementPartner` provider for one
+//! action (SPEC §5, PAL-API.md), behind one call: [`PalClient::reconcile`].
+//!
+//! Only this module imports reqwest for PAL. It classifies every failure as
+//! [`PalError::Transient`] (retry later) or [`PalError::Permanent`] (the
+//! action fails): that one bit decides the action's fate, so it is a type.
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `mod.rs` | [`PalClient`], its settings and shared state |
+//! | `session.rs` | [`PalClient::reconcile`]: token → identity check → GET → write or not, a 401 refreshing the token once |
+//! | `token.rs` | client credentials (secret or certificate assertion), the token cache |
+//! | `arm.rs` | the partner calls, the per-tenant rate limit, `Retry-After` memory |
+//! | `error.rs` | [`PalError`], `Retry-After` parsing |
+
+mod arm;
+mod error;
+mod session;
+mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
+use palworker_config::{CredentialSettings, PalSettings};
+use palworker_events::{ObjectId, TenantId};
+
+pub use arm::Link;
+pub use error::{PalError, Transient, retry_after};
+pub use session::{Checkpoint, Reconcile, ReconcileError, Reconciled, Write, WriteMode};
+pub use token::{AccessToken, SECRET_ROTATION_GRACE, TOKEN_CACHE_BYTES, TOKEN_RENEWAL_MARGIN};
+
+use crate::clock::Clock;
+use crate::telemetry::Metrics;
+use token::{Credential, TokenCache, TokenKey};
+
+/// The PAL client. Cheap to clone.
+#[derive(Clone)]
+pub struct PalClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    arm_endpoint: String,
+    authority: String,
+    api_version: String,
+    credentials: HashMap<String, Credential>,
+    tokens: Mutex<TokenCache>,
+    /// Identities (tenant, object) that PAL answered with a `Retry-After`,
+    /// and until when: no request for them is sent before, whichever action
+    /// it belongs to (a newer action for the same account must wait too).
+    throttled: Mutex<HashMap<(TenantId, ObjectId), DateTime<Utc>>>,
+    /// One async lock per (credential, tenant): concurrent misses fetch one token.
+    token_fetch: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
+    limiter: DefaultKeyedRateLimiter<TenantId>,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+}
+
+impl PalClient {
+    pub fn new(
+        settings: &PalSettings,
+        credentials: &std::collections::BTreeMap<String, CredentialSettings>,
+        per_tenant_rps: f64,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<PalClient> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("palworker/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(256)
+            .build()?;
+        let mut resolved = HashMap::new();
+        for (name, settings) in credentials {
+            resolved.insert(name.clone(), Credential::from_settings(name, settings)?);
+        }
+        Ok(PalClient {
+            inner: Arc::new(Inner {
+                http,
+                arm_endpoint: settings
+                    .arm_endpoint
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned(),
+                authority: settings.authority.as_str().trim_end_matches('/').to_owned(),
+                api_version: settings.api_version.clone(),
+                credentials: resolved,
+                tokens: Mutex::new(TokenCache::default()),
+                throttled: Mutex::new(HashMap::new()),
+                token_fetch: Mutex::new(HashMap::new()),
+                limiter: RateLimiter::keyed(arm::tenant_quota(per_tenant_rps)),
+                metrics,
+                clock,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// The resource whose `/.default` scope tokens are requested for.
+    fn arm_endpoint_scope(&self) -> &str {
+        // Tokens are always for Azure Resource Manager, also when the API is
+        // served by a simulator or a sovereign-cloud endpoint of the same shape.
+        if self.arm_endpoint.starts_with("https://management.") {
+            &self.arm_endpoint
+        } else {
+            "https://management.azure.com"
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Happenings of deliveries and events.
+
+use palworker_core::{EventOutcome, EventRecord};
+use palworker_events::{Event, EventType, RejectReason};
+
+use super::Metrics;
+
+/// A delivery was accepted and its plan stored.
+pub struct EventAccepted<'a> {
+    pub event: &'a Event,
+    pub actions: u64,
+    pub unassigned: usize,
+}
+
+impl EventAccepted<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let event = self.event;
+        tracing::info!(
+            event_id = %event.id,
+            event_source = %event.source,
+            event_type = event.event_type.as_str(),
+            actions = self.actions,
+            unassigned_tenants = self.unassigned,
+            "Plan stored."
+        );
+        metrics
+            .events_total
+            .with_label_values(&[event.event_type.as_str(), EventOutcome::Accepted.as_str()])
+            .inc();
+        metrics.actions_pending.add(self.actions as i64);
+        if self.actions > 0 {
+            metrics.events_in_flight.inc();
+        }
+    }
+}
+
+/// A delivery whose `(source, id)` was already accepted.
+pub struct EventDuplicate<'a> {
+    pub event: &'a Event,
+}
+
+impl EventDuplicate<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let event = self.event;
+        tracing::info!(
+            event_id = %event.id,
+            event_source = %event.source,
+            event_type = event.event_type.as_str(),
+            "Duplicate event ignored."
+        );
+        metrics
+            .events_total
+            .with_label_values(&[event.event_type.as_str(), EventOutcome::Duplicate.as_str()])
+            .inc();
+    }
+}
+
+/// A plan larger than `limits.max_actions_per_event` was stored and held.
+pub struct EventHeld<'a> {
+    pub event: &'a Event,
+    pub actions: u64,
+    pub limit: usize,
+}
+
+impl EventHeld<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let event = self.event;
+        tracing::warn!(
+            event_id = %event.id,
+            event_source = %event.source,
+            event_type = event.event_type.as_str(),
+            actions = self.actions,
+            limit = self.limit,
+            "Plan held for approval: it has more actions than limits.max_actions_per_event. \
+             Run `palworker approve {}` or `palworker reject {}`.",
+            event.id,
+            event.id
+        );
+        metrics
+            .events_total
+            .with_label_values(&[event.event_type.as_str(), EventOutcome::Held.as_str()])
+            .inc();
+        metrics.held_plans.inc();
+    }
+}
+
+/// A message was moved to the dead-letter queue.
+pub struct EventDeadLettered<'a> {
+    /// The event type when the message had a valid one.
+    pub event_type: Option<EventType>,
+    pub event_id: Option<&'a str>,
+    pub reason: RejectReason,
+    pub detail: &'a str,
+}
+
+impl EventDeadLettered<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            event_id = self.event_id.unwrap_or(""),
+            reason = self.reason.as_str(),
+            detail = %self.detail,
+            "Message dead-lettered."
+        );
+        let event_type = self.event_type.map(|t| t.as_str()).unwrap_or("unknown");
+        metrics
+            .events_total
+            .with_label_values(&[event_type, EventOutcome::DeadLettered.as_str()])
+            .inc();
+        metrics
+            .dead_letters_total
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
+    }
+}
+
+/// Every action of an event is terminal.
+pub struct EventCompleted<'a> {
+    pub record: &'a EventRecord,
+}
+
+impl EventCompleted<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let completed_at = self.record.completed_at.unwrap_or_else(chrono::Utc::now);
+        let seconds = (completed_at - self.record.accepted_at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics.event_completion_seconds.observe(seconds);
+        metrics.events_in_flight.dec();
+        tracing::info!(
+            event_id = %self.record.event.id,
+            event_source = %self.record.event.source,
+            seconds,
+            "Event completed: every action is terminal."
+        );
+    }
+}

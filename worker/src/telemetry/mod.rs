@@ -1,0 +1,286 @@
+//! Metrics and the notable happenings that are both logged and counted.
+//!
+//! One `prometheus::Registry` is built at start-up ([`Metrics::new`]) and passed
+//! down. Every label value comes from a closed enum's `as_str()`, and every
+//! combination of the closed label sets is exported at 0 from start-up so that
+//! alerts see the series before the first increment.
+//!
+//! Architecture invariant: a metric changes only through a happening's
+//! `emit()`, which logs and counts together, so a log line and its metric
+//! cannot drift apart. [`Metrics`]' fields are private to this module; the
+//! rest of the worker emits happenings and reads a few values back.
+//!
+//! | file | happenings of |
+//! | --- | --- |
+//! | `intake.rs` | deliveries: accepted, duplicate, held, dead-lettered; events completed |
+//! | `actions.rs` | actions: finished, retried, superseded; operators' approvals, rejections, retries; PAL requests |
+//! | `system.rs` | the broker connection, the ledger's gauges |
+
+mod actions;
+mod intake;
+mod system;
+
+pub use actions::{
+    ActionFinished, ActionRetryScheduled, ActionsRequeued, ApiRequestCompleted, PlanApproved,
+    PlanRejected, TokenRefreshed, emit_superseded,
+};
+pub use intake::{EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld};
+pub use system::{BrokerConnectionChanged, ConsumerStopped, LedgerGauges, LedgerSizeMeasured};
+
+use palworker_core::{ActionState, EventOutcome, Op, RetryReason};
+use palworker_events::{EventType, RejectReason};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric palworker exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    events_total: IntCounterVec,
+    actions_total: IntCounterVec,
+    action_retries_total: IntCounterVec,
+    actions_pending: IntGauge,
+    api_requests_total: IntCounterVec,
+    api_request_duration_seconds: HistogramVec,
+    event_completion_seconds: Histogram,
+    amqp_connected: IntGauge,
+    dead_letters_total: IntCounterVec,
+    held_plans: IntGauge,
+    ledger_size_bytes: Gauge,
+    events_in_flight: IntGauge,
+}
+
+/// HTTP methods palworker sends to PAL (the `method` label).
+pub const API_METHODS: [&str; 4] = ["GET", "PUT", "PATCH", "DELETE"];
+
+const TERMINAL_OUTCOMES: [ActionState; 5] = [
+    ActionState::Done,
+    ActionState::Noop,
+    ActionState::Failed,
+    ActionState::Cancelled,
+    ActionState::Manual,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let events_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_events_total",
+                "Event deliveries by type and outcome.",
+            ),
+            &["type", "outcome"],
+        )
+        .expect("valid metric");
+        let actions_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_actions_total",
+                "Actions that reached a terminal state, by operation and outcome.",
+            ),
+            &["op", "outcome"],
+        )
+        .expect("valid metric");
+        let action_retries_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_action_retries_total",
+                "Action attempts that were rescheduled, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let actions_pending = IntGauge::new(
+            "palworker_actions_pending",
+            "Actions not yet terminal (pending, scheduled or in flight).",
+        )
+        .expect("valid metric");
+        let api_requests_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_api_requests_total",
+                "HTTP requests to the PAL API by method and status code (or transport_error).",
+            ),
+            &["method", "status"],
+        )
+        .expect("valid metric");
+        let api_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "palworker_api_request_duration_seconds",
+                "Duration of HTTP requests to the PAL API.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        let event_completion_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "palworker_event_completion_seconds",
+                "Time from an event's acceptance until all its actions are terminal.",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                21600.0, 86400.0,
+            ]),
+        )
+        .expect("valid metric");
+        let amqp_connected = IntGauge::new(
+            "palworker_amqp_connected",
+            "1 while the worker is connected to the broker and consuming, else 0.",
+        )
+        .expect("valid metric");
+        let dead_letters_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_dead_letters_total",
+                "Messages moved to the dead-letter queue, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let held_plans = IntGauge::new(
+            "palworker_held_plans",
+            "Plans held for approval (larger than limits.max_actions_per_event).",
+        )
+        .expect("valid metric");
+        let ledger_size_bytes = Gauge::new(
+            "palworker_ledger_size_bytes",
+            "Size of the sled ledger on disk.",
+        )
+        .expect("valid metric");
+        let events_in_flight = IntGauge::new(
+            "palworker_events_in_flight",
+            "Accepted events whose actions are not all terminal yet.",
+        )
+        .expect("valid metric");
+
+        for collector in [
+            Box::new(events_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(actions_total.clone()),
+            Box::new(action_retries_total.clone()),
+            Box::new(actions_pending.clone()),
+            Box::new(api_requests_total.clone()),
+            Box::new(api_request_duration_seconds.clone()),
+            Box::new(event_completion_seconds.clone()),
+            Box::new(amqp_connected.clone()),
+            Box::new(dead_letters_total.clone()),
+            Box::new(held_plans.clone()),
+            Box::new(ledger_size_bytes.clone()),
+            Box::new(events_in_flight.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
+
+        // Closed label sets start at zero.
+        for event_type in EventType::ALL.iter().map(|t| t.as_str()).chain(["unknown"]) {
+            for outcome in EventOutcome::ALL {
+                events_total.with_label_values(&[event_type, outcome.as_str()]);
+            }
+        }
+        for op in Op::ALL {
+            for outcome in TERMINAL_OUTCOMES {
+                actions_total.with_label_values(&[op.as_str(), outcome.as_str()]);
+            }
+        }
+        for reason in RetryReason::ALL {
+            action_retries_total.with_label_values(&[reason.as_str()]);
+        }
+        // The methods are a closed set; the status is open, so only the
+        // success and no-response series are created up front (error ratios
+        // then have a denominator from the first scrape).
+        for method in API_METHODS {
+            api_request_duration_seconds.with_label_values(&[method]);
+            for status in ["200", "transport_error"] {
+                api_requests_total.with_label_values(&[method, status]);
+            }
+        }
+        for reason in RejectReason::ALL {
+            dead_letters_total.with_label_values(&[reason.as_str()]);
+        }
+
+        Metrics {
+            registry,
+            events_total,
+            actions_total,
+            action_retries_total,
+            actions_pending,
+            api_requests_total,
+            api_request_duration_seconds,
+            event_completion_seconds,
+            amqp_connected,
+            dead_letters_total,
+            held_plans,
+            ledger_size_bytes,
+            events_in_flight,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Deliveries counted so far, whatever their outcome.
+    pub fn deliveries_counted(&self) -> u64 {
+        counter_sum(&self.events_total)
+    }
+
+    /// Actions that reached a terminal state so far.
+    pub fn actions_finished(&self) -> u64 {
+        counter_sum(&self.actions_total)
+    }
+
+    /// `palworker_actions_pending` now.
+    pub fn actions_pending(&self) -> i64 {
+        self.actions_pending.get()
+    }
+
+    /// `palworker_amqp_connected` now.
+    pub fn amqp_connected(&self) -> i64 {
+        self.amqp_connected.get()
+    }
+
+    /// PAL requests answered or failed so far, and their total seconds.
+    pub fn api_requests(&self) -> (u64, f64) {
+        prometheus::core::Collector::collect(&self.api_request_duration_seconds)
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| {
+                let histogram = metric.get_histogram();
+                (histogram.get_sample_count(), histogram.get_sample_sum())
+            })
+            .fold((0, 0.0), |(count, sum), (c, s)| (count + c, sum + s))
+    }
+}
+
+/// The sum of a counter's series.
+fn counter_sum(counter: &IntCounterVec) -> u64 {
+    prometheus::core::Collector::collect(counter)
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
