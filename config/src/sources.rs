@@ -124,11 +124,12 @@ fn insert(dict: &mut Dict, path: &[String], value: Value) {
         let entry = current
             .entry(part.clone())
             .or_insert_with(|| Value::from(Dict::new()));
-        current = match entry {
-            Value::Dict(_, inner) => inner,
-            // Unreachable: `environment_overrides` refuses overlapping paths.
-            _ => unreachable!("overlapping environment paths are refused before insertion"),
+        // Always a table: `environment_overrides` refuses overlapping paths
+        // before inserting, so no value sits where a table is needed.
+        let Value::Dict(_, inner) = entry else {
+            return;
         };
+        current = inner;
     }
     current.insert(last.clone(), value);
 }

@@ -81,7 +81,11 @@ mod tests {
         assert!(small.to_be_bytes() < large.to_be_bytes());
         assert_eq!(ActionId::from_be_bytes(large.to_be_bytes()), large);
         assert_eq!(" 42".parse::<ActionId>(), Ok(ActionId::new(42)));
-        assert!("4x".parse::<EventSeq>().unwrap_err().contains("whole number"));
+        assert!(
+            "4x".parse::<EventSeq>()
+                .unwrap_err()
+                .contains("whole number")
+        );
         assert_eq!(serde_json::to_string(&EventSeq::new(7)).unwrap(), "7");
     }
 }

@@ -40,6 +40,31 @@ pub struct Previous {
     pub employee_id: EmployeeId,
 }
 
+/// Whether an account's assignment runs. An ended one keeps its account in
+/// the inventory (desired `Absent`); a successor is linked only through a
+/// running one (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentStatus {
+    Active,
+    Ended,
+}
+
+impl AssignmentStatus {
+    /// The status an inventory entry records.
+    pub fn of(entry: &InventoryEntry) -> Self {
+        if entry.assignment_active {
+            AssignmentStatus::Active
+        } else {
+            AssignmentStatus::Ended
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        self == AssignmentStatus::Active
+    }
+}
+
 /// One account's new desired state, and the action that reconciles towards it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlannedChange {
@@ -48,7 +73,8 @@ pub struct PlannedChange {
     pub previous: Option<Previous>,
     pub account: Account,
     pub desired: DesiredLink,
-    pub assignment_active: bool,
+    /// Whether the account's assignment runs after the change.
+    pub assignment: AssignmentStatus,
     pub op: Op,
 }
 
@@ -75,7 +101,7 @@ fn op_for(before: Option<&InventoryEntry>, desired: &DesiredLink) -> Op {
 fn change_of(
     entry: InventoryEntry,
     desired: DesiredLink,
-    assignment_active: bool,
+    assignment: AssignmentStatus,
 ) -> PlannedChange {
     let op = op_for(Some(&entry), &desired);
     PlannedChange {
@@ -85,7 +111,7 @@ fn change_of(
         }),
         account: entry.account,
         desired,
-        assignment_active,
+        assignment,
         op,
     }
 }
@@ -96,8 +122,8 @@ fn change_of(
 struct Changes(Vec<PlannedChange>);
 
 impl Changes {
-    fn set(&mut self, entry: InventoryEntry, desired: DesiredLink, assignment_active: bool) {
-        self.0.push(change_of(entry, desired, assignment_active));
+    fn set(&mut self, entry: InventoryEntry, desired: DesiredLink, assignment: AssignmentStatus) {
+        self.0.push(change_of(entry, desired, assignment));
     }
 
     fn into_vec(mut self) -> Vec<PlannedChange> {
@@ -171,10 +197,12 @@ impl FanOut<'_> {
             return None;
         }
         Some(match self.rule {
-            FanOutRule::ContractEnded { .. } => change_of(entry, DesiredLink::Absent, false),
+            FanOutRule::ContractEnded { .. } => {
+                change_of(entry, DesiredLink::Absent, AssignmentStatus::Ended)
+            }
             FanOutRule::PartnerIdChanged { new, .. } => {
-                let active = entry.assignment_active;
-                change_of(entry, DesiredLink::Linked(new.clone()), active)
+                let assignment = AssignmentStatus::of(&entry);
+                change_of(entry, DesiredLink::Linked(new.clone()), assignment)
             }
         })
     }
@@ -340,7 +368,7 @@ impl<'a> Assignment<'a> {
                 contract_id: account.contract_id.cloned(),
             },
             desired,
-            assignment_active: true,
+            assignment: AssignmentStatus::Active,
             op,
         }
     }
@@ -371,7 +399,7 @@ pub fn plan<V: InventoryView + ?Sized>(event: &Event, inventory: &V) -> Result<P
                 {
                     continue;
                 }
-                changes.set(entry, DesiredLink::Absent, false);
+                changes.set(entry, DesiredLink::Absent, AssignmentStatus::Ended);
             }
         }
         EventData::EmployeeDeparted {
@@ -388,18 +416,21 @@ pub fn plan<V: InventoryView + ?Sized>(event: &Event, inventory: &V) -> Result<P
                         .entry(entry.account.tenant_id.clone())
                         .or_insert_with(|| partner.clone());
                 }
-                changes.set(entry, DesiredLink::Absent, false);
+                changes.set(entry, DesiredLink::Absent, AssignmentStatus::Ended);
             }
             if let Some(successor) = successor_employee_id {
                 let successor_accounts = inventory.by_employee(successor)?;
                 for (tenant, partner) in linked_tenants {
                     let mut found = false;
-                    for entry in successor_accounts
-                        .iter()
-                        .filter(|e| e.account.tenant_id == tenant && e.assignment_active)
-                    {
+                    for entry in successor_accounts.iter().filter(|e| {
+                        e.account.tenant_id == tenant && AssignmentStatus::of(e).is_active()
+                    }) {
                         found = true;
-                        changes.set(entry.clone(), DesiredLink::Linked(partner.clone()), true);
+                        changes.set(
+                            entry.clone(),
+                            DesiredLink::Linked(partner.clone()),
+                            AssignmentStatus::Active,
+                        );
                     }
                     if !found {
                         unassigned.push(tenant);
@@ -414,8 +445,12 @@ pub fn plan<V: InventoryView + ?Sized>(event: &Event, inventory: &V) -> Result<P
         } => {
             for entry in inventory.by_employee(employee_id)? {
                 if linked_to(&entry).is_some() {
-                    let active = entry.assignment_active;
-                    changes.set(entry, DesiredLink::Linked(new_partner_id.clone()), active);
+                    let assignment = AssignmentStatus::of(&entry);
+                    changes.set(
+                        entry,
+                        DesiredLink::Linked(new_partner_id.clone()),
+                        assignment,
+                    );
                 }
             }
         }
@@ -606,7 +641,7 @@ mod tests {
             summary(&plan),
             vec![("11".into(), "E-1".into(), "-".into(), "remove")]
         );
-        assert!(!plan.changes[0].assignment_active);
+        assert_eq!(plan.changes[0].assignment, AssignmentStatus::Ended);
     }
 
     #[test]

@@ -111,10 +111,10 @@ mod tests {
     use serde_json::json;
 
     fn object(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => unreachable!("test input is an object"),
-        }
+        let Value::Object(map) = value else {
+            panic!("test input must be a JSON object: {value}");
+        };
+        map
     }
 
     #[test]

@@ -30,10 +30,10 @@ const SECRET_TWO: &str = "secret-two";
 const PARTNERS: &str = "/providers/Microsoft.ManagementPartner/partners";
 const API: &str = "api-version=2018-02-01";
 
-const CLIENT_CERTIFICATE: &str = include_str!("../src/sim/testdata/client.cert.pem");
-const CLIENT_KEY: &str = include_str!("../src/sim/testdata/client.key.pem");
+const CLIENT_CERTIFICATE: &str = include_str!("../src/testdata/client.cert.pem");
+const CLIENT_KEY: &str = include_str!("../src/testdata/client.key.pem");
 const CLIENT_THUMBPRINT: &str = "81LeRwpM0iD_OgzZJXV1Dz4oqiVfn4EgEJ2dWW5x1SY";
-const OTHER_KEY: &str = include_str!("../src/sim/testdata/other.key.pem");
+const OTHER_KEY: &str = include_str!("../src/testdata/other.key.pem");
 
 fn config() -> SimConfig {
     SimConfig {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::Consumer;
 use crate::clock::Clock;
-use crate::executor::{Executor, ExecutorSettings, ExecutorWake};
+use crate::executor::{Executor, ExecutorControl, ExecutorSettings};
 use crate::http::{self, Health};
 use crate::intake::{Intake, IntakeSettings};
 use crate::ledger::Ledger;
@@ -40,14 +40,13 @@ pub struct RunningApp {
     pub metrics: Metrics,
     pub health: Health,
     pub http_addr: SocketAddr,
-    /// Pausing stops the executor from starting actions (benchmarks).
-    pub executor_paused: Arc<std::sync::atomic::AtomicBool>,
-    pub wake: ExecutorWake,
+    /// Wakes or pauses the executor.
+    pub executor: ExecutorControl,
     stop_consuming: CancellationToken,
     stop_executing: CancellationToken,
     stop_http: CancellationToken,
     consumer: JoinHandle<()>,
-    executor: JoinHandle<()>,
+    executor_task: JoinHandle<()>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -88,7 +87,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         metrics.clone(),
         clock.clone(),
     )?;
-    let wake = ExecutorWake::default();
+    let control = ExecutorControl::default();
     let executor = Executor::new(
         ledger.clone(),
         pal,
@@ -104,9 +103,8 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             dry_run: settings.worker.dry_run,
             shutdown_grace: settings.worker.shutdown_grace,
         },
-        wake.clone(),
+        control.clone(),
     );
-    let executor_paused = executor.pause_handle();
     let intake = Intake::new(
         ledger.clone(),
         metrics.clone(),
@@ -116,7 +114,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             max_actions_per_event: settings.limits.max_actions_per_event,
             security: settings.security.clone(),
         },
-        wake.clone(),
+        control.clone(),
     );
     let consumer = Consumer::new(
         settings.amqp.clone(),
@@ -134,7 +132,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             ledger.clone(),
             Attached::Running {
                 metrics: metrics.clone(),
-                wake: wake.clone(),
+                executor: control.clone(),
             },
         ),
         settings.http.admin_token.clone(),
@@ -148,20 +146,19 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         stop_http.clone().cancelled_owned(),
     ));
     let consumer = tokio::spawn(consumer.run(stop_consuming.clone()));
-    let executor = tokio::spawn(executor.run(stop_executing.clone()));
+    let executor_task = tokio::spawn(executor.run(stop_executing.clone()));
     tracing::info!(http = %http_addr, "palworker is running.");
     Ok(RunningApp {
         ledger,
         metrics,
         health,
         http_addr,
-        executor_paused,
-        wake,
+        executor: control,
         stop_consuming,
         stop_executing,
         stop_http,
         consumer,
-        executor,
+        executor_task,
         http,
     })
 }
@@ -175,7 +172,7 @@ impl RunningApp {
         self.stop_consuming.cancel();
         let _ = self.consumer.await;
         self.stop_executing.cancel();
-        let _ = self.executor.await;
+        let _ = self.executor_task.await;
         let ledger = self.ledger.clone();
         tokio::task::spawn_blocking(move || ledger.flush())
             .await?

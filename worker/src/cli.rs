@@ -16,13 +16,15 @@ use clap::{Args, Parser, Subcommand};
 use palworker_config::Settings;
 use palworker_events::Event;
 
-use palworker_core::{ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow};
+use palworker_core::{
+    ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+};
 
 use crate::clock::SystemClock;
 use crate::ledger::{Ledger, LedgerError};
 use crate::logging::LogFormat;
 use crate::operators::{
-    AdminApiClient, Attached, Decision, EventRef, LedgerOperations, OperatorError, Operations,
+    AdminApiClient, Attached, Decision, EventRef, LedgerOperations, Operations, OperatorError,
     RetryTarget,
 };
 
@@ -347,8 +349,7 @@ impl Target {
 
 fn read_event(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?;
-    Event::from_json_slice(&bytes)
-        .map_err(|e| UsageError(format!("`{}`: {e}", path.display())))?;
+    Event::from_json_slice(&bytes).map_err(|e| UsageError(format!("`{}`: {e}", path.display())))?;
     Ok(bytes)
 }
 
@@ -396,7 +397,9 @@ async fn operate(target: &impl Operations, command: OperatorCommand) -> anyhow::
                 print_status_header(&mut out)?;
             }
             target
-                .status(&filter, &mut |row| print_status_row(&mut out, &row, args.json))
+                .status(&filter, &mut |row| {
+                    print_status_row(&mut out, &row, args.json)
+                })
                 .await?;
             out.flush()?;
         }

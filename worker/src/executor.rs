@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use palworker_config::RetrySettings;
@@ -22,14 +23,12 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::ledger::{Ledger, LedgerError};
-use palworker_core::retry::{self, RetryDecision};
-use palworker_core::{ActionId, ActionRecord, ActionState, Completion, Rescheduled};
 use crate::pal::{
     Checkpoint, PalClient, PalError, Reconcile, ReconcileError, Reconciled, Transient, WriteMode,
 };
-use crate::telemetry::{
-    ActionFinished, ActionRetryScheduled, EventCompleted, Metrics,
-};
+use crate::telemetry::{ActionFinished, ActionRetryScheduled, EventCompleted, Metrics};
+use palworker_core::retry::{self, RetryDecision};
+use palworker_core::{ActionId, ActionRecord, ActionState, Completion, Rescheduled};
 
 /// How the executor behaves.
 #[derive(Debug, Clone)]
@@ -46,17 +45,41 @@ pub struct ExecutorSettings {
     pub shutdown_grace: Duration,
 }
 
-/// Shared handle to wake the executor (new plan stored, approval, retry).
+/// The running executor's controls, shared with the intake and the operator
+/// commands: wake it (a new plan, an approval, a retry), or pause it — a
+/// paused executor claims nothing; actions stay pending in the ledger and
+/// run once it is resumed, and what is in flight finishes. (The benchmarks
+/// measure ingest alone this way; the operators' pause of SPEC §11.2 builds
+/// on it.)
 #[derive(Clone, Default)]
-pub struct ExecutorWake(Arc<Notify>);
+pub struct ExecutorControl {
+    wake: Arc<Notify>,
+    paused: Arc<AtomicBool>,
+}
 
-impl ExecutorWake {
+impl ExecutorControl {
+    /// Makes the executor look for due actions now.
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.wake.notify_one();
+    }
+
+    /// From now on, claims nothing.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Claims again, at once.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.wake();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     async fn notified(&self) {
-        self.0.notified().await
+        self.wake.notified().await
     }
 }
 
@@ -66,9 +89,7 @@ pub struct Executor {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     settings: ExecutorSettings,
-    wake: ExecutorWake,
-    /// When set, nothing is claimed (the benchmark measures ingest alone).
-    paused: Arc<std::sync::atomic::AtomicBool>,
+    control: ExecutorControl,
 }
 
 /// How one attempt ended.
@@ -159,7 +180,7 @@ impl Executor {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
         settings: ExecutorSettings,
-        wake: ExecutorWake,
+        control: ExecutorControl,
     ) -> Self {
         Executor {
             ledger,
@@ -167,13 +188,8 @@ impl Executor {
             metrics,
             clock,
             settings,
-            wake,
-            paused: Arc::default(),
+            control,
         }
-    }
-
-    pub fn pause_handle(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        self.paused.clone()
     }
 
     /// Runs until `shutdown` is cancelled, then lets in-flight actions finish
@@ -196,8 +212,7 @@ impl Executor {
             if shutdown.is_cancelled() {
                 break;
             }
-            let paused = this.paused.load(std::sync::atomic::Ordering::Relaxed)
-                || this.ledger.is_storing_large_plan();
+            let paused = this.control.is_paused() || this.ledger.is_storing_large_plan();
             let free = concurrency.saturating_sub(tasks.len());
             let now = this.clock.now();
             let mut keys = Vec::new();
@@ -234,7 +249,7 @@ impl Executor {
                         }
                     }
                 }
-                _ = this.wake.notified() => {}
+                _ = this.control.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => {}
             }
@@ -317,11 +332,11 @@ impl Executor {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<Option<ActionRecord>> {
         let error = match self.ledger.finish_and_claim(&ended, ids, now) {
-            Ok((completions, claimed)) => {
-                for completion in completions {
+            Ok(pass) => {
+                for completion in pass.completions {
                     self.report_ended(completion);
                 }
-                return claimed;
+                return pass.claimed;
             }
             Err(error) => error,
         };
@@ -338,7 +353,7 @@ impl Executor {
             }
         }
         match self.ledger.finish_and_claim(&[], ids, now) {
-            Ok((_, claimed)) => claimed,
+            Ok(pass) => pass.claimed,
             Err(error) => {
                 tracing::error!(error = %error, "Claiming actions failed.");
                 vec![None; ids.len()]

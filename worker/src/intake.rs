@@ -14,7 +14,7 @@ use palworker_events::{Event, EventType, RejectReason};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::Clock;
-use crate::executor::ExecutorWake;
+use crate::executor::ExecutorControl;
 use palworker_core::AcceptOutcome;
 use palworker_core::planner::Assignment;
 
@@ -36,6 +36,9 @@ pub struct Incoming<'a> {
 /// A delivery after validation: the event and its publisher, or why it is
 /// dead-lettered. Validation needs no ledger, so the consumer checks the next
 /// deliveries while the ledger stores the previous batch.
+// The large variant is the usual one: boxing it would cost an allocation per
+// delivery to save bytes on the rare rejected one.
+#[allow(clippy::large_enum_variant)]
 pub enum Checked {
     /// A valid event from an allowed publisher (its AMQP `user_id`, if any).
     Valid {
@@ -95,10 +98,11 @@ pub struct Intake {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     settings: Arc<IntakeSettings>,
-    wake: ExecutorWake,
+    executor: ExecutorControl,
 }
 
 /// What became of one delivery of a batch.
+#[allow(clippy::large_enum_variant)] // As `Checked`: the large variant is the usual one.
 enum Processed {
     Stored(Event, AcceptOutcome),
     Rejected(Box<Rejection>),
@@ -111,14 +115,14 @@ impl Intake {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
         settings: IntakeSettings,
-        wake: ExecutorWake,
+        executor: ExecutorControl,
     ) -> Self {
         Intake {
             ledger,
             metrics,
             clock,
             settings: Arc::new(settings),
-            wake,
+            executor,
         }
     }
 
@@ -192,7 +196,7 @@ impl Intake {
                     if matches!(outcome, AcceptOutcome::Accepted { actions, .. } if actions > 0)
                         && !woke
                     {
-                        self.wake.wake();
+                        self.executor.wake();
                         woke = true;
                     }
                     Disposition::Ack

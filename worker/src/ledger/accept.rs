@@ -186,12 +186,14 @@ impl Ledger {
             // deduplication marker in one transaction.
             let total = first.len();
             let new_actions = self.new_actions(event, seq, &first, state, now, not_before)?;
-            let record =
-                template.record(total, Some(new_actions.iter().map(|a| a.action_id).collect()));
+            let record = template.record(
+                total,
+                Some(new_actions.iter().map(|a| a.action_id).collect()),
+            );
             let cancelled = trees
                 .transaction(|trees| {
                     let tx = AcceptTx::of(trees);
-                    let (cancelled, added) = write_changes(
+                    let written = write_changes(
                         &tx,
                         seq,
                         &first,
@@ -200,12 +202,12 @@ impl Ledger {
                         IdsKept::InRecord,
                         now,
                     )?;
-                    add_inventory_size(tx.index, added)?;
+                    add_inventory_size(tx.index, written.new_accounts)?;
                     if release == Release::Now && total > 0 {
                         count_open_events(tx.open_events, 1)?;
                     }
                     write_event_marker(tx.index, tx.events, event, &record)?;
-                    Ok(cancelled)
+                    Ok(written.superseded)
                 })
                 .map_err(tx_error)?;
             return Ok(accept_outcome(
@@ -240,7 +242,7 @@ impl Ledger {
                             chunk.len() as u64 + marker_share,
                         )?;
                     }
-                    let (cancelled, added) = write_changes(
+                    let written = write_changes(
                         &tx,
                         seq,
                         &chunk,
@@ -249,8 +251,8 @@ impl Ledger {
                         IdsKept::InTree,
                         now,
                     )?;
-                    add_inventory_size(tx.index, added)?;
-                    Ok(cancelled)
+                    add_inventory_size(tx.index, written.new_accounts)?;
+                    Ok(written.superseded)
                 })
                 .map_err(tx_error)?;
             total += chunk.len();
@@ -323,7 +325,7 @@ impl Ledger {
                     let (state, not_before) = initial_state(event, release, now);
                     let action =
                         new_action(event, *seq, *action_id, &change, state, now, not_before);
-                    let (cancelled, new_accounts) = write_changes(
+                    let written = write_changes(
                         &tx,
                         *seq,
                         std::slice::from_ref(&change),
@@ -332,7 +334,7 @@ impl Ledger {
                         IdsKept::InRecord,
                         now,
                     )?;
-                    added += new_accounts;
+                    added += written.new_accounts;
                     if release == Release::Now {
                         opened += 1;
                     }
@@ -351,7 +353,7 @@ impl Ledger {
                         1,
                         release,
                         Vec::new(),
-                        cancelled,
+                        written.superseded,
                         None,
                     ));
                 }
@@ -462,10 +464,17 @@ fn new_action(
     }
 }
 
+/// What [`write_changes`] did.
+struct Written {
+    /// Older unfinished actions of the same accounts, now cancelled.
+    superseded: Vec<Superseded>,
+    /// Accounts new to the inventory (the caller adds them to the inventory's
+    /// size once per transaction).
+    new_accounts: u64,
+}
+
 /// Writes planned changes and their actions; supersedes older unfinished
 /// actions of the same accounts. Held plans store their actions only.
-/// Returns the superseded actions and the number of new accounts (the caller
-/// adds them to the inventory's size once per transaction).
 fn write_changes(
     tx: &AcceptTx<'_>,
     seq: EventSeq,
@@ -474,7 +483,7 @@ fn write_changes(
     release: Release,
     ids: IdsKept,
     now: DateTime<Utc>,
-) -> TxResult<(Vec<Superseded>, u64)> {
+) -> TxResult<Written> {
     let mut cancelled = Vec::new();
     let mut added = 0u64;
     for (change, action) in changes.iter().zip(new_actions) {
@@ -494,7 +503,7 @@ fn write_changes(
         let entry = InventoryEntry {
             account: change.account.clone(),
             desired: change.desired.clone(),
-            assignment_active: change.assignment_active,
+            assignment_active: change.assignment.is_active(),
             last_event_seq: Some(seq),
             current_action: Some(action.action_id),
             updated_at: now,
@@ -519,7 +528,10 @@ fn write_changes(
             &entry,
         )?);
     }
-    Ok((cancelled, added))
+    Ok(Written {
+        superseded: cancelled,
+        new_accounts: added,
+    })
 }
 
 /// The event record and its deduplication keys: once these are written, a

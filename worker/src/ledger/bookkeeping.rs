@@ -52,7 +52,6 @@ pub(super) fn supersede(
     }))
 }
 
-
 /// Adds `delta` to the number of open events.
 pub(super) fn count_open_events(open_events: &TransactionalTree, delta: i64) -> TxResult<()> {
     add_to_counter(open_events, OPEN_COUNT_KEY, delta)
@@ -133,4 +132,3 @@ pub(super) fn decrement_open(
     events.insert(&key, encode(&record))?;
     Ok(Some(record))
 }
-

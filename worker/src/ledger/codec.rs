@@ -16,7 +16,6 @@ pub(super) fn tx_error(error: TransactionError<LedgerError>) -> LedgerError {
     }
 }
 
-
 /// Room for a typical record (events, actions and inventory entries are
 /// 300 to 600 bytes), so encoding one does not grow its buffer seven times.
 pub(super) const RECORD_CAPACITY: usize = 640;
@@ -42,7 +41,11 @@ pub(super) fn account_key_bytes(tenant: &TenantId, object: &ObjectId) -> Vec<u8>
     format!("{}/{}", tenant.as_str(), object.as_str()).into_bytes()
 }
 
-pub(super) fn employee_index_key(employee: &EmployeeId, tenant: &TenantId, object: &ObjectId) -> Vec<u8> {
+pub(super) fn employee_index_key(
+    employee: &EmployeeId,
+    tenant: &TenantId,
+    object: &ObjectId,
+) -> Vec<u8> {
     format!(
         "emp:{}\0{}/{}",
         employee.as_str(),
@@ -129,7 +132,11 @@ pub(super) fn read_counter(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
 }
 
 /// Writes `count()` at `key` unless a count is stored there already.
-pub(super) fn recount_if_missing(tree: &sled::Tree, key: &[u8], count: impl FnOnce() -> usize) -> Result<()> {
+pub(super) fn recount_if_missing(
+    tree: &sled::Tree,
+    key: &[u8],
+    count: impl FnOnce() -> usize,
+) -> Result<()> {
     if tree.get(key)?.is_none() {
         tree.insert(key, &(count() as u64).to_be_bytes())?;
     }
@@ -139,4 +146,3 @@ pub(super) fn recount_if_missing(tree: &sled::Tree, key: &[u8], count: impl FnOn
 /// `open_events` key of the number of open events (an event's own key is
 /// its 8-byte sequence number, so the two never meet).
 pub(super) const OPEN_COUNT_KEY: &[u8] = b"open_events";
-

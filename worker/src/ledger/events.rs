@@ -66,7 +66,10 @@ impl Ledger {
 
     /// The ids of an event's actions, in creation order: from its record,
     /// or from `event_actions` (large plans, older ledgers).
-    pub(super) fn event_action_ids(&self, seq: EventSeq) -> Box<dyn Iterator<Item = Result<ActionId>> + '_> {
+    pub(super) fn event_action_ids(
+        &self,
+        seq: EventSeq,
+    ) -> Box<dyn Iterator<Item = Result<ActionId>> + '_> {
         match self.event(seq) {
             Ok(Some(EventRecord {
                 action_ids: Some(ids),

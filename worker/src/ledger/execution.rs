@@ -11,7 +11,18 @@ use super::bookkeeping::decrement_open;
 use super::codec::{
     account_key_bytes, due_key, encode, millis_ceil, pair_key, read_u64, tx_decode, tx_error,
 };
-use super::{Ledger, Result};
+use super::{Ledger, LedgerError, Result};
+/// What one pass of the executor recorded and claimed
+/// ([`Ledger::finish_and_claim`]).
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// One per finished action, in order.
+    pub completions: Vec<Completion>,
+    /// One per id to claim, in order: the claimed action, or `None` when it
+    /// was no longer claimable.
+    pub claimed: Vec<Option<ActionRecord>>,
+}
+
 impl Ledger {
     /// The due time of the earliest pending or scheduled action.
     pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
@@ -71,7 +82,11 @@ impl Ledger {
     /// Moves a pending or scheduled action to in flight and counts the attempt.
     /// Returns None when the action is no longer claimable (cancelled meanwhile).
     pub fn claim(&self, id: ActionId, now: DateTime<Utc>) -> Result<Option<ActionRecord>> {
-        Ok(self.finish_and_claim(&[], &[id], now)?.1.pop().flatten())
+        Ok(self
+            .finish_and_claim(&[], &[id], now)?
+            .claimed
+            .pop()
+            .flatten())
     }
 
     /// Whether the action is still the latest one for its account.
@@ -83,9 +98,12 @@ impl Ledger {
 
     /// Records the end of an in-flight action.
     pub fn finish(&self, action: &ActionRecord) -> Result<Completion> {
-        let (mut completions, _) =
-            self.finish_and_claim(std::slice::from_ref(action), &[], action.updated_at)?;
-        Ok(completions.pop().expect("one completion per action"))
+        self.finish_and_claim(std::slice::from_ref(action), &[], action.updated_at)?
+            .completions
+            .pop()
+            .ok_or_else(|| {
+                LedgerError::Rejected(format!("action {} was not recorded", action.action_id))
+            })
     }
 
     /// The executor's group commit: records the end of the `finished`
@@ -103,10 +121,10 @@ impl Ledger {
         finished: &[ActionRecord],
         claim: &[ActionId],
         now: DateTime<Utc>,
-    ) -> Result<(Vec<Completion>, Vec<Option<ActionRecord>>)> {
+    ) -> Result<Pass> {
         debug_assert!(finished.iter().all(|action| action.state.is_terminal()));
         if finished.is_empty() && claim.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Pass::default());
         }
         (
             &self.actions,
@@ -149,7 +167,10 @@ impl Ledger {
                     in_flight.insert(&key, &[])?;
                     claimed.push(Some(action));
                 }
-                Ok((completions, claimed))
+                Ok(Pass {
+                    completions,
+                    claimed,
+                })
             })
             .map_err(tx_error)
     }
@@ -209,5 +230,4 @@ impl Ledger {
             )
             .map_err(tx_error)
     }
-
 }

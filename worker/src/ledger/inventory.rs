@@ -12,8 +12,7 @@ use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
 use super::codec::{
-    TxResult, account_key_bytes, add_inventory_size, decode, employee_index_key, encode,
-    tx_error,
+    TxResult, account_key_bytes, add_inventory_size, decode, employee_index_key, encode, tx_error,
 };
 use super::{Ledger, LedgerError, Result};
 impl Ledger {
@@ -141,7 +140,6 @@ pub(super) fn write_inventory(
     )?;
     Ok(previous.is_none())
 }
-
 
 /// The planner's read-only view of the ledger's inventory.
 pub(super) struct LedgerView<'a>(pub(super) &'a Ledger);

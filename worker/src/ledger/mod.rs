@@ -52,8 +52,8 @@ mod queries;
 mod tests;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 #[cfg(doc)]
 use palworker_core::planner::InventoryView;
@@ -66,6 +66,7 @@ use codec::{
     INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, due_key, encode, read_counter, read_u64,
     recount_if_missing, tx_decode, tx_error,
 };
+pub use execution::Pass;
 use palworker_core::{ActionId, ActionRecord, ActionState};
 
 /// Errors of the ledger. All of them are internal failures (disk, corruption):

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use palworker_core::{
     ActionId, ActionRecord, ActionState, Approval, EventSeq, EventState, InventoryEntry,
-    StatusFilter,
+    StatusFilter, Superseded,
 };
 use palworker_events::{Account, DesiredLink, EventType};
 use sled::Transactional;
@@ -17,6 +17,14 @@ use super::codec::{
 };
 use super::inventory::write_inventory;
 use super::{Ledger, LedgerError, Result};
+/// What approving one held action did.
+enum HeldAction {
+    /// It is pending (or scheduled), superseding its account's older action, if any.
+    Released { superseded: Option<Box<Superseded>> },
+    /// A later event targeted its account before the approval: it ended `cancelled`.
+    Cancelled(Box<ActionRecord>),
+}
+
 impl Ledger {
     /// Releases a held plan. Actions whose account a later accepted event
     /// already targeted end `cancelled`; the rest become pending.
@@ -89,7 +97,7 @@ impl Ledger {
                         );
                         action.completed_at = Some(now);
                         actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                        return Ok((action, false, None));
+                        return Ok(HeldAction::Cancelled(Box::new(action)));
                     }
                     let superseded = match before.as_ref().and_then(|e| e.current_action) {
                         Some(previous) => {
@@ -146,15 +154,19 @@ impl Ledger {
                         &due_key(action.due_at(), action.action_id),
                         action.tenant_id.as_str().as_bytes(),
                     )?;
-                    Ok((action, true, superseded))
+                    Ok(HeldAction::Released {
+                        superseded: superseded.map(Box::new),
+                    })
                 })
                 .map_err(tx_error)?;
             match result {
-                (_, true, previous) => {
+                HeldAction::Released {
+                    superseded: previous,
+                } => {
                     released += 1;
-                    superseded.extend(previous);
+                    superseded.extend(previous.map(|boxed| *boxed));
                 }
-                (action, false, _) => cancelled.push(action),
+                HeldAction::Cancelled(action) => cancelled.push(*action),
             }
         }
         record.state = EventState::Approved;

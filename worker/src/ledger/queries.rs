@@ -48,7 +48,6 @@ impl Ledger {
         Ok(())
     }
 
-
     /// Counts of actions by state (for summaries and `wait_until_settled`).
     pub fn action_state_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
         let mut counts = BTreeMap::new();

@@ -9,9 +9,7 @@ use palworker_events::{
     Account, AccountKey, ContractId, EmployeeId, Event, ObjectId, PartnerId, TenantId,
 };
 
-use super::codec::{
-    OPEN_COUNT_KEY, INVENTORY_SIZE_KEY, approving_key, encode, pair_key, read_u64,
-};
+use super::codec::{INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, approving_key, encode, pair_key, read_u64};
 use super::*;
 
 fn ledger() -> (tempfile::TempDir, Ledger) {
@@ -92,7 +90,10 @@ fn one_transaction_records_an_outcome_and_claims_the_accounts_next_action() {
     running.state = ActionState::Done;
     running.completed_at = Some(now);
     let later = now + chrono::Duration::seconds(1);
-    let (completions, claimed) = ledger
+    let Pass {
+        completions,
+        claimed,
+    } = ledger
         .finish_and_claim(
             std::slice::from_ref(&running),
             &[next[0].action_id, running.action_id],
@@ -218,8 +219,7 @@ fn import_linked(ledger: &Ledger, count: usize) {
         let account = Account {
             tenant_id: TenantId::parse(&format!("{:08x}-0000-4000-8000-000000000000", n % 7))
                 .unwrap(),
-            object_id: ObjectId::parse(&format!("{n:08x}-1111-4111-8111-111111111111"))
-                .unwrap(),
+            object_id: ObjectId::parse(&format!("{n:08x}-1111-4111-8111-111111111111")).unwrap(),
             employee_id: EmployeeId::parse(&format!("E-{n}")).unwrap(),
             credential: None,
             contract_id: None,
@@ -371,8 +371,7 @@ fn a_tenant_scoped_fan_out_streams_exactly_its_tenants_accounts_across_chunks() 
     accounts.dedup();
     assert_eq!(accounts.len(), in_scope, "one action per account");
     for entry in ledger.inventory_list(None, None).unwrap() {
-        let scoped =
-            [tenant(2), tenant(5)].contains(&entry.account.tenant_id.as_str().to_owned());
+        let scoped = [tenant(2), tenant(5)].contains(&entry.account.tenant_id.as_str().to_owned());
         let partner = entry.desired.partner_id().map(|p| p.as_str().to_owned());
         assert_eq!(partner.as_deref(), Some(if scoped { "222" } else { "111" }));
     }
@@ -389,13 +388,10 @@ fn a_contract_end_streams_only_the_contracts_accounts() {
     let rows = (0..ACCEPT_CHUNK * 2 + 1).map(|n| {
         let account = Account {
             tenant_id: t.clone(),
-            object_id: ObjectId::parse(&format!("{n:08x}-1111-4111-8111-111111111111"))
-                .unwrap(),
+            object_id: ObjectId::parse(&format!("{n:08x}-1111-4111-8111-111111111111")).unwrap(),
             employee_id: EmployeeId::parse(&format!("E-{n}")).unwrap(),
             credential: None,
-            contract_id: Some(
-                ContractId::parse(if n % 2 == 0 { "C-1" } else { "C-2" }).unwrap(),
-            ),
+            contract_id: Some(ContractId::parse(if n % 2 == 0 { "C-1" } else { "C-2" }).unwrap()),
         };
         (account, Some(PartnerId::parse("111").unwrap()))
     });
@@ -487,10 +483,9 @@ fn rejecting_a_large_held_plan_cancels_every_action_chunk_by_chunk() {
 }
 
 fn assignment_for(id: &str, partner: &str) -> Event {
-    let mut json: serde_json::Value = serde_json::from_slice(
-        &serde_json::to_vec(&assignment(id).to_cloudevent_json()).unwrap(),
-    )
-    .unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&serde_json::to_vec(&assignment(id).to_cloudevent_json()).unwrap())
+            .unwrap();
     json["data"]["partner_id"] = partner.into();
     Event::from_json_slice(&serde_json::to_vec(&json).unwrap()).expect("valid event")
 }

@@ -18,6 +18,13 @@ use palworker_sim::{Faults, SimClient, SimConfig, SimHandle, Simulator};
 /// The default local broker.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The environment variable a harness's configuration reads the admin API
+/// token from (`http.admin_token_env`); it is in [`Harness::config_env`].
+pub const ADMIN_TOKEN_ENV: &str = "PALWORKER_HARNESS_ADMIN_TOKEN";
+
+/// The admin API token of every harness (dev only; never a real secret).
+pub const ADMIN_TOKEN: &str = "harness-admin-token";
+
 /// A service principal: one credential, one identity per tenant.
 #[derive(Debug, Clone)]
 pub struct ServicePrincipal {
@@ -157,16 +164,14 @@ cache_capacity = 16777216
 
 [http]
 listen = "127.0.0.1:0"
-admin_token_env = "PALWORKER_HARNESS_ADMIN_TOKEN"
+admin_token_env = "{admin_token_env}"
 "#,
             amqp = options.amqp_url,
             sim = sim_handle.base_url(),
             ledger = ledger_path.display(),
+            admin_token_env = ADMIN_TOKEN_ENV,
         );
-        let mut env = vec![(
-            "PALWORKER_HARNESS_ADMIN_TOKEN".to_owned(),
-            "harness-admin-token".to_owned(),
-        )];
+        let mut env = vec![(ADMIN_TOKEN_ENV.to_owned(), ADMIN_TOKEN.to_owned())];
         for principal in &options.principals {
             let variable = format!(
                 "PALWORKER_HARNESS_SECRET_{}",

@@ -1,8 +1,9 @@
 //! Generated identities for tests and benchmarks: tenant `t`, employee `e`,
 //! the object ID of employee `e`'s service principal in tenant `t`, and one
-//! service principal per employee with an identity in each tenant.
+//! service principal per employee with an identity in each tenant, and the
+//! event that assigns one of them.
 
-use super::ServicePrincipal;
+use super::{ServicePrincipal, events};
 
 /// Tenant number `t` (a GUID).
 pub fn tenant(t: usize) -> String {
@@ -24,16 +25,33 @@ pub fn credential(e: usize) -> String {
     format!("sp-{e}")
 }
 
-/// One service principal per employee (`sp-{e}`), with an identity in each
-/// of the first `tenants` tenants.
+/// Employee `e`'s service principal (`sp-{e}`), with an identity in each of
+/// the first `tenants` tenants.
+pub fn principal(e: usize, tenants: usize) -> ServicePrincipal {
+    ServicePrincipal {
+        credential: credential(e),
+        client_id: format!("c{e:07x}-0000-4000-8000-000000000000"),
+        identities: (0..tenants).map(|t| (tenant(t), object(e, t))).collect(),
+    }
+}
+
+/// One service principal per employee `0..employees` (see [`principal`]).
 pub fn principals(employees: usize, tenants: usize) -> Vec<ServicePrincipal> {
-    (0..employees)
-        .map(|e| ServicePrincipal {
-            credential: credential(e),
-            client_id: format!("c{e:07x}-0000-4000-8000-000000000000"),
-            identities: (0..tenants).map(|t| (tenant(t), object(e, t))).collect(),
-        })
-        .collect()
+    (0..employees).map(|e| principal(e, tenants)).collect()
+}
+
+/// `project.assignment.started` (CloudEvent id `id`) of employee `e` in
+/// tenant `t` with `partner`, through the employee's own credential.
+pub fn assignment(id: &str, e: usize, t: usize, partner: &str) -> serde_json::Value {
+    events::assignment_started(
+        id,
+        &employee(e),
+        &tenant(t),
+        &object(e, t),
+        partner,
+        Some(&credential(e)),
+        None,
+    )
 }
 
 #[cfg(test)]

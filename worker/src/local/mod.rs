@@ -7,23 +7,35 @@
 //!
 //! | file | holds |
 //! | --- | --- |
-//! | `harness.rs` | [`Harness`]: start, publish, wait, inspect, shut down |
+//! | `harness.rs` | [`Harness`]: start, publish, wait, shut down |
+//! | `inspect.rs` | what a harness's simulator, ledger and metrics show: actions of an event, requests of an identity, writes, readiness, metric samples |
 //! | `events.rs` | CloudEvent builders for the six event types |
-//! | `identities.rs` | generated tenants, identities, employees and service principals |
-//! | `process.rs` | the real binary as a child process: a worker, a CLI command |
+//! | `identities.rs` | generated tenants, identities, employees and service principals, and their events |
+//! | `process.rs` | the real binary as a child process: a worker, a CLI command (also for a [`Harness`]'s configuration) |
+//! | `broker.rs` | `rabbitmqctl`: broker users, a sandbox virtual host |
 //! | `demo.rs` | `palworker demo` |
+//!
+//! Waiting is always on a condition ([`wait_until`], [`wait_until_async`],
+//! [`Harness::wait_for`]), never on time: a timeout only bounds a broken run.
 
+pub mod broker;
 pub mod demo;
 pub mod events;
 mod harness;
 pub mod identities;
+mod inspect;
 pub mod process;
 
 use std::time::Duration;
 
 pub use harness::{
-    DEFAULT_AMQP_URL, Harness, HarnessOptions, ServicePrincipal, TempDir, principal_secret,
+    ADMIN_TOKEN, ADMIN_TOKEN_ENV, DEFAULT_AMQP_URL, Harness, HarnessOptions, ServicePrincipal,
+    TempDir, principal_secret,
 };
+pub use inspect::{is_write, request_identity, sample, writes_per_identity};
+
+/// How often the waits look at their condition again.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Polls `condition` every 20 ms until it holds — waiting on a condition,
 /// not on time: the timeout only bounds a broken run, and the error names
@@ -40,8 +52,43 @@ pub async fn wait_until(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("timed out after {timeout:?} waiting for: {what} ({})", detail());
+            anyhow::bail!(
+                "timed out after {timeout:?} waiting for: {what} ({})",
+                detail()
+            );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// [`wait_until`] for a condition that must itself wait (an HTTP request, a
+/// CLI command): polls `condition` every 20 ms until it answers `Ok(true)`.
+/// An `Err` ends the wait with that error; so does the timeout, also when a
+/// call of `condition` is still running then.
+pub async fn wait_until_async(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, condition()).await {
+            Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => return Err(error.context(format!("waiting for: {what}"))),
+            Err(_) => anyhow::bail!("timed out after {timeout:?} waiting for: {what}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a listen address
+/// that must be known before the process that binds it starts).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::process::{Child, Command};
+
+use super::Harness;
 
 /// A `palworker … run` child process. Killed when dropped; its log is
 /// printed when a test panics while it exists.
@@ -19,10 +22,11 @@ pub struct WorkerProcess {
 }
 
 /// The configuration of a child process is complete: nothing from this
-/// process's environment may override it.
+/// process's environment may override it, nor set its log level (`RUST_LOG`
+/// reaches a child only through the environment it is given).
 fn without_overrides(command: &mut Command) {
     for (key, _) in std::env::vars() {
-        if key.starts_with("PALWORKER__") {
+        if key.starts_with("PALWORKER__") || key == "RUST_LOG" {
             command.env_remove(key);
         }
     }
@@ -37,11 +41,24 @@ impl WorkerProcess {
         env: &[(String, String)],
         log: &Path,
     ) -> std::io::Result<WorkerProcess> {
+        Self::spawn_with_args(binary, config, &[], env, log)
+    }
+
+    /// [`WorkerProcess::spawn`] with global options before `run`, such as
+    /// `--log-format json`; `RUST_LOG` in `env` overrides the `info` level.
+    pub fn spawn_with_args(
+        binary: &Path,
+        config: &Path,
+        global_args: &[&str],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> std::io::Result<WorkerProcess> {
         let log_file = std::fs::File::create(log)?;
         let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(config)
+            .args(global_args)
             .arg("run")
             // The production default: the worker pays for its per-event and
             // per-action log lines, written to a file as a service manager would.
@@ -145,8 +162,9 @@ pub struct CliOutput {
 }
 
 /// Runs `binary args…` to completion with `env` added to its environment
-/// (and no `PALWORKER__…` override of this process's), asynchronously, so an
-/// in-process worker keeps serving its admin API meanwhile.
+/// (and no `PALWORKER__…` override or `RUST_LOG` of this process's),
+/// asynchronously, so an in-process worker keeps serving its admin API
+/// meanwhile.
 pub async fn run_cli(
     binary: &Path,
     args: &[&str],
@@ -162,4 +180,49 @@ pub async fn run_cli(
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     })
+}
+
+impl Harness {
+    /// Writes the harness configuration to `dir/palworker.toml` and starts
+    /// `binary` as a worker process with it, logging to `dir/{name}.log`
+    /// (`name` tells successive runs apart).
+    pub fn spawn_worker_process(
+        &self,
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<WorkerProcess> {
+        let config = dir.join("palworker.toml");
+        self.write_config(&config)?;
+        WorkerProcess::spawn(
+            binary,
+            &config,
+            &self.config_env,
+            &dir.join(format!("{name}.log")),
+        )
+        .with_context(|| format!("starting `{}`", binary.display()))
+    }
+
+    /// Writes the harness configuration to `dir/palworker.toml` (with the
+    /// running worker's admin API address) and runs `binary --config FILE
+    /// args…` to completion with the harness's environment, `env` added
+    /// (later entries win: `(ADMIN_TOKEN_ENV, "wrong")` replaces the token).
+    pub async fn cli(
+        &self,
+        binary: &Path,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<CliOutput> {
+        let config = dir.join("palworker.toml");
+        self.write_config(&config)?;
+        let config = config.to_str().context("the config path is not UTF-8")?;
+        let mut full_args = vec!["--config", config];
+        full_args.extend_from_slice(args);
+        let mut full_env = self.config_env.clone();
+        full_env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        run_cli(binary, &full_args, &full_env)
+            .await
+            .with_context(|| format!("running `{}`", binary.display()))
+    }
 }

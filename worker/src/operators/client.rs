@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use palworker_core::{ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow};
+use palworker_core::{
+    ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
-use super::{Decision, EventRef, OperatorError, Operations, RetryTarget};
+use super::{Decision, EventRef, Operations, OperatorError, RetryTarget};
 
 /// A running worker's admin API.
 pub struct AdminApiClient {
@@ -137,8 +139,9 @@ impl Operations for AdminApiClient {
             .await
             .map_err(|e| OperatorError::Failed(e.into()))?;
         for line in text.lines().filter(|line| !line.trim().is_empty()) {
-            let record: AuditRecord = serde_json::from_str(line)
-                .map_err(|e| OperatorError::Failed(anyhow::anyhow!("unreadable audit line: {e}")))?;
+            let record: AuditRecord = serde_json::from_str(line).map_err(|e| {
+                OperatorError::Failed(anyhow::anyhow!("unreadable audit line: {e}"))
+            })?;
             visit(record)?;
         }
         Ok(())

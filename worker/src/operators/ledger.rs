@@ -11,8 +11,8 @@ use palworker_core::{
 };
 use palworker_events::Event;
 
-use super::{Decision, EventRef, OperatorError, Operations, RetryTarget};
-use crate::executor::ExecutorWake;
+use super::{Decision, EventRef, Operations, OperatorError, RetryTarget};
+use crate::executor::ExecutorControl;
 use crate::ledger::{Ledger, LedgerError};
 use crate::telemetry::{ActionFinished, ActionsRequeued, Metrics, PlanApproved, PlanRejected};
 
@@ -24,7 +24,7 @@ pub enum Attached {
     /// Inside a running worker: report to its metrics, wake its executor.
     Running {
         metrics: Metrics,
-        wake: ExecutorWake,
+        executor: ExecutorControl,
     },
 }
 
@@ -62,8 +62,8 @@ impl LedgerOperations {
     }
 
     fn wake(&self) {
-        if let Attached::Running { wake, .. } = &self.attached {
-            wake.wake();
+        if let Attached::Running { executor, .. } = &self.attached {
+            executor.wake();
         }
     }
 

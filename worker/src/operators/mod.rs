@@ -11,7 +11,9 @@ mod client;
 mod ledger;
 
 use chrono::{DateTime, Utc};
-use palworker_core::{ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow};
+use palworker_core::{
+    ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+};
 use serde::{Deserialize, Serialize};
 
 pub use client::AdminApiClient;

@@ -112,10 +112,12 @@ impl PalClient {
         token: &AccessToken,
         partner: &PartnerId,
     ) -> Result<Deleted, PalError> {
-        Ok(match self.arm(Method::DELETE, Some(partner), token).await? {
-            Answer::Ok(_) => Deleted::Removed,
-            Answer::NotFound => Deleted::AlreadyGone,
-        })
+        Ok(
+            match self.arm(Method::DELETE, Some(partner), token).await? {
+                Answer::Ok(_) => Deleted::Removed,
+                Answer::NotFound => Deleted::AlreadyGone,
+            },
+        )
     }
 
     async fn write(

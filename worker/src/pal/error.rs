@@ -137,7 +137,10 @@ mod tests {
     fn retry_after_prefers_millisecond_headers() {
         let now = Utc::now();
         let retry_after = |pairs: &[(&'static str, &str)]| retry_after(&headers(pairs), now);
-        assert_eq!(retry_after(&[("retry-after", "3")]), Some(Duration::from_secs(3)));
+        assert_eq!(
+            retry_after(&[("retry-after", "3")]),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(
             retry_after(&[("retry-after", "3"), ("x-ms-retry-after-ms", "1500")]),
             Some(Duration::from_millis(1500))

@@ -67,7 +67,10 @@ pub enum Reconciled {
     },
     /// The DELETE answered 404: the link went away between the read and the
     /// write.
-    AlreadyRemoved { before: Option<PartnerId>, write: Write },
+    AlreadyRemoved {
+        before: Option<PartnerId>,
+        write: Write,
+    },
     /// Dry run: what would have been written.
     WouldWrite {
         before: Option<PartnerId>,
@@ -181,13 +184,14 @@ impl PalClient {
         }
         let answer = loop {
             let answer = match &write {
-                Write::Delete(partner) => self
-                    .delete_link(&session.token, partner)
-                    .await
-                    .map(|deleted| match deleted {
-                        Deleted::Removed => Applied::Yes(None),
-                        Deleted::AlreadyGone => Applied::AlreadyGone,
-                    }),
+                Write::Delete(partner) => {
+                    self.delete_link(&session.token, partner)
+                        .await
+                        .map(|deleted| match deleted {
+                            Deleted::Removed => Applied::Yes(None),
+                            Deleted::AlreadyGone => Applied::AlreadyGone,
+                        })
+                }
                 Write::Patch(partner) => self
                     .patch_link(&session.token, partner)
                     .await
@@ -277,12 +281,8 @@ fn check_identity(
                 "identity_mismatch",
                 format!(
                     "PAL returned a link of identity {}/{} for account {}/{}; nothing was written",
-                    link.tenant_id
-                        .as_ref()
-                        .map_or("?", TenantId::as_str),
-                    link.object_id
-                        .as_ref()
-                        .map_or("?", ObjectId::as_str),
+                    link.tenant_id.as_ref().map_or("?", TenantId::as_str),
+                    link.object_id.as_ref().map_or("?", ObjectId::as_str),
                     tenant,
                     object
                 ),

@@ -241,9 +241,19 @@ impl Metrics {
         counter_sum(&self.events_total)
     }
 
+    /// Deliveries counted so far with this outcome, over every event type.
+    pub fn deliveries(&self, outcome: EventOutcome) -> u64 {
+        counter_sum_where(&self.events_total, "outcome", outcome.as_str())
+    }
+
     /// Actions that reached a terminal state so far.
     pub fn actions_finished(&self) -> u64 {
         counter_sum(&self.actions_total)
+    }
+
+    /// Actions that ended in `outcome` so far, over every operation.
+    pub fn actions_ended(&self, outcome: ActionState) -> u64 {
+        counter_sum_where(&self.actions_total, "outcome", outcome.as_str())
     }
 
     /// `palworker_actions_pending` now.
@@ -271,9 +281,27 @@ impl Metrics {
 
 /// The sum of a counter's series.
 fn counter_sum(counter: &IntCounterVec) -> u64 {
+    counter_sum_of(counter, |_| true)
+}
+
+/// The sum of a counter's series whose `label` is `value`.
+fn counter_sum_where(counter: &IntCounterVec, label: &str, value: &str) -> u64 {
+    counter_sum_of(counter, |metric| {
+        metric
+            .get_label()
+            .iter()
+            .any(|pair| pair.name() == label && pair.value() == value)
+    })
+}
+
+fn counter_sum_of(
+    counter: &IntCounterVec,
+    mut include: impl FnMut(&prometheus::proto::Metric) -> bool,
+) -> u64 {
     prometheus::core::Collector::collect(counter)
         .iter()
         .flat_map(|family| family.get_metric())
+        .filter(|metric| include(metric))
         .map(|metric| metric.get_counter().get_value() as u64)
         .sum()
 }
@@ -283,4 +311,3 @@ impl Default for Metrics {
         Self::new()
     }
 }
-

@@ -1,122 +1,66 @@
 //! The broker goes away and the worker is told to stop: connections closed
-//! from the server side (`rabbitmqctl`), a broker restart (`stop_app` /
+//! from the server side (`rabbitmqctl close_all_connections` /
+//! `close_all_user_connections`), a broker restart (`rabbitmqctl stop_app` /
 //! `start_app`), readiness while disconnected, and a graceful SIGTERM of the
-//! real process. Its own test binary, and its
-//! scenarios run one at a time: they close broker connections.
-
-mod common;
+//! real process.
+//!
+//! Why a test binary of its own, apart from `tests/integration`: stopping
+//! the RabbitMQ application closes every connection on the broker — any
+//! other test running meanwhile would lose its broker under it. Cargo runs
+//! test binaries one at a time, so nothing else runs while this binary does,
+//! and within it [`SEQUENTIAL`] runs its scenarios one after the other.
+//! The helpers are in `palworker::local`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use palworker::amqp::Publisher;
 use palworker::clock::SystemClock;
-use palworker::harness::{Harness, HarnessOptions, events};
-use palworker::ledger::{ActionState, Ledger, StatusFilter};
-use palworker::sim::{FaultProfile, Faults};
+use palworker::ledger::Ledger;
+use palworker::local::broker::{BrokerSandbox, rabbitmqctl};
+use palworker::local::identities::{assignment, employee, principals};
+use palworker::local::{
+    Harness, HarnessOptions, events, is_write, request_identity, wait_until, writes_per_identity,
+};
+use palworker_core::{ActionState, StatusFilter};
+use palworker_sim::{FaultProfile, Faults};
 
 /// The scenarios of this binary run one after the other.
 static SEQUENTIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const SETTLE: Duration = Duration::from_secs(90);
 
-/// `rabbitmqctl ARGS…`, which must succeed.
-async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("rabbitmqctl")
-            .args(&args)
-            .output()
-            .map(|output| (args, output))
+/// The `palworker` binary cargo built for these tests.
+fn worker_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_palworker"))
+}
+
+/// A worker in `sandbox`, with `employees` × `tenants` principals, PAL
+/// answering after `latency_ms`, and `concurrency` actions at a time.
+async fn start_worker(
+    sandbox: &BrokerSandbox,
+    name: &str,
+    employees: usize,
+    tenants: usize,
+    latency_ms: u64,
+    concurrency: usize,
+) -> Harness {
+    Harness::start(HarnessOptions {
+        amqp_url: sandbox.worker_url(),
+        principals: principals(employees, tenants),
+        faults: Faults::everywhere(FaultProfile {
+            latency_ms,
+            ..FaultProfile::default()
+        }),
+        extra_toml: format!("[limits]\nconcurrency = {concurrency}\nper_tenant_rps = 500.0\n"),
+        name: name.into(),
+        ..HarnessOptions::default()
     })
     .await
     .unwrap()
-    .expect("rabbitmqctl runs");
-    let (args, output) = output;
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A virtual host of its own and a broker user for the worker, so that
-/// closing connections and refusing new ones touches nothing else on the
-/// broker. Deleted on drop.
-struct BrokerSandbox {
-    vhost: String,
-    user: String,
-    password: String,
-}
-
-impl BrokerSandbox {
-    async fn create() -> BrokerSandbox {
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let sandbox = BrokerSandbox {
-            vhost: format!("palworker-broker-{unique}"),
-            user: format!("palworker-broker-{unique}"),
-            password: uuid::Uuid::new_v4().simple().to_string(),
-        };
-        rabbitmqctl(&["add_vhost", &sandbox.vhost]).await;
-        rabbitmqctl(&["add_user", &sandbox.user, &sandbox.password]).await;
-        for user in [sandbox.user.as_str(), "guest"] {
-            rabbitmqctl(&[
-                "set_permissions",
-                "-p",
-                &sandbox.vhost,
-                user,
-                ".*",
-                ".*",
-                ".*",
-            ])
-            .await;
-        }
-        sandbox
-    }
-
-    /// The worker's URL.
-    fn worker_url(&self) -> String {
-        format!(
-            "amqp://{}:{}@127.0.0.1:5672/{}",
-            self.user, self.password, self.vhost
-        )
-    }
-
-    /// The publishers' URL (another user, unaffected by the worker's limits).
-    fn publisher_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.vhost)
-    }
-}
-
-impl BrokerSandbox {
-    /// A worker in this sandbox, with `employees` × `tenants` principals, PAL
-    /// answering after `latency_ms`, and `concurrency` actions at a time.
-    async fn start_worker(
-        &self,
-        name: &str,
-        employees: usize,
-        tenants: usize,
-        latency_ms: u64,
-        concurrency: usize,
-    ) -> Harness {
-        Harness::start(HarnessOptions {
-            amqp_url: self.worker_url(),
-            principals: principals(employees, tenants),
-            faults: Faults::everywhere(FaultProfile {
-                latency_ms,
-                ..FaultProfile::default()
-            }),
-            extra_toml: format!("[limits]\nconcurrency = {concurrency}\nper_tenant_rps = 500.0\n"),
-            name: name.into(),
-            ..HarnessOptions::default()
-        })
-        .await
-        .unwrap()
-    }
 }
 
 /// `project.assignment.started` for each of `employees` in each of `tenants`,
@@ -129,44 +73,8 @@ fn assignments(employees: std::ops::Range<usize>, tenants: usize) -> Vec<serde_j
         .collect()
 }
 
-impl Drop for BrokerSandbox {
-    fn drop(&mut self) {
-        for args in [
-            vec!["delete_vhost", self.vhost.as_str()],
-            vec!["delete_user", self.user.as_str()],
-        ] {
-            let _ = Command::new("rabbitmqctl").args(&args).output();
-        }
-    }
-}
-
-async fn readyz(h: &Harness) -> u16 {
-    reqwest::get(format!("http://{}/readyz", h.app().http_addr))
-        .await
-        .expect("the worker answers HTTP")
-        .status()
-        .as_u16()
-}
-
-fn amqp_connected(h: &Harness) -> i64 {
-    h.app().metrics.amqp_connected.get()
-}
-
-/// Polls `/readyz` and the gauge until they show `status` and `gauge`.
-async fn wait_for_readiness(h: &Harness, status: u16, gauge: i64) {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        if readyz(h).await == status && amqp_connected(h) == gauge {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for /readyz {status} and palworker_amqp_connected {gauge}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
+/// Publishes `events` through `publisher` (another connection than the
+/// harness's own), counting them as published by the harness.
 async fn publish_all(h: &mut Harness, publisher: &Publisher, events: &[serde_json::Value]) {
     for event in events {
         publisher.publish_event(event, None).await.unwrap();
@@ -183,24 +91,9 @@ fn assert_links(
 ) {
     for e in 0..employees {
         for t in 0..tenants {
-            assert_eq!(
-                h.simulator
-                    .active_link(&tenant(t), &object(e, t))
-                    .map(|l| l.partner_id)
-                    .as_deref(),
-                Some(partner(e)),
-                "E-{e} in T{t}"
-            );
+            assert_eq!(h.linked(e, t).as_deref(), Some(partner(e)), "E-{e} in T{t}");
         }
     }
-}
-
-fn answered_writes(h: &Harness) -> usize {
-    h.simulator
-        .requests()
-        .iter()
-        .filter(|r| is_write(r) && r.status == 200)
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,52 +102,57 @@ async fn connections_closed_by_the_broker_are_reopened_and_events_published_mean
     let _sequential = SEQUENTIAL.lock().await;
     const TENANTS: usize = 3;
     const EMPLOYEES: usize = 40;
-    let sandbox = BrokerSandbox::create().await;
-    let mut h = sandbox
-        .start_worker("palworker-broker", EMPLOYEES, TENANTS, 100, 16)
-        .await;
+    let sandbox = BrokerSandbox::create().await.unwrap();
+    let mut h = start_worker(&sandbox, "palworker-broker", EMPLOYEES, TENANTS, 100, 16).await;
     let assignments = |employees| assignments(employees, TENANTS);
-    wait_for_readiness(&h, 200, 1).await;
+    h.wait_for_readiness(SETTLE, 200, 1).await.unwrap();
 
     // 1. All connections of the vhost closed by the broker while actions run.
     let mut publisher = Publisher::connect(&sandbox.publisher_url(), &h.topology.exchange)
         .await
         .unwrap();
     publish_all(&mut h, &publisher, &assignments(0..20)).await;
-    wait_until(SETTLE, "the first writes are answered", || {
-        answered_writes(&h) >= 5
-    })
-    .await;
+    wait_until(
+        SETTLE,
+        "the first writes are answered",
+        || h.answered_writes() >= 5,
+        || format!("{} writes answered", h.answered_writes()),
+    )
+    .await
+    .unwrap();
     rabbitmqctl(&[
         "close_all_connections",
         "--vhost",
-        &sandbox.vhost,
+        sandbox.vhost(),
         "test: closed by the broker",
     ])
-    .await;
+    .await
+    .unwrap();
     publisher.close().await;
     publisher = Publisher::connect(&sandbox.publisher_url(), &h.topology.exchange)
         .await
         .unwrap();
     publish_all(&mut h, &publisher, &assignments(20..30)).await;
     h.wait_until_settled(SETTLE).await.unwrap();
-    wait_for_readiness(&h, 200, 1).await;
+    h.wait_for_readiness(SETTLE, 200, 1).await.unwrap();
 
     // 2. The worker's connection closed and new ones refused for a while:
     //    not ready meanwhile; events published meanwhile wait in the queue.
     rabbitmqctl(&[
         "set_user_limits",
-        &sandbox.user,
+        sandbox.user(),
         r#"{"max-connections": 0}"#,
     ])
-    .await;
+    .await
+    .unwrap();
     rabbitmqctl(&[
         "close_all_user_connections",
-        &sandbox.user,
+        sandbox.user(),
         "test: closed by the broker",
     ])
-    .await;
-    wait_for_readiness(&h, 503, 0).await;
+    .await
+    .unwrap();
+    h.wait_for_readiness(SETTLE, 503, 0).await.unwrap();
     assert!(
         h.metrics_text().contains("palworker_amqp_connected 0"),
         "{}",
@@ -269,9 +167,15 @@ async fn connections_closed_by_the_broker_are_reopened_and_events_published_mean
         ));
     }
     publish_all(&mut h, &publisher, &while_down).await;
-    assert_eq!(readyz(&h).await, 503, "still refused by the broker");
-    rabbitmqctl(&["clear_user_limits", &sandbox.user, "max-connections"]).await;
-    wait_for_readiness(&h, 200, 1).await;
+    assert_eq!(
+        h.readyz().await.unwrap(),
+        503,
+        "still refused by the broker"
+    );
+    rabbitmqctl(&["clear_user_limits", sandbox.user(), "max-connections"])
+        .await
+        .unwrap();
+    h.wait_for_readiness(SETTLE, 200, 1).await.unwrap();
     assert!(h.metrics_text().contains("palworker_amqp_connected 1"));
     h.wait_until_settled(SETTLE).await.unwrap();
 
@@ -308,14 +212,14 @@ struct BrokerStopped;
 
 impl BrokerStopped {
     async fn stop() -> BrokerStopped {
-        rabbitmqctl(&["stop_app"]).await;
+        rabbitmqctl(&["stop_app"]).await.unwrap();
         BrokerStopped
     }
 
     async fn start(self) {
         std::mem::forget(self);
-        rabbitmqctl(&["start_app"]).await;
-        rabbitmqctl(&["await_startup"]).await;
+        rabbitmqctl(&["start_app"]).await.unwrap();
+        rabbitmqctl(&["await_startup"]).await.unwrap();
     }
 }
 
@@ -331,11 +235,9 @@ async fn a_broker_restart_is_survived_and_nothing_is_lost_or_done_twice() {
     let _sequential = SEQUENTIAL.lock().await;
     const TENANTS: usize = 3;
     const EMPLOYEES: usize = 30;
-    let sandbox = BrokerSandbox::create().await;
-    let mut h = sandbox
-        .start_worker("palworker-restart", EMPLOYEES, TENANTS, 200, 8)
-        .await;
-    wait_for_readiness(&h, 200, 1).await;
+    let sandbox = BrokerSandbox::create().await.unwrap();
+    let mut h = start_worker(&sandbox, "palworker-restart", EMPLOYEES, TENANTS, 200, 8).await;
+    h.wait_for_readiness(SETTLE, 200, 1).await.unwrap();
     let assignments = |employees| assignments(employees, TENANTS);
 
     // Events in the queue and actions running when the broker stops.
@@ -344,21 +246,36 @@ async fn a_broker_restart_is_survived_and_nothing_is_lost_or_done_twice() {
         .unwrap();
     publish_all(&mut h, &publisher, &assignments(0..20)).await;
     publisher.close().await;
-    wait_until(SETTLE, "the first writes are answered", || {
-        answered_writes(&h) >= 3
-    })
-    .await;
+    wait_until(
+        SETTLE,
+        "the first writes are answered",
+        || h.answered_writes() >= 3,
+        || format!("{} writes answered", h.answered_writes()),
+    )
+    .await
+    .unwrap();
     let stopped = BrokerStopped::stop().await;
-    wait_for_readiness(&h, 503, 0).await;
+    h.wait_for_readiness(SETTLE, 503, 0).await.unwrap();
     // Actions already accepted go on without the broker.
-    let answered = answered_writes(&h);
-    wait_until(SETTLE, "writes go on while the broker is down", || {
-        let now = answered_writes(&h);
-        now > answered || now >= 20 * TENANTS
-    })
-    .await;
+    let answered = h.answered_writes();
+    wait_until(
+        SETTLE,
+        "writes go on while the broker is down",
+        || {
+            let now = h.answered_writes();
+            now > answered || now >= 20 * TENANTS
+        },
+        || {
+            format!(
+                "{} writes answered, {answered} at the stop",
+                h.answered_writes()
+            )
+        },
+    )
+    .await
+    .unwrap();
     stopped.start().await;
-    wait_for_readiness(&h, 200, 1).await;
+    h.wait_for_readiness(SETTLE, 200, 1).await.unwrap();
 
     // The worker consumes again: the rest of the queue and new events.
     let publisher = Publisher::connect(&sandbox.publisher_url(), &h.topology.exchange)
@@ -415,12 +332,18 @@ async fn sigterm_drains_in_flight_actions_exits_0_and_leaves_a_flushed_ledger() 
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut process = WorkerProcess::spawn(&h, dir.path(), "sigterm");
-    wait_until(SETTLE, "some writes are answered", || {
-        answered_writes(&h) >= 20
-    })
-    .await;
-    let status = process.terminate(Duration::from_secs(60)).await;
+    let mut process = h
+        .spawn_worker_process(worker_binary(), dir.path(), "sigterm")
+        .unwrap();
+    wait_until(
+        SETTLE,
+        "some writes are answered",
+        || h.answered_writes() >= 20,
+        || format!("{} writes answered", h.answered_writes()),
+    )
+    .await
+    .unwrap();
+    let status = process.terminate(Duration::from_secs(60)).await.unwrap();
     assert_eq!(
         status.code(),
         Some(0),
@@ -430,17 +353,11 @@ async fn sigterm_drains_in_flight_actions_exits_0_and_leaves_a_flushed_ledger() 
 
     // Drained: every action that had started (sent its GET) also finished its write.
     let first_run = h.simulator.requests();
-    let identity = |r: &palworker::sim::RequestRecord| {
-        (
-            r.tenant_id.clone().unwrap_or_default(),
-            r.object_id.clone().unwrap_or_default(),
-        )
-    };
-    let started: BTreeSet<(String, String)> = first_run.iter().map(identity).collect();
+    let started: BTreeSet<(String, String)> = first_run.iter().map(request_identity).collect();
     let written: BTreeSet<(String, String)> = first_run
         .iter()
         .filter(|r| is_write(r) && r.status == 200)
-        .map(identity)
+        .map(request_identity)
         .collect();
     assert_eq!(started, written, "no action was left half-way");
     assert!(
@@ -475,9 +392,8 @@ async fn sigterm_drains_in_flight_actions_exits_0_and_leaves_a_flushed_ledger() 
         SETTLE,
         "every link converges and no action is pending",
         |h| {
-            (0..EMPLOYEES).all(|e| {
-                (0..TENANTS).all(|t| h.simulator.active_link(&tenant(t), &object(e, t)).is_some())
-            }) && h.app().ledger.pending_count() == 0
+            (0..EMPLOYEES).all(|e| (0..TENANTS).all(|t| h.linked(e, t).is_some()))
+                && h.app().ledger.pending_count() == 0
         },
     )
     .await
@@ -490,7 +406,9 @@ async fn sigterm_drains_in_flight_actions_exits_0_and_leaves_a_flushed_ledger() 
     let all = h.simulator.requests();
     let second_run: Vec<_> = all[first_run.len()..].to_vec();
     assert!(
-        second_run.iter().all(|r| !written.contains(&identity(r))),
+        second_run
+            .iter()
+            .all(|r| !written.contains(&request_identity(r))),
         "actions done before the stop were not run again"
     );
     let writes = writes_per_identity(&all);

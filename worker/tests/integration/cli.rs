@@ -1,21 +1,9 @@
 //! The command line's contract (SPEC §8): exit 0 on success, 2 on usage or
 //! configuration errors, 1 on other failures, one clear line on stderr.
 
-use std::process::Command;
+use palworker::local::process::{CliOutput, run_cli};
 
-fn palworker(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_palworker"));
-    command.args(args).env_remove("RUST_LOG");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let output = command.output().expect("the binary runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use crate::worker_binary;
 
 fn config(dir: &std::path::Path, toml: &str) -> String {
     let path = dir.join("palworker.toml");
@@ -23,14 +11,16 @@ fn config(dir: &std::path::Path, toml: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-#[test]
-fn plain_http_to_a_non_loopback_pal_endpoint_is_refused_with_exit_2() {
+#[tokio::test]
+async fn plain_http_to_a_non_loopback_pal_endpoint_is_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(
         dir.path(),
         "[pal]\narm_endpoint = \"http://management.example.com\"\n",
     );
-    let (code, _, stderr) = palworker(&["--config", &path, "run"], &[]);
+    let CliOutput { code, stderr, .. } = run_cli(worker_binary(), &["--config", &path, "run"], &[])
+        .await
+        .unwrap();
     assert_eq!(code, 2);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -39,35 +29,46 @@ fn plain_http_to_a_non_loopback_pal_endpoint_is_refused_with_exit_2() {
     );
 }
 
-#[test]
-fn an_invalid_setting_from_the_environment_names_the_key() {
+#[tokio::test]
+async fn an_invalid_setting_from_the_environment_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "");
-    let (code, _, stderr) = palworker(
+    let CliOutput { code, stderr, .. } = run_cli(
+        worker_binary(),
         &["--config", &path, "run"],
-        &[("PALWORKER__RETRY__MULTIPLIER", "0.5")],
-    );
+        &[("PALWORKER__RETRY__MULTIPLIER".into(), "0.5".into())],
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 2);
     assert!(stderr.contains("config key `retry.multiplier`"), "{stderr}");
 }
 
-#[test]
-fn a_missing_config_file_is_a_configuration_error() {
-    let (code, _, stderr) = palworker(&["--config", "/nonexistent/palworker.toml", "status"], &[]);
+#[tokio::test]
+async fn a_missing_config_file_is_a_configuration_error() {
+    let CliOutput { code, stderr, .. } = run_cli(
+        worker_binary(),
+        &["--config", "/nonexistent/palworker.toml", "status"],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 2);
     assert!(stderr.contains("/nonexistent/palworker.toml"), "{stderr}");
 }
 
-#[test]
-fn usage_errors_exit_2() {
-    let (code, _, stderr) = palworker(&["retry"], &[]);
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let CliOutput { code, stderr, .. } = run_cli(worker_binary(), &["retry"], &[]).await.unwrap();
     assert_eq!(code, 2, "{stderr}");
-    let (code, _, _) = palworker(&["no-such-command"], &[]);
+    let CliOutput { code, .. } = run_cli(worker_binary(), &["no-such-command"], &[])
+        .await
+        .unwrap();
     assert_eq!(code, 2);
 }
 
-#[test]
-fn plan_and_publish_refuse_an_invalid_event_file_with_its_reason() {
+#[tokio::test]
+async fn plan_and_publish_refuse_an_invalid_event_file_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger");
     let path = config(
@@ -81,19 +82,31 @@ fn plan_and_publish_refuse_an_invalid_event_file_with_its_reason() {
     )
     .unwrap();
     let event = event.to_string_lossy().into_owned();
-    let (code, _, stderr) = palworker(&["--config", &path, "plan", "--event", &event], &[]);
+    let CliOutput { code, stderr, .. } = run_cli(
+        worker_binary(),
+        &["--config", &path, "plan", "--event", &event],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 2);
     assert!(
         stderr.contains("invalid_field: data.new_partner_id"),
         "{stderr}"
     );
-    let (code, _, stderr) = palworker(&["--config", &path, "publish", &event], &[]);
+    let CliOutput { code, stderr, .. } = run_cli(
+        worker_binary(),
+        &["--config", &path, "publish", &event],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 2);
     assert!(stderr.contains("--no-validate"), "{stderr}");
 }
 
-#[test]
-fn inventory_import_reports_the_line_and_field_of_a_bad_row_and_imports_nothing() {
+#[tokio::test]
+async fn inventory_import_reports_the_line_and_field_of_a_bad_row_and_imports_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger");
     let path = config(
@@ -109,13 +122,25 @@ fn inventory_import_reports_the_line_and_field_of_a_bad_row_and_imports_nothing(
     )
     .unwrap();
     let csv = csv.to_string_lossy().into_owned();
-    let (code, _, stderr) = palworker(&["--config", &path, "inventory", "import", &csv], &[]);
+    let CliOutput { code, stderr, .. } = run_cli(
+        worker_binary(),
+        &["--config", &path, "inventory", "import", &csv],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("line 3: tenant_id: is not a GUID"),
         "{stderr}"
     );
-    let (code, stdout, _) = palworker(&["--config", &path, "inventory", "list", "--json"], &[]);
+    let CliOutput { code, stdout, .. } = run_cli(
+        worker_binary(),
+        &["--config", &path, "inventory", "list", "--json"],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 0);
     assert_eq!(stdout, "", "nothing imported");
 
@@ -125,13 +150,26 @@ fn inventory_import_reports_the_line_and_field_of_a_bad_row_and_imports_nothing(
          11111111-1111-4111-8111-111111111111,00000101-0000-4000-8000-000000000000,E-1,sp-1,123\n",
     )
     .unwrap();
-    let (code, stdout, stderr) = palworker(&["--config", &path, "inventory", "import", &csv], &[]);
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = run_cli(
+        worker_binary(),
+        &["--config", &path, "inventory", "import", &csv],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("imported 1 account(s)"));
-    let (_, stdout, _) = palworker(
+    let CliOutput { stdout, .. } = run_cli(
+        worker_binary(),
         &["--config", &path, "inventory", "list", "--employee", "E-1"],
         &[],
-    );
+    )
+    .await
+    .unwrap();
     assert!(
         stdout.contains("123") && stdout.contains("sp-1"),
         "{stdout}"

@@ -4,19 +4,18 @@
 //! RabbitMQ, real sled, the simulator over HTTP; time is an injected clock
 //! wherever the behaviour depends on it.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use common::*;
-use palworker::admin::Admin;
 use palworker::clock::{Clock, ManualClock};
-use palworker::harness::{Harness, HarnessOptions, events};
-use palworker::ledger::{ActionState, Ledger, StatusFilter};
-use palworker::sim::{FaultProfile, Faults};
+use palworker::ledger::Ledger;
+use palworker::local::identities::{assignment, employee, object, principals, tenant};
+use palworker::local::{Harness, HarnessOptions, events, is_write};
+use palworker::operators::{Attached, LedgerOperations};
+use palworker_core::{ActionState, StatusFilter};
+use palworker_sim::{FaultProfile, Faults};
 
 const SETTLE: Duration = Duration::from_secs(60);
 /// Short retry intervals and a generous per-tenant rate, so fault tests finish quickly.
@@ -29,19 +28,15 @@ max_interval = "500ms"
 per_tenant_rps = 500.0
 "#;
 
-async fn start(principals: usize, tenants: usize, faults: Faults, extra_toml: &str) -> Harness {
+async fn start(employees: usize, tenants: usize, faults: Faults, extra_toml: &str) -> Harness {
     Harness::start(HarnessOptions {
-        principals: principals_for(principals, tenants),
+        principals: principals(employees, tenants),
         faults,
         extra_toml: extra_toml.to_owned(),
         ..HarnessOptions::default()
     })
     .await
     .expect("harness starts")
-}
-
-fn principals_for(employees: usize, tenants: usize) -> Vec<palworker::harness::ServicePrincipal> {
-    principals(employees, tenants)
 }
 
 fn manual_clock() -> Arc<ManualClock> {
@@ -58,17 +53,11 @@ async fn barrier(h: &mut Harness, id: &str, e: usize, t: usize, partner: &str) {
     h.publish(&assignment(id, e, t, partner)).await.unwrap();
     let id = id.to_owned();
     h.wait_for(SETTLE, "the barrier event's action is terminal", |h| {
-        let actions = actions_of(h, &id);
+        let actions = h.actions_of(&id);
         actions.len() == 1 && actions[0].state.is_terminal()
     })
     .await
     .unwrap();
-}
-
-fn linked(h: &Harness, e: usize, t: usize) -> Option<String> {
-    h.simulator
-        .active_link(&tenant(t), &object(e, t))
-        .map(|l| l.partner_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +111,7 @@ async fn with_30_percent_5xx_and_10_percent_429_every_link_converges_and_no_retr
                 8..16 => None,
                 _ => Some("111111"),
             };
-            assert_eq!(linked(&h, e, t).as_deref(), expected, "E-{e} in T{t}");
+            assert_eq!(h.linked(e, t).as_deref(), expected, "E-{e} in T{t}");
         }
     }
     let violations = h.simulator.throttle_violations();
@@ -186,14 +175,14 @@ async fn a_tenant_held_back_by_its_rate_limit_does_not_stall_the_other_tenants()
     }
     h.wait_for(SETTLE, "T1's actions are terminal", |h| {
         (0..4).all(|e| {
-            let actions = actions_of(h, &format!("start-{e}-1"));
+            let actions = h.actions_of(&format!("start-{e}-1"));
             actions.len() == 1 && actions[0].state.is_terminal()
         })
     })
     .await
     .unwrap();
     let backlog_done = (0..BACKLOG)
-        .filter(|e| action_of(&h, &format!("start-{e}-0")).state.is_terminal())
+        .filter(|e| h.action_of(&format!("start-{e}-0")).state.is_terminal())
         .count();
     // Both tenants move at the same rate: when T1's 4 actions are done, T0
     // has done about as many, far from its whole backlog.
@@ -202,7 +191,7 @@ async fn a_tenant_held_back_by_its_rate_limit_does_not_stall_the_other_tenants()
         "T1 waited behind T0's backlog ({backlog_done} of {BACKLOG} done first)"
     );
     for e in 0..4 {
-        assert_eq!(linked(&h, e, 1).as_deref(), Some("111111"));
+        assert_eq!(h.linked(e, 1).as_deref(), Some("111111"));
     }
     eprintln!("rate limit: T1 done while T0 had {backlog_done} of {BACKLOG} actions done");
     h.shutdown().await.unwrap();
@@ -235,10 +224,7 @@ async fn a_newer_event_cancels_an_older_action_still_scheduled_for_the_same_acco
     })
     .await
     .unwrap();
-    assert_eq!(
-        action_of(&h, "transfer-later").state,
-        ActionState::Scheduled
-    );
+    assert_eq!(h.action_of("transfer-later").state, ActionState::Scheduled);
 
     h.publish(&events::employee_transferred(
         "transfer-now",
@@ -249,26 +235,23 @@ async fn a_newer_event_cancels_an_older_action_still_scheduled_for_the_same_acco
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    let older = action_of(&h, "transfer-later");
+    let older = h.action_of("transfer-later");
     assert_eq!(older.state, ActionState::Cancelled, "{older:#?}");
     assert_eq!(older.attempts, 0);
     assert!(
         older.detail.as_deref().unwrap_or("").contains("superseded"),
         "{older:#?}"
     );
-    let newer = action_of(&h, "transfer-now");
+    let newer = h.action_of("transfer-now");
     assert_eq!(newer.state, ActionState::Done, "{newer:#?}");
-    assert_eq!(linked(&h, 0, 0).as_deref(), Some("333333"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("333333"));
 
     // Once its instant has passed, the cancelled action still does nothing.
     clock.set(later + TimeDelta::seconds(1));
-    h.app().wake.wake();
+    h.app().executor.wake();
     barrier(&mut h, "barrier", 1, 0, "111111").await;
-    assert_eq!(
-        action_of(&h, "transfer-later").state,
-        ActionState::Cancelled
-    );
-    let requests = requests_of(&h, &tenant(0), &object(0, 0));
+    assert_eq!(h.action_of("transfer-later").state, ActionState::Cancelled);
+    let requests = h.requests_of(&tenant(0), &object(0, 0));
     let log: Vec<(&str, Option<&str>)> = requests
         .iter()
         .map(|r| (r.method.as_str(), r.partner_id.as_deref()))
@@ -283,7 +266,7 @@ async fn a_newer_event_cancels_an_older_action_still_scheduled_for_the_same_acco
         ],
         "no request ever carried the superseded partner ID"
     );
-    assert_eq!(linked(&h, 0, 0).as_deref(), Some("333333"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("333333"));
     // The superseded event completed through its cancellation: nothing is
     // left in flight, and every event's completion was observed once.
     let metrics = h.metrics_text();
@@ -324,7 +307,7 @@ async fn a_newer_event_cancels_an_older_action_waiting_out_a_retry_after_and_the
         .await
         .unwrap();
     h.wait_for(SETTLE, "the first action is throttled and scheduled", |h| {
-        let actions = actions_of(h, "first");
+        let actions = h.actions_of("first");
         actions.len() == 1 && actions[0].state == ActionState::Scheduled
     })
     .await
@@ -335,18 +318,18 @@ async fn a_newer_event_cancels_an_older_action_waiting_out_a_retry_after_and_the
         .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    let first = action_of(&h, "first");
+    let first = h.action_of("first");
     assert_eq!(first.state, ActionState::Cancelled, "{first:#?}");
     assert_eq!(first.attempts, 1);
     assert!(
         first.last_error.as_deref().unwrap_or("").contains("429"),
         "{first:#?}"
     );
-    let second = action_of(&h, "second");
+    let second = h.action_of("second");
     assert_eq!(second.state, ActionState::Done, "{second:#?}");
-    assert_eq!(linked(&h, 0, 0).as_deref(), Some("222222"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("222222"));
 
-    let requests = requests_of(&h, &tenant(0), &object(0, 0));
+    let requests = h.requests_of(&tenant(0), &object(0, 0));
     assert_eq!(requests[0].status, 429);
     assert!(
         !requests
@@ -388,7 +371,7 @@ async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying
         .await
         .unwrap();
     h.wait_for(SETTLE, "the first action is in flight", |h| {
-        let actions = actions_of(h, "first");
+        let actions = h.actions_of("first");
         actions.len() == 1 && actions[0].state == ActionState::InFlight
     })
     .await
@@ -397,21 +380,22 @@ async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying
         .await
         .unwrap();
     h.wait_for(SETTLE, "the first action's GET failed", |h| {
-        !requests_of(h, &tenant(0), &object(0, 0)).is_empty()
+        !h.requests_of(&tenant(0), &object(0, 0)).is_empty()
     })
     .await
     .unwrap();
     h.simulator.set_faults(Faults::none());
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    let first = action_of(&h, "first");
+    let first = h.action_of("first");
     assert_eq!(first.state, ActionState::Cancelled, "{first:#?}");
     assert_eq!(
         first.attempts, 1,
         "a superseded action is not retried: {first:#?}"
     );
-    assert_eq!(action_of(&h, "second").state, ActionState::Done);
-    let log: Vec<(String, u16, Option<String>)> = requests_of(&h, &tenant(0), &object(0, 0))
+    assert_eq!(h.action_of("second").state, ActionState::Done);
+    let log: Vec<(String, u16, Option<String>)> = h
+        .requests_of(&tenant(0), &object(0, 0))
         .into_iter()
         .map(|r| (r.method, r.status, r.partner_id))
         .collect();
@@ -423,7 +407,7 @@ async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying
             ("PUT".to_owned(), 200, Some("222222".to_owned())),
         ]
     );
-    assert_eq!(linked(&h, 0, 0).as_deref(), Some("222222"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("222222"));
     h.shutdown().await.unwrap();
 }
 
@@ -444,7 +428,7 @@ async fn an_effective_at_in_the_future_holds_the_action_until_that_instant_acros
         .await
         .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    let requests_before = requests_of(&h, &tenant(0), &object(0, 0)).len();
+    let requests_before = h.requests_of(&tenant(0), &object(0, 0)).len();
 
     let effective = clock.now() + TimeDelta::days(30);
     h.publish(&events::employee_departed(
@@ -460,16 +444,16 @@ async fn an_effective_at_in_the_future_holds_the_action_until_that_instant_acros
     })
     .await
     .unwrap();
-    let rows = Admin::new(h.app().ledger.clone())
-        .status(&StatusFilter {
+    let rows = LedgerOperations::new(h.app().ledger.clone(), Attached::Stopped)
+        .status_rows(&StatusFilter {
             event_id: Some("departure".into()),
             ..StatusFilter::default()
         })
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].state, "scheduled", "{rows:#?}");
+    assert_eq!(rows[0].state, ActionState::Scheduled, "{rows:#?}");
     assert_eq!(rows[0].next_attempt_at, Some(effective), "{rows:#?}");
-    assert_eq!(rows[0].attempts, 0);
+    assert_eq!(rows[0].action.attempts, 0);
 
     // The schedule is durable: a restarted worker, one second before the
     // instant, passes the action over.
@@ -477,21 +461,21 @@ async fn an_effective_at_in_the_future_holds_the_action_until_that_instant_acros
     clock.set(effective - TimeDelta::seconds(1));
     h.start_worker().await.unwrap();
     barrier(&mut h, "barrier", 1, 0, "111111").await;
-    assert_eq!(action_of(&h, "departure").state, ActionState::Scheduled);
+    assert_eq!(h.action_of("departure").state, ActionState::Scheduled);
     assert_eq!(
-        requests_of(&h, &tenant(0), &object(0, 0)).len(),
+        h.requests_of(&tenant(0), &object(0, 0)).len(),
         requests_before,
         "no PAL request before effective_at"
     );
-    assert_eq!(linked(&h, 0, 0).as_deref(), Some("111111"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("111111"));
 
     clock.set(effective);
-    h.app().wake.wake();
+    h.app().executor.wake();
     h.wait_until_settled(SETTLE).await.unwrap();
-    let departure = action_of(&h, "departure");
+    let departure = h.action_of("departure");
     assert_eq!(departure.state, ActionState::Done, "{departure:#?}");
-    assert_eq!(linked(&h, 0, 0), None);
-    let after: Vec<String> = requests_of(&h, &tenant(0), &object(0, 0))[requests_before..]
+    assert_eq!(h.linked(0, 0), None);
+    let after: Vec<String> = h.requests_of(&tenant(0), &object(0, 0))[requests_before..]
         .iter()
         .map(|r| r.method.clone())
         .collect();
@@ -517,7 +501,7 @@ async fn a_credential_for_another_identity_fails_as_identity_mismatch_without_wr
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    let action = action_of(&h, "mismatch");
+    let action = h.action_of("mismatch");
     assert_eq!(action.state, ActionState::Failed, "{action:#?}");
     let error = action.last_error.clone().unwrap_or_default();
     assert!(error.contains("identity_mismatch"), "{error}");
@@ -541,11 +525,11 @@ async fn a_credential_for_another_identity_fails_as_identity_mismatch_without_wr
         .collect();
     assert!(writes.is_empty(), "nothing was written: {writes:#?}");
     assert_eq!(
-        linked(&h, 0, 0).as_deref(),
+        h.linked(0, 0).as_deref(),
         Some("555555"),
         "the other identity's link is untouched"
     );
-    assert_eq!(linked(&h, 9, 0), None);
+    assert_eq!(h.linked(9, 0), None);
     h.shutdown().await.unwrap();
 }
 
@@ -565,7 +549,7 @@ async fn an_account_without_a_credential_ends_manual_without_any_pal_request() {
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    let action = action_of(&h, "human");
+    let action = h.action_of("human");
     assert_eq!(action.state, ActionState::Manual, "{action:#?}");
     assert!(
         action
@@ -575,14 +559,14 @@ async fn an_account_without_a_credential_ends_manual_without_any_pal_request() {
             .contains("no credential"),
         "{action:#?}"
     );
-    let manual = Admin::new(h.app().ledger.clone())
-        .status(&StatusFilter {
+    let manual = LedgerOperations::new(h.app().ledger.clone(), Attached::Stopped)
+        .status_rows(&StatusFilter {
             manual: true,
             ..StatusFilter::default()
         })
         .unwrap();
     assert_eq!(manual.len(), 1);
-    assert_eq!(manual[0].object_id, object(5, 0));
+    assert_eq!(manual[0].action.object_id.as_str(), object(5, 0));
     assert!(h.simulator.requests().is_empty(), "no ARM request");
     assert!(h.simulator.token_requests().is_empty(), "no token request");
     h.shutdown().await.unwrap();
@@ -611,7 +595,7 @@ async fn an_unknown_client_fails_at_once_with_its_aadsts_code_and_no_arm_request
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    let action = action_of(&h, "ghost");
+    let action = h.action_of("ghost");
     assert_eq!(action.state, ActionState::Failed, "{action:#?}");
     assert_eq!(action.attempts, 1, "permanent: failed at once");
     let error = action.last_error.clone().unwrap_or_default();
@@ -646,7 +630,7 @@ max_elapsed = "1s"
         .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
 
-    let action = action_of(&h, "doomed");
+    let action = h.action_of("doomed");
     assert_eq!(action.state, ActionState::Failed, "{action:#?}");
     let error = action.last_error.clone().unwrap_or_default();
     assert!(
@@ -660,7 +644,7 @@ max_elapsed = "1s"
         error.contains("503") && error.contains("ServiceUnavailable"),
         "{error}"
     );
-    let requests = requests_of(&h, &tenant(0), &object(0, 0));
+    let requests = h.requests_of(&tenant(0), &object(0, 0));
     assert!(requests.len() >= 3, "several attempts: {requests:#?}");
     assert_eq!(
         requests.len() as u32,
@@ -703,12 +687,12 @@ async fn a_pending_retry_survives_a_restart_and_fires_at_its_due_time() {
         .await
         .unwrap();
     h.wait_for(SETTLE, "the action waits for its retry", |h| {
-        let actions = actions_of(h, "retried");
+        let actions = h.actions_of("retried");
         actions.len() == 1 && actions[0].state == ActionState::Scheduled
     })
     .await
     .unwrap();
-    let scheduled = action_of(&h, "retried");
+    let scheduled = h.action_of("retried");
     let due = scheduled.next_attempt_at.expect("a due time");
     assert!(
         due >= clock.now() + TimeDelta::minutes(10),
@@ -734,22 +718,23 @@ async fn a_pending_retry_survives_a_restart_and_fires_at_its_due_time() {
 
     // Restarted, one second before the due time: nothing for that account.
     clock.set(due - TimeDelta::seconds(1));
-    h.app().wake.wake();
+    h.app().executor.wake();
     barrier(&mut h, "barrier", 1, 1, "111111").await;
-    assert_eq!(action_of(&h, "retried").state, ActionState::Scheduled);
+    assert_eq!(h.action_of("retried").state, ActionState::Scheduled);
     assert_eq!(
-        requests_of(&h, &tenant(0), &object(0, 0)).len(),
+        h.requests_of(&tenant(0), &object(0, 0)).len(),
         1,
         "no request before the due time"
     );
 
     clock.set(due);
-    h.app().wake.wake();
+    h.app().executor.wake();
     h.wait_until_settled(SETTLE).await.unwrap();
-    let done = action_of(&h, "retried");
+    let done = h.action_of("retried");
     assert_eq!(done.state, ActionState::Done, "{done:#?}");
     assert_eq!(done.attempts, 2);
-    let log: Vec<(String, u16)> = requests_of(&h, &tenant(0), &object(0, 0))
+    let log: Vec<(String, u16)> = h
+        .requests_of(&tenant(0), &object(0, 0))
         .iter()
         .map(|r| (r.method.clone(), r.status))
         .collect();
@@ -761,6 +746,6 @@ async fn a_pending_retry_survives_a_restart_and_fires_at_its_due_time() {
             ("PUT".to_owned(), 200)
         ]
     );
-    assert_eq!(linked(&h, 0, 0).as_deref(), Some("111111"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("111111"));
     h.shutdown().await.unwrap();
 }

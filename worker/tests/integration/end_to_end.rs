@@ -4,37 +4,16 @@
 
 use std::time::Duration;
 
-use palworker::harness::{Harness, HarnessOptions, ServicePrincipal, events};
+use palworker::local::identities::{credential, employee, object, principals, tenant};
+use palworker::local::{Harness, HarnessOptions, events, sample};
+use palworker::operators::{Attached, LedgerOperations};
 
-const T1: &str = "11111111-1111-4111-8111-111111111111";
-const T2: &str = "22222222-2222-4222-8222-222222222222";
-const T3: &str = "33333333-3333-4333-8333-333333333333";
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn object(employee: u8, tenant: u8) -> String {
-    format!("0000{employee:02x}{tenant:02x}-0000-4000-8000-000000000000")
-}
-
-fn tenant(n: u8) -> &'static str {
-    [T1, T2, T3][n as usize - 1]
-}
-
-/// Employees 1..=3, each a service principal with an identity in every tenant.
-fn principals() -> Vec<ServicePrincipal> {
-    (1..=3u8)
-        .map(|e| ServicePrincipal {
-            credential: format!("sp-{e}"),
-            client_id: format!("c0000000-0000-4000-8000-0000000000{e:02}"),
-            identities: (1..=3u8)
-                .map(|t| (tenant(t).to_owned(), object(e, t)))
-                .collect(),
-        })
-        .collect()
-}
-
+/// Employees 0..3, each a service principal with an identity in tenants 0..3.
 async fn harness() -> Harness {
     Harness::start(HarnessOptions {
-        principals: principals(),
+        principals: principals(3, 3),
         extra_toml: "[retry]\ninitial_interval = \"100ms\"\n".into(),
         ..HarnessOptions::default()
     })
@@ -43,35 +22,29 @@ async fn harness() -> Harness {
 }
 
 /// Assigns employee `e` to tenant `t` with `partner` (and contract).
-async fn assign(h: &mut Harness, e: u8, t: u8, partner: &str, contract: Option<&str>) {
+async fn assign(h: &mut Harness, e: usize, t: usize, partner: &str, contract: Option<&str>) {
     h.publish(&events::assignment_started(
         &format!("start-{e}-{t}-{partner}"),
-        &format!("E-{e}"),
-        tenant(t),
+        &employee(e),
+        &tenant(t),
         &object(e, t),
         partner,
-        Some(&format!("sp-{e}")),
+        Some(&credential(e)),
         contract,
     ))
     .await
     .unwrap();
 }
 
-fn linked(h: &Harness, e: u8, t: u8) -> Option<String> {
-    h.simulator
-        .active_link(tenant(t), &object(e, t))
-        .map(|l| l.partner_id)
-}
-
 #[tokio::test]
 async fn assignment_started_links_the_account_in_its_tenant() {
     let mut h = harness().await;
-    assign(&mut h, 1, 1, "111111", None).await;
-    assign(&mut h, 1, 2, "111111", None).await;
+    assign(&mut h, 0, 0, "111111", None).await;
+    assign(&mut h, 0, 1, "111111", None).await;
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1, 1).as_deref(), Some("111111"));
-    assert_eq!(linked(&h, 1, 2).as_deref(), Some("111111"));
-    assert_eq!(linked(&h, 1, 3), None);
+    assert_eq!(h.linked(0, 0).as_deref(), Some("111111"));
+    assert_eq!(h.linked(0, 1).as_deref(), Some("111111"));
+    assert_eq!(h.linked(0, 2), None);
     let puts = h
         .simulator
         .requests()
@@ -85,92 +58,91 @@ async fn assignment_started_links_the_account_in_its_tenant() {
 #[tokio::test]
 async fn assignment_ended_removes_only_that_tenants_link() {
     let mut h = harness().await;
-    assign(&mut h, 1, 1, "111111", None).await;
-    assign(&mut h, 1, 2, "111111", None).await;
+    assign(&mut h, 0, 0, "111111", None).await;
+    assign(&mut h, 0, 1, "111111", None).await;
     h.wait_until_settled(SETTLE).await.unwrap();
-    h.publish(&events::assignment_ended("end-1-1", "E-1", T1))
+    h.publish(&events::assignment_ended("end-1-1", "E-0", &tenant(0)))
         .await
         .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1, 1), None);
-    assert_eq!(linked(&h, 1, 2).as_deref(), Some("111111"));
+    assert_eq!(h.linked(0, 0), None);
+    assert_eq!(h.linked(0, 1).as_deref(), Some("111111"));
     h.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn contract_ended_removes_the_links_of_that_contract_in_that_tenant() {
     let mut h = harness().await;
-    assign(&mut h, 1, 1, "111111", Some("C-1")).await;
-    assign(&mut h, 2, 1, "111111", Some("C-2")).await;
-    assign(&mut h, 3, 2, "111111", Some("C-1")).await;
+    assign(&mut h, 0, 0, "111111", Some("C-1")).await;
+    assign(&mut h, 1, 0, "111111", Some("C-2")).await;
+    assign(&mut h, 2, 1, "111111", Some("C-1")).await;
     h.wait_until_settled(SETTLE).await.unwrap();
-    h.publish(&events::contract_ended("contract-end", T1, Some("C-1")))
-        .await
-        .unwrap();
+    h.publish(&events::contract_ended(
+        "contract-end",
+        &tenant(0),
+        Some("C-1"),
+    ))
+    .await
+    .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1, 1), None, "C-1 in T1 removed");
-    assert_eq!(
-        linked(&h, 2, 1).as_deref(),
-        Some("111111"),
-        "C-2 in T1 kept"
-    );
-    assert_eq!(
-        linked(&h, 3, 2).as_deref(),
-        Some("111111"),
-        "C-1 in T2 kept"
-    );
+    assert_eq!(h.linked(0, 0), None, "C-1 in T0 removed");
+    assert_eq!(h.linked(1, 0).as_deref(), Some("111111"), "C-2 in T0 kept");
+    assert_eq!(h.linked(2, 1).as_deref(), Some("111111"), "C-1 in T1 kept");
 
     // Without a contract: every account in the tenant.
-    h.publish(&events::contract_ended("tenant-end", T1, None))
+    h.publish(&events::contract_ended("tenant-end", &tenant(0), None))
         .await
         .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 2, 1), None);
-    assert_eq!(linked(&h, 3, 2).as_deref(), Some("111111"));
+    assert_eq!(h.linked(1, 0), None);
+    assert_eq!(h.linked(2, 1).as_deref(), Some("111111"));
     h.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn departure_removes_every_link_and_hands_them_to_the_successor() {
     let mut h = harness().await;
-    for t in 1..=3 {
-        assign(&mut h, 1, t, "111111", None).await;
+    for t in 0..3 {
+        assign(&mut h, 0, t, "111111", None).await;
     }
-    // The successor works in T1 and T2 only (already linked elsewhere in T2).
-    assign(&mut h, 2, 1, "222222", None).await;
+    // The successor works in T0 and T1 only (already linked, to another partner ID, in T0).
+    assign(&mut h, 1, 0, "222222", None).await;
     h.wait_until_settled(SETTLE).await.unwrap();
-    // E-2 in T2 is known (imported), not linked.
+    // E-1 in T1 is known (imported), not linked.
     let import = format!(
-        "{{\"tenant_id\":\"{T2}\",\"object_id\":\"{}\",\"employee_id\":\"E-2\",\"credential\":\"sp-2\"}}\n",
-        object(2, 2)
+        "{{\"tenant_id\":\"{}\",\"object_id\":\"{}\",\"employee_id\":\"{}\",\"credential\":\"{}\"}}\n",
+        tenant(1),
+        object(1, 1),
+        employee(1),
+        credential(1),
     );
-    palworker::admin::Admin::new(h.app().ledger.clone())
-        .import(&import)
+    LedgerOperations::new(h.app().ledger.clone(), Attached::Stopped)
+        .import_text(&import)
         .unwrap();
 
     h.publish(&events::employee_departed(
         "departure",
-        "E-1",
-        Some("E-2"),
+        "E-0",
+        Some("E-1"),
         None,
     ))
     .await
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    for t in 1..=3 {
-        assert_eq!(linked(&h, 1, t), None, "E-1 in T{t} removed");
+    for t in 0..3 {
+        assert_eq!(h.linked(0, t), None, "E-0 in T{t} removed");
     }
     assert_eq!(
-        linked(&h, 2, 1).as_deref(),
+        h.linked(1, 0).as_deref(),
         Some("111111"),
-        "successor re-pointed in T1"
+        "successor re-pointed in T0"
     );
     assert_eq!(
-        linked(&h, 2, 2).as_deref(),
+        h.linked(1, 1).as_deref(),
         Some("111111"),
-        "successor linked in T2"
+        "successor linked in T1"
     );
-    assert_eq!(linked(&h, 2, 3), None, "no successor account in T3");
+    assert_eq!(h.linked(1, 2), None, "no successor account in T2");
     let record = h.app().ledger.resolve_event("departure", None).unwrap();
     assert_eq!(
         record
@@ -178,7 +150,7 @@ async fn departure_removes_every_link_and_hands_them_to_the_successor() {
             .iter()
             .map(|t| t.as_str())
             .collect::<Vec<_>>(),
-        vec![T3]
+        vec![tenant(2)]
     );
     h.shutdown().await.unwrap();
 }
@@ -186,18 +158,18 @@ async fn departure_removes_every_link_and_hands_them_to_the_successor() {
 #[tokio::test]
 async fn transfer_moves_every_linked_account_to_the_new_partner_id() {
     let mut h = harness().await;
-    assign(&mut h, 1, 1, "111111", None).await;
-    assign(&mut h, 1, 2, "111111", None).await;
-    assign(&mut h, 2, 1, "111111", None).await;
+    assign(&mut h, 0, 0, "111111", None).await;
+    assign(&mut h, 0, 1, "111111", None).await;
+    assign(&mut h, 1, 0, "111111", None).await;
     h.wait_until_settled(SETTLE).await.unwrap();
-    h.publish(&events::employee_transferred("transfer", "E-1", "333333"))
+    h.publish(&events::employee_transferred("transfer", "E-0", "333333"))
         .await
         .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1, 1).as_deref(), Some("333333"));
-    assert_eq!(linked(&h, 1, 2).as_deref(), Some("333333"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("333333"));
+    assert_eq!(h.linked(0, 1).as_deref(), Some("333333"));
     assert_eq!(
-        linked(&h, 2, 1).as_deref(),
+        h.linked(1, 0).as_deref(),
         Some("111111"),
         "other employees untouched"
     );
@@ -214,25 +186,25 @@ async fn transfer_moves_every_linked_account_to_the_new_partner_id() {
 #[tokio::test]
 async fn partner_id_change_relinks_every_account_or_only_the_named_tenants() {
     let mut h = harness().await;
-    for e in 1..=2 {
-        for t in 1..=3 {
+    for e in 0..2 {
+        for t in 0..3 {
             assign(&mut h, e, t, "444444", None).await;
         }
     }
-    assign(&mut h, 3, 1, "999999", None).await;
+    assign(&mut h, 2, 0, "999999", None).await;
     h.wait_until_settled(SETTLE).await.unwrap();
     h.publish(&events::partner_id_changed(
         "change-scoped",
         "444444",
         "555555",
-        Some(&[T3]),
+        Some(&[tenant(2).as_str()]),
     ))
     .await
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1, 3).as_deref(), Some("555555"));
+    assert_eq!(h.linked(0, 2).as_deref(), Some("555555"));
     assert_eq!(
-        linked(&h, 1, 1).as_deref(),
+        h.linked(0, 0).as_deref(),
         Some("444444"),
         "outside tenant_ids untouched"
     );
@@ -246,13 +218,13 @@ async fn partner_id_change_relinks_every_account_or_only_the_named_tenants() {
     .await
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    for e in 1..=2 {
-        for t in 1..=3 {
-            assert_eq!(linked(&h, e, t).as_deref(), Some("555555"), "E-{e} T{t}");
+    for e in 0..2 {
+        for t in 0..3 {
+            assert_eq!(h.linked(e, t).as_deref(), Some("555555"), "E-{e} T{t}");
         }
     }
     assert_eq!(
-        linked(&h, 3, 1).as_deref(),
+        h.linked(2, 0).as_deref(),
         Some("999999"),
         "other partner IDs untouched"
     );
@@ -264,17 +236,21 @@ async fn the_same_event_twice_has_no_further_effect() {
     let mut h = harness().await;
     let event = events::assignment_started(
         "once",
-        "E-1",
-        T1,
-        &object(1, 1),
+        "E-0",
+        &tenant(0),
+        &object(0, 0),
         "111111",
-        Some("sp-1"),
+        Some("sp-0"),
         None,
     );
     h.publish(&event).await.unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
     let requests_after_first = h.simulator.requests().len();
-    let version_after_first = h.simulator.active_link(T1, &object(1, 1)).unwrap().version;
+    let version_after_first = h
+        .simulator
+        .active_link(&tenant(0), &object(0, 0))
+        .unwrap()
+        .version;
 
     h.publish(&event).await.unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
@@ -284,7 +260,10 @@ async fn the_same_event_twice_has_no_further_effect() {
         "no PAL request for the duplicate"
     );
     assert_eq!(
-        h.simulator.active_link(T1, &object(1, 1)).unwrap().version,
+        h.simulator
+            .active_link(&tenant(0), &object(0, 0))
+            .unwrap()
+            .version,
         version_after_first
     );
     let metrics = h.metrics_text();
@@ -307,8 +286,15 @@ async fn the_same_event_twice_has_no_further_effect() {
 #[tokio::test]
 async fn malformed_messages_are_dead_lettered_with_their_reason_and_the_worker_goes_on() {
     let mut h = harness().await;
-    let valid =
-        events::assignment_started("ok", "E-1", T1, &object(1, 1), "111111", Some("sp-1"), None);
+    let valid = events::assignment_started(
+        "ok",
+        "E-0",
+        &tenant(0),
+        &object(0, 0),
+        "111111",
+        Some("sp-0"),
+        None,
+    );
     let mut unknown_type = valid.clone();
     unknown_type["type"] = "hr.employee.promoted".into();
     let mut missing_field = valid.clone();
@@ -354,7 +340,7 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_and_the_worker_g
     h.wait_until_settled(SETTLE).await.unwrap();
 
     assert_eq!(
-        linked(&h, 1, 1).as_deref(),
+        h.linked(0, 0).as_deref(),
         Some("111111"),
         "the valid event after them was processed"
     );
@@ -392,25 +378,12 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_and_the_worker_g
     assert!(metrics.contains(r#"palworker_dead_letters_total{reason="too_large"} 1"#));
     // Dead-lettered events are not recorded as accepted: a corrected re-send is processed.
     let mut corrected = bad_guid.clone();
-    corrected["data"]["tenant_id"] = T2.into();
-    corrected["data"]["object_id"] = object(1, 2).into();
+    corrected["data"]["tenant_id"] = tenant(1).into();
+    corrected["data"]["object_id"] = object(0, 1).into();
     h.publish(&corrected).await.unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1, 2).as_deref(), Some("111111"));
+    assert_eq!(h.linked(0, 1).as_deref(), Some("111111"));
     h.shutdown().await.unwrap();
-}
-
-/// The value of one sample line of the Prometheus text (`name{labels} value`).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -438,31 +411,31 @@ async fn metrics_export_every_contract_name_and_count_what_happened() {
             &fresh,
             r#"palworker_actions_total{op="update",outcome="cancelled"}"#
         ),
-        0.0
+        Some(0.0)
     );
     assert_eq!(
         sample(
             &fresh,
             r#"palworker_action_retries_total{reason="unauthorized"}"#
         ),
-        0.0
+        Some(0.0)
     );
     assert_eq!(
         sample(
             &fresh,
             r#"palworker_events_total{outcome="held",type="partner.id.changed"}"#
         ),
-        0.0
+        Some(0.0)
     );
 
-    for t in 1..=2 {
-        assign(&mut h, 1, t, "111111", None).await;
+    for t in 0..2 {
+        assign(&mut h, 0, t, "111111", None).await;
     }
     h.wait_until_settled(SETTLE).await.unwrap();
-    h.publish(&events::employee_departed("departure", "E-1", None, None))
+    h.publish(&events::employee_departed("departure", "E-0", None, None))
         .await
         .unwrap();
-    h.publish(&events::employee_departed("departure", "E-1", None, None))
+    h.publish(&events::employee_departed("departure", "E-0", None, None))
         .await
         .unwrap();
     h.publish_raw("hr.employee.departed", b"[]", "application/json")
@@ -477,60 +450,60 @@ async fn metrics_export_every_contract_name_and_count_what_happened() {
             &format!(r#"palworker_events_total{{outcome="{outcome}",type="{kind}"}}"#),
         )
     };
-    assert_eq!(events("project.assignment.started", "accepted"), 2.0);
-    assert_eq!(events("hr.employee.departed", "accepted"), 1.0);
-    assert_eq!(events("hr.employee.departed", "duplicate"), 1.0);
-    assert_eq!(events("unknown", "dead_lettered"), 1.0);
+    assert_eq!(events("project.assignment.started", "accepted"), Some(2.0));
+    assert_eq!(events("hr.employee.departed", "accepted"), Some(1.0));
+    assert_eq!(events("hr.employee.departed", "duplicate"), Some(1.0));
+    assert_eq!(events("unknown", "dead_lettered"), Some(1.0));
     let actions = |op: &str, outcome: &str| {
         sample(
             &metrics,
             &format!(r#"palworker_actions_total{{op="{op}",outcome="{outcome}"}}"#),
         )
     };
-    assert_eq!(actions("link", "done"), 2.0);
-    assert_eq!(actions("remove", "done"), 2.0);
-    assert_eq!(actions("remove", "noop"), 0.0);
-    assert_eq!(sample(&metrics, "palworker_actions_pending"), 0.0);
-    assert_eq!(sample(&metrics, "palworker_amqp_connected"), 1.0);
+    assert_eq!(actions("link", "done"), Some(2.0));
+    assert_eq!(actions("remove", "done"), Some(2.0));
+    assert_eq!(actions("remove", "noop"), Some(0.0));
+    assert_eq!(sample(&metrics, "palworker_actions_pending"), Some(0.0));
+    assert_eq!(sample(&metrics, "palworker_amqp_connected"), Some(1.0));
     // Each action: one GET and one write, one token per (credential, tenant).
     assert_eq!(
         sample(
             &metrics,
             r#"palworker_api_requests_total{method="GET",status="404"}"#
         ),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         sample(
             &metrics,
             r#"palworker_api_requests_total{method="GET",status="200"}"#
         ),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         sample(
             &metrics,
             r#"palworker_api_requests_total{method="PUT",status="200"}"#
         ),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         sample(
             &metrics,
             r#"palworker_api_requests_total{method="DELETE",status="200"}"#
         ),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         sample(
             &metrics,
             r#"palworker_api_request_duration_seconds_count{method="GET"}"#
         ),
-        4.0
+        Some(4.0)
     );
     assert_eq!(
         sample(&metrics, "palworker_event_completion_seconds_count"),
-        3.0
+        Some(3.0)
     );
     assert_eq!(h.simulator.requests().len(), 8);
     assert!(metrics.contains("process_resident_memory_bytes"));

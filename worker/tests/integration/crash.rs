@@ -2,19 +2,20 @@
 //! then a restart: every link converges, no event is lost, and no link gets
 //! more than one extra write beyond the one in flight at the kill.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
 use palworker::amqp::Publisher;
 use palworker::clock::SystemClock;
-use palworker::harness::{Harness, HarnessOptions};
-use palworker::ledger::{ActionState, Ledger, StatusFilter};
-use palworker::sim::{FaultProfile, Faults};
+use palworker::ledger::Ledger;
+use palworker::local::identities::{assignment, object, principals, tenant};
+use palworker::local::{Harness, HarnessOptions, wait_until, writes_per_identity};
+use palworker_core::{ActionState, StatusFilter};
+use palworker_sim::{FaultProfile, Faults};
+
+use crate::worker_binary;
 
 const TENANTS: usize = 6;
 /// Employees whose assignments are published before the kill.
@@ -38,7 +39,7 @@ async fn after_kill_9_and_a_restart_every_link_converges_without_lost_events_or_
             },
         );
     }
-    let h = Harness::prepare(
+    let mut h = Harness::prepare(
         HarnessOptions {
             principals: principals(BEFORE + LATE + WHILE_DEAD, TENANTS),
             faults,
@@ -58,7 +59,6 @@ per_tenant_rps = 1000.0
     )
     .await
     .unwrap();
-    let mut h = h;
     let dir = tempfile::tempdir().unwrap();
 
     let mut ids = Vec::new();
@@ -69,21 +69,18 @@ per_tenant_rps = 1000.0
             ids.push(id);
         }
     }
-    let mut first = WorkerProcess::spawn(&h, dir.path(), "first-run");
+    let mut first = h
+        .spawn_worker_process(worker_binary(), dir.path(), "first-run")
+        .unwrap();
     let all = BEFORE * TENANTS;
-    let answered_writes = |h: &Harness| {
-        h.simulator
-            .requests()
-            .iter()
-            .filter(|r| is_write(r) && r.status == 200)
-            .count()
-    };
     wait_until(
         Duration::from_secs(60),
         "the fastest tenants' writes are answered",
-        || answered_writes(&h) >= 2 * BEFORE,
+        || h.answered_writes() >= 2 * BEFORE,
+        || format!("{} writes answered", h.answered_writes()),
     )
-    .await;
+    .await
+    .unwrap();
 
     // More events stream in while the worker dies: some are consumed and
     // acknowledged before the kill, some are in the worker's hands unacknowledged,
@@ -110,12 +107,16 @@ per_tenant_rps = 1000.0
             publisher.close().await;
         })
     };
-    wait_until(Duration::from_secs(60), "the stream has begun", || {
-        streamed.load(Ordering::SeqCst) >= LATE * TENANTS / 3
-    })
-    .await;
-    first.kill_9();
-    let at_kill = answered_writes(&h);
+    wait_until(
+        Duration::from_secs(60),
+        "the stream has begun",
+        || streamed.load(Ordering::SeqCst) >= LATE * TENANTS / 3,
+        || format!("{} late events published", streamed.load(Ordering::SeqCst)),
+    )
+    .await
+    .unwrap();
+    first.kill_9().await.unwrap();
+    let at_kill = h.answered_writes();
     let streamed_at_kill = streamed.load(Ordering::SeqCst);
     eprintln!(
         "crash: killed with {at_kill} of {all} writes answered, {streamed_at_kill} of {} late events published",
@@ -135,19 +136,22 @@ per_tenant_rps = 1000.0
             ids.push(id);
         }
     }
-    let mut second = WorkerProcess::spawn(&h, dir.path(), "second-run");
+    let mut second = h
+        .spawn_worker_process(worker_binary(), dir.path(), "second-run")
+        .unwrap();
     let expected = |e: usize| if e < BEFORE { "111111" } else { "222222" };
-    wait_until(Duration::from_secs(120), "every link converges", || {
-        (0..BEFORE + LATE + WHILE_DEAD).all(|e| {
-            (0..TENANTS).all(|t| {
-                h.simulator
-                    .active_link(&tenant(t), &object(e, t))
-                    .is_some_and(|l| l.partner_id == expected(e))
-            })
-        })
-    })
-    .await;
-    let status = second.terminate(Duration::from_secs(60)).await;
+    wait_until(
+        Duration::from_secs(120),
+        "every link converges",
+        || {
+            (0..BEFORE + LATE + WHILE_DEAD)
+                .all(|e| (0..TENANTS).all(|t| h.linked(e, t).is_some_and(|p| p == expected(e))))
+        },
+        || format!("{} writes answered", h.answered_writes()),
+    )
+    .await
+    .unwrap();
+    let status = second.terminate(Duration::from_secs(60)).await.unwrap();
     assert!(status.success(), "graceful stop: {status:?}");
 
     let requests = h.simulator.requests();

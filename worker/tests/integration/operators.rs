@@ -3,42 +3,24 @@
 //! credentials. Real RabbitMQ, real sled, the simulator over HTTP.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use palworker::amqp::Publisher;
-use palworker::harness::{Harness, HarnessOptions, ServicePrincipal, events};
-use palworker::ledger::{ActionState, StatusFilter};
-use palworker::sim::SimClient;
+use palworker::local::broker::BrokerUser;
+use palworker::local::identities::{credential, employee, object, principals, tenant};
+use palworker::local::process::CliOutput;
+use palworker::local::{ADMIN_TOKEN_ENV, Harness, HarnessOptions, events};
+use palworker_core::{ActionState, StatusFilter};
+use palworker_sim::{FaultProfile, Faults, SimClient};
 
-const T1: &str = "11111111-1111-4111-8111-111111111111";
-const T2: &str = "22222222-2222-4222-8222-222222222222";
+use crate::worker_binary;
+
 const SETTLE: Duration = Duration::from_secs(60);
-const ADMIN_TOKEN: &str = "harness-admin-token";
 
-fn object(employee: u8, tenant: u8) -> String {
-    format!("0000{employee:02x}{tenant:02x}-0000-4000-8000-000000000000")
-}
-
-fn tenant(n: u8) -> &'static str {
-    [T1, T2][n as usize - 1]
-}
-
-fn principals() -> Vec<ServicePrincipal> {
-    (1..=3u8)
-        .map(|e| ServicePrincipal {
-            credential: format!("sp-{e}"),
-            client_id: format!("c0000000-0000-4000-8000-0000000000{e:02}"),
-            identities: (1..=2u8)
-                .map(|t| (tenant(t).to_owned(), object(e, t)))
-                .collect(),
-        })
-        .collect()
-}
-
+/// Employees 0..3, each a service principal with an identity in tenants 0..2.
 async fn harness(extra_toml: &str) -> Harness {
     Harness::start(HarnessOptions {
-        principals: principals(),
+        principals: principals(3, 2),
         extra_toml: extra_toml.to_owned(),
         ..HarnessOptions::default()
     })
@@ -46,15 +28,16 @@ async fn harness(extra_toml: &str) -> Harness {
     .expect("harness starts")
 }
 
+/// Links employees 0..3 in tenant 0 to `partner`.
 async fn link_everyone(h: &mut Harness, partner: &str) {
-    for e in 1..=3u8 {
+    for e in 0..3 {
         h.publish(&events::assignment_started(
             &format!("start-{e}"),
-            &format!("E-{e}"),
-            T1,
-            &object(e, 1),
+            &employee(e),
+            &tenant(0),
+            &object(e, 0),
             partner,
-            Some(&format!("sp-{e}")),
+            Some(&credential(e)),
             None,
         ))
         .await
@@ -69,34 +52,6 @@ fn writes(h: &Harness) -> usize {
         .iter()
         .filter(|r| r.method != "GET")
         .count()
-}
-
-fn linked(h: &Harness, e: u8) -> Option<String> {
-    h.simulator
-        .active_link(T1, &object(e, 1))
-        .map(|l| l.partner_id)
-}
-
-/// Runs the CLI binary against the harness's configuration.
-async fn cli(h: &Harness, dir: &Path, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let config = dir.join("palworker.toml");
-    h.write_config(&config).unwrap();
-    // Async: the in-process worker must keep serving its admin API meanwhile.
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_palworker"));
-    command.arg("--config").arg(&config).args(args);
-    for (key, value) in &h.config_env {
-        command.env(key, value);
-    }
-    match token {
-        Some(token) => command.env("PALWORKER_HARNESS_ADMIN_TOKEN", token),
-        None => command.env_remove("PALWORKER_HARNESS_ADMIN_TOKEN"),
-    };
-    let output = command.output().await.expect("the CLI runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
@@ -137,30 +92,31 @@ async fn a_held_plan_writes_nothing_until_approved_and_a_rejected_one_never() {
     assert!(held.iter().all(|a| a.state == ActionState::Held));
 
     // A later event is not blocked by the held plan.
-    h.publish(&events::assignment_ended("end-3", "E-3", T1))
+    h.publish(&events::assignment_ended("end-2", "E-2", &tenant(0)))
         .await
         .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 3), None);
+    assert_eq!(h.linked(2, 0), None);
 
     // Approve through the running worker's admin API, via the CLI.
     let dir = tempfile::tempdir().unwrap();
-    let (code, stdout, stderr) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["approve", "big-change"],
-    )
-    .await;
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = h
+        .cli(worker_binary(), dir.path(), &["approve", "big-change"], &[])
+        .await
+        .unwrap();
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("2 action(s) released, 1 cancelled"),
         "{stdout}"
     );
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1).as_deref(), Some("222222"));
-    assert_eq!(linked(&h, 2).as_deref(), Some("222222"));
-    assert_eq!(linked(&h, 3), None, "the later event won for E-3");
+    assert_eq!(h.linked(0, 0).as_deref(), Some("222222"));
+    assert_eq!(h.linked(1, 0).as_deref(), Some("222222"));
+    assert_eq!(h.linked(2, 0), None, "the later event won for E-2");
     assert!(h.metrics_text().contains("palworker_held_plans 0"));
 
     // A rejected plan writes nothing, ever.
@@ -174,27 +130,35 @@ async fn a_held_plan_writes_nothing_until_approved_and_a_rejected_one_never() {
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
     let before_reject = writes(&h);
-    let (code, stdout, stderr) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["reject", "rejected-change"],
-    )
-    .await;
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = h
+        .cli(
+            worker_binary(),
+            dir.path(),
+            &["reject", "rejected-change"],
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(code, 0, "{stdout}{stderr}");
     // Approving after rejecting is refused.
-    let (code, _, stderr) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["approve", "rejected-change"],
-    )
-    .await;
+    let CliOutput { code, stderr, .. } = h
+        .cli(
+            worker_binary(),
+            dir.path(),
+            &["approve", "rejected-change"],
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("not held"), "{stderr}");
     h.wait_until_settled(SETTLE).await.unwrap();
     assert_eq!(writes(&h), before_reject);
-    assert_eq!(linked(&h, 1).as_deref(), Some("222222"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("222222"));
     let rejected = h
         .app()
         .ledger
@@ -210,7 +174,7 @@ async fn a_held_plan_writes_nothing_until_approved_and_a_rejected_one_never() {
 #[tokio::test]
 async fn dry_run_reads_pal_records_what_it_would_do_and_writes_nothing() {
     let mut h = harness("[worker]\ndry_run = true\n").await;
-    h.simulator.seed_link(T1, &object(1, 1), "999999");
+    h.simulator.seed_link(&tenant(0), &object(0, 0), "999999");
     link_everyone(&mut h, "111111").await;
     assert_eq!(writes(&h), 0);
     assert!(
@@ -225,96 +189,69 @@ async fn dry_run_reads_pal_records_what_it_would_do_and_writes_nothing() {
         let detail = action.detail.as_deref().unwrap();
         assert!(detail.starts_with("dry run: would"), "{detail}");
     }
-    let e1 = actions
+    let e0 = actions
         .iter()
-        .find(|a| a.employee_id.as_str() == "E-1")
+        .find(|a| a.employee_id.as_str() == employee(0))
         .unwrap();
     assert_eq!(
-        e1.detail.as_deref(),
+        e0.detail.as_deref(),
         Some("dry run: would PATCH 111111; nothing was written")
     );
     assert_eq!(
-        e1.before_partner_id.as_ref().map(|p| p.as_str()),
+        e0.before_partner_id.as_ref().map(|p| p.as_str()),
         Some("999999")
     );
-    assert_eq!(linked(&h, 1).as_deref(), Some("999999"));
-    assert_eq!(linked(&h, 2), None);
+    assert_eq!(h.linked(0, 0).as_deref(), Some("999999"));
+    assert_eq!(h.linked(1, 0), None);
     h.shutdown().await.unwrap();
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        status.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-}
-
-struct BrokerUser(String);
-
-impl BrokerUser {
-    fn create(name: String, password: &str) -> BrokerUser {
-        rabbitmqctl(&["add_user", &name, password]);
-        rabbitmqctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
-        BrokerUser(name)
-    }
-}
-
-impl Drop for BrokerUser {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_user", &self.0])
-            .output();
-    }
 }
 
 #[tokio::test]
 async fn only_allow_listed_publishers_may_publish_their_event_types() {
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let allowed = BrokerUser::create(format!("hr-{suffix}"), "allowed-pw");
-    let intruder = BrokerUser::create(format!("intruder-{suffix}"), "intruder-pw");
+    let allowed = BrokerUser::create(format!("hr-{suffix}"), "allowed-pw".into())
+        .await
+        .unwrap();
+    let intruder = BrokerUser::create(format!("intruder-{suffix}"), "intruder-pw".into())
+        .await
+        .unwrap();
     let mut h = harness(&format!(
         "[security.publishers]\n\"{}\" = [\"project.\"]\n",
-        allowed.0
+        allowed.name()
     ))
     .await;
     let event = events::assignment_started(
         "from-someone",
-        "E-1",
-        T1,
-        &object(1, 1),
+        &employee(0),
+        &tenant(0),
+        &object(0, 0),
         "111111",
-        Some("sp-1"),
+        Some(&credential(0)),
         None,
     );
 
-    let url = |user: &str, pw: &str| format!("amqp://{user}:{pw}@127.0.0.1:5672/%2f");
-    let publisher = Publisher::connect(&url(&intruder.0, "intruder-pw"), &h.settings.amqp.exchange)
+    let publisher = Publisher::connect(&intruder.amqp_url(), &h.settings.amqp.exchange)
         .await
         .unwrap();
     publisher
-        .publish_event(&event, Some(&intruder.0))
+        .publish_event(&event, Some(intruder.name()))
         .await
         .unwrap();
     publisher.close().await;
     // The allowed user, but an event type outside its prefixes.
-    let publisher = Publisher::connect(&url(&allowed.0, "allowed-pw"), &h.settings.amqp.exchange)
+    let publisher = Publisher::connect(&allowed.amqp_url(), &h.settings.amqp.exchange)
         .await
         .unwrap();
     publisher
         .publish_event(
-            &events::employee_departed("not-mine", "E-1", None, None),
-            Some(&allowed.0),
+            &events::employee_departed("not-mine", &employee(0), None, None),
+            Some(allowed.name()),
         )
         .await
         .unwrap();
     h.published += 2;
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1), None, "nothing changed");
+    assert_eq!(h.linked(0, 0), None, "nothing changed");
     let dead = h.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 2);
     for message in &dead {
@@ -331,15 +268,15 @@ async fn only_allow_listed_publishers_may_publish_their_event_types() {
 
     // The allowed user's identical event is processed.
     publisher
-        .publish_event(&event, Some(&allowed.0))
+        .publish_event(&event, Some(allowed.name()))
         .await
         .unwrap();
     publisher.close().await;
     h.published += 1;
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(linked(&h, 1).as_deref(), Some("111111"));
+    assert_eq!(h.linked(0, 0).as_deref(), Some("111111"));
     let record = h.app().ledger.resolve_event("from-someone", None).unwrap();
-    assert_eq!(record.publisher.as_deref(), Some(allowed.0.as_str()));
+    assert_eq!(record.publisher.as_deref(), Some(allowed.name()));
     assert!(
         h.metrics_text()
             .contains(r#"palworker_dead_letters_total{reason="publisher_not_allowed"} 2"#)
@@ -350,11 +287,11 @@ async fn only_allow_listed_publishers_may_publish_their_event_types() {
 #[tokio::test]
 async fn operator_commands_work_against_a_running_worker_and_need_the_admin_token() {
     let mut h = harness("[retry]\nmax_elapsed = \"1s\"\ninitial_interval = \"100ms\"\n").await;
-    // E-1's tenant fails for good (every request 503) until we fix it.
-    let mut faults = palworker::sim::Faults::default();
+    // E-0's tenant fails for good (every request 503) until we fix it.
+    let mut faults = Faults::default();
     faults.per_tenant.insert(
-        T1.to_owned(),
-        palworker::sim::FaultProfile {
+        tenant(0),
+        FaultProfile {
             rate_5xx: 1.0,
             ..Default::default()
         },
@@ -362,20 +299,20 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
     h.simulator.set_faults(faults);
     h.publish(&events::assignment_started(
         "a1",
-        "E-1",
-        T1,
-        &object(1, 1),
+        &employee(0),
+        &tenant(0),
+        &object(0, 0),
         "111111",
-        Some("sp-1"),
+        Some(&credential(0)),
         None,
     ))
     .await
     .unwrap();
     h.publish(&events::assignment_started(
         "a2",
-        "E-2",
-        T2,
-        &object(2, 2),
+        &employee(1),
+        &tenant(1),
+        &object(1, 1),
         "111111",
         None,
         None,
@@ -384,10 +321,14 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let cli = async |args: &[&str]| h.cli(worker_binary(), dir.path(), args, &[]).await.unwrap();
 
     // status --json: one JSON object per action with the contract's fields.
-    let (code, stdout, stderr) =
-        cli(&h, dir.path(), Some(ADMIN_TOKEN), &["status", "--json"]).await;
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = cli(&["status", "--json"]).await;
     assert_eq!(code, 0, "{stderr}");
     let rows: Vec<serde_json::Value> = stdout
         .lines()
@@ -425,29 +366,25 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
             .unwrap()
             .contains("retry budget exhausted")
     );
-    let (_, stdout, _) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["status", "--manual", "--json"],
-    )
-    .await;
+    let CliOutput { stdout, .. } = cli(&["status", "--manual", "--json"]).await;
     assert_eq!(stdout.lines().count(), 1);
     assert!(stdout.contains("\"state\":\"manual\""));
-    let (_, stdout, _) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["status", "--tenant", T2],
-    )
-    .await;
+    let CliOutput { stdout, .. } = cli(&["status", "--tenant", &tenant(1)]).await;
     assert!(
         stdout.contains("manual") && !stdout.contains(" a1 "),
         "{stdout}"
     );
 
     // With a wrong token, or none, the admin API refuses.
-    let (code, _, stderr) = cli(&h, dir.path(), Some("wrong-token"), &["status"]).await;
+    let CliOutput { code, stderr, .. } = h
+        .cli(
+            worker_binary(),
+            dir.path(),
+            &["status"],
+            &[(ADMIN_TOKEN_ENV, "wrong-token")],
+        )
+        .await
+        .unwrap();
     assert_eq!(code, 1);
     assert!(stderr.contains("401"), "{stderr}");
     let raw = reqwest::Client::new()
@@ -458,22 +395,23 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
     assert_eq!(raw.status(), 401);
 
     // retry --failed after the outage is over.
-    h.simulator.set_faults(palworker::sim::Faults::default());
-    let (code, stdout, stderr) =
-        cli(&h, dir.path(), Some(ADMIN_TOKEN), &["retry", "--failed"]).await;
+    h.simulator.set_faults(Faults::default());
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = cli(&["retry", "--failed"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("queued 1 action(s)"), "{stdout}");
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(
-        h.simulator
-            .active_link(T1, &object(1, 1))
-            .map(|l| l.partner_id)
-            .as_deref(),
-        Some("111111")
-    );
+    assert_eq!(h.linked(0, 0).as_deref(), Some("111111"));
 
     // audit export: every outcome, with before/after and attempts.
-    let (code, stdout, stderr) = cli(&h, dir.path(), Some(ADMIN_TOKEN), &["audit", "export"]).await;
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = cli(&["audit", "export"]).await;
     assert_eq!(code, 0, "{stderr}");
     let audit: Vec<serde_json::Value> = stdout
         .lines()
@@ -484,38 +422,26 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
     assert_eq!(done["outcome"], "done");
     assert_eq!(done["after_partner_id"], "111111");
     assert!(done["attempts"].as_u64().unwrap() >= 2);
-    let (_, stdout, _) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["audit", "export", "--since", "2999-01-01T00:00:00Z"],
-    )
-    .await;
+    let CliOutput { stdout, .. } =
+        cli(&["audit", "export", "--since", "2999-01-01T00:00:00Z"]).await;
     assert_eq!(stdout, "");
 
     // inventory list and plan go through the admin API as well.
-    let (code, stdout, _) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["inventory", "list", "--employee", "E-1", "--json"],
-    )
-    .await;
+    let CliOutput { code, stdout, .. } =
+        cli(&["inventory", "list", "--employee", &employee(0), "--json"]).await;
     assert_eq!(code, 0);
     assert_eq!(stdout.lines().count(), 1);
     let event_file = dir.path().join("departure.json");
     std::fs::write(
         &event_file,
-        events::employee_departed("preview", "E-1", None, None).to_string(),
+        events::employee_departed("preview", &employee(0), None, None).to_string(),
     )
     .unwrap();
-    let (code, stdout, stderr) = cli(
-        &h,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["plan", "--event", event_file.to_str().unwrap()],
-    )
-    .await;
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = cli(&["plan", "--event", event_file.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{stderr}");
     let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(plan["actions"].as_array().unwrap().len(), 1);
@@ -538,15 +464,19 @@ async fn operator_commands_work_on_a_stopped_workers_ledger() {
     link_everyone(&mut h, "111111").await;
     h.stop_worker().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (code, stdout, stderr) =
-        cli(&h, dir.path(), Some(ADMIN_TOKEN), &["status", "--json"]).await;
+    let cli = async |args: &[&str]| h.cli(worker_binary(), dir.path(), args, &[]).await.unwrap();
+    let CliOutput {
+        code,
+        stdout,
+        stderr,
+    } = cli(&["status", "--json"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.lines().count(), 3);
     assert!(stdout.lines().all(|l| l.contains("\"state\":\"done\"")));
-    let (code, stdout, _) = cli(&h, dir.path(), Some(ADMIN_TOKEN), &["audit", "export"]).await;
+    let CliOutput { code, stdout, .. } = cli(&["audit", "export"]).await;
     assert_eq!(code, 0);
     assert_eq!(stdout.lines().count(), 3);
-    let (code, _, stderr) = cli(&h, dir.path(), Some(ADMIN_TOKEN), &["approve", "nope"]).await;
+    let CliOutput { code, stderr, .. } = cli(&["approve", "nope"]).await;
     assert_eq!(code, 1);
     assert!(
         stderr.contains("no accepted event has id `nope`"),
@@ -557,7 +487,7 @@ async fn operator_commands_work_on_a_stopped_workers_ledger() {
 
 #[tokio::test]
 async fn a_certificate_credential_obtains_tokens_with_a_signed_client_assertion() {
-    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sim/testdata");
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/src/testdata");
     let dir = tempfile::tempdir().unwrap();
     let pem_path = dir.path().join("cert-and-key.pem");
     let certificate = std::fs::read_to_string(testdata.join("client.cert.pem")).unwrap();
@@ -570,13 +500,13 @@ async fn a_certificate_credential_obtains_tokens_with_a_signed_client_assertion(
     ))
     .await;
     h.simulator.add_client(
-        SimClient::with_certificate(client_id, certificate).identity(T1, &object(9, 1)),
+        SimClient::with_certificate(client_id, certificate).identity(&tenant(0), &object(9, 0)),
     );
     h.publish(&events::assignment_started(
         "cert",
-        "E-9",
-        T1,
-        &object(9, 1),
+        &employee(9),
+        &tenant(0),
+        &object(9, 0),
         "111111",
         Some("cert"),
         None,
@@ -584,13 +514,7 @@ async fn a_certificate_credential_obtains_tokens_with_a_signed_client_assertion(
     .await
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
-    assert_eq!(
-        h.simulator
-            .active_link(T1, &object(9, 1))
-            .map(|l| l.partner_id)
-            .as_deref(),
-        Some("111111")
-    );
+    assert_eq!(h.linked(9, 0).as_deref(), Some("111111"));
     let token_requests = h.simulator.token_requests();
     assert_eq!(token_requests.len(), 1, "{token_requests:?}");
     h.shutdown().await.unwrap();

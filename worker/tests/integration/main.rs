@@ -1,0 +1,29 @@
+//! The integration tests that share the broker peacefully, in one test
+//! binary (one link, one process; cargo runs their tests in parallel): each
+//! test has its own topology, ledger and simulator on the local RabbitMQ.
+//! Their helpers are in `palworker::local`. The broker tests, which close
+//! broker connections and restart RabbitMQ, are a binary of their own
+//! (`tests/broker/main.rs`).
+//!
+//! | module | covers |
+//! | --- | --- |
+//! | `end_to_end` | the main path: each event type, duplicates, malformed messages, metrics |
+//! | `faults` | PAL faults, supersession, `effective_at`, identity checks, retry budget, restarts |
+//! | `operators` | held plans, dry run, the publisher allow-list, the CLI and admin API, certificates |
+//! | `crash` | `kill -9` of a worker process mid-flight, then a restart |
+//! | `process` | a worker process's JSON logs and secret hygiene |
+//! | `cli` | the command line's exit codes and messages |
+
+mod cli;
+mod crash;
+mod end_to_end;
+mod faults;
+mod operators;
+mod process;
+
+use std::path::Path;
+
+/// The `palworker` binary cargo built for these tests.
+pub fn worker_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_palworker"))
+}
