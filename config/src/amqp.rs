@@ -27,6 +27,11 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Larger message bodies are dead-lettered unread (at least 1).
     pub max_message_bytes: usize,
+    /// Deliveries of one message before the broker sets it aside to the
+    /// dead-letter exchange (the events queue's `x-delivery-limit`, at least
+    /// 1): a message the worker cannot even receive (a frame its client
+    /// cannot parse) never blocks the queue for good.
+    pub delivery_limit: u32,
     /// Whether to declare the topology or only check that it exists.
     pub declare: DeclareMode,
     /// First delay before reconnecting after the connection is lost.
@@ -167,6 +172,12 @@ impl RawAmqp {
                 "must be at least 1",
             ));
         }
+        if self.delivery_limit == 0 {
+            return Err(ConfigError::invalid(
+                "amqp.delivery_limit",
+                "must be at least 1",
+            ));
+        }
         let reconnect_initial = self.reconnect_initial.0;
         let reconnect_max = self.reconnect_max.0;
         if reconnect_initial.is_zero() {
@@ -193,6 +204,7 @@ impl RawAmqp {
             dead_letter_queue,
             prefetch: self.prefetch,
             max_message_bytes: self.max_message_bytes,
+            delivery_limit: self.delivery_limit,
             declare: self.declare,
             reconnect_initial,
             reconnect_max,

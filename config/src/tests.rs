@@ -445,7 +445,7 @@ fn invalid_configs_are_refused_naming_the_key() {
         Case {
             toml: "[amqp]\nprefetchh = 10",
             env: &[],
-            message: "config key `amqp.prefetchh`: unknown key (expected one of `url`, `exchange`, `queue`, `dead_letter_exchange`, `dead_letter_queue`, `prefetch`, `max_message_bytes`, `declare`, `reconnect_initial` or `reconnect_max`)",
+            message: "config key `amqp.prefetchh`: unknown key (expected one of `url`, `exchange`, `queue`, `dead_letter_exchange`, `dead_letter_queue`, `prefetch`, `max_message_bytes`, `delivery_limit`, `declare`, `reconnect_initial` or `reconnect_max`)",
             key: Some("amqp.prefetchh"),
         },
         Case {

@@ -8,8 +8,7 @@
 //! lapin's own connection recovery is left off.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
@@ -24,6 +23,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use palworker_config::{AmqpSettings, DeclareMode};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::intake::{Checked, Disposition, Incoming, Intake};
 use crate::telemetry::{BrokerConnectionChanged, ConsumerStopped, Metrics};
 
@@ -39,6 +39,8 @@ pub struct Topology {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// `x-delivery-limit` of the events queue.
+    pub delivery_limit: u32,
 }
 
 impl Topology {
@@ -48,6 +50,7 @@ impl Topology {
             queue: settings.queue.clone(),
             dead_letter_exchange: settings.dead_letter_exchange.clone(),
             dead_letter_queue: settings.dead_letter_queue.clone(),
+            delivery_limit: settings.delivery_limit,
         }
     }
 }
@@ -61,13 +64,80 @@ fn quorum_arguments() -> FieldTable {
     arguments
 }
 
-/// Declares (or, in passive mode, checks) the topology. Idempotent.
+/// The events queue's arguments when the worker creates it: a quorum queue
+/// that sets a message aside to the dead-letter exchange after
+/// `delivery_limit` deliveries (SPEC §11.1), so a message no consumer can
+/// even receive never blocks it.
+fn events_queue_arguments(topology: &Topology) -> FieldTable {
+    let mut arguments = quorum_arguments();
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
+    );
+    arguments
+}
+
+/// Whether `queue` exists, asked on a channel of its own (a passive declare
+/// of a missing queue closes its channel).
+async fn queue_exists(connection: &Connection, queue: &str) -> lapin::Result<bool> {
+    let probe = connection.create_channel().await?;
+    let exists = probe
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    if exists {
+        let _ = probe.close(200, "checked".into()).await;
+    }
+    Ok(exists)
+}
+
+/// Declares (or, in passive mode, checks) the topology. Idempotent. An
+/// events queue that exists already keeps its arguments (a queue's
+/// arguments cannot change; `ops/rabbitmq/definitions.json` sets the
+/// delivery limit and dead-letter exchange of an older one as a policy);
+/// a new one gets [`events_queue_arguments`].
 pub async fn declare_topology(
-    channel: &Channel,
+    connection: &Connection,
     topology: &Topology,
     mode: DeclareMode,
 ) -> lapin::Result<()> {
     let passive = matches!(mode, DeclareMode::Passive);
+    // An existing queue is checked, not declared again: a declaration with
+    // other arguments than it was created with is refused.
+    let events_queue = if passive || queue_exists(connection, &topology.queue).await? {
+        EventsQueue::Exists
+    } else {
+        EventsQueue::Create(events_queue_arguments(topology))
+    };
+    let channel = connection.create_channel().await?;
+    let declared = declare_on(&channel, topology, passive, events_queue).await;
+    let _ = channel.close(200, "declared".into()).await;
+    declared
+}
+
+/// Whether the events queue is there already, or is created with these arguments.
+enum EventsQueue {
+    Exists,
+    Create(FieldTable),
+}
+
+async fn declare_on(
+    channel: &Channel,
+    topology: &Topology,
+    passive: bool,
+    events_queue: EventsQueue,
+) -> lapin::Result<()> {
     let exchange_options = ExchangeDeclareOptions {
         durable: true,
         passive,
@@ -94,11 +164,21 @@ pub async fn declare_topology(
             FieldTable::default(),
         )
         .await?;
+    let (events_queue_options, events_queue_arguments) = match events_queue {
+        EventsQueue::Exists => (
+            QueueDeclareOptions {
+                passive: true,
+                ..queue_options
+            },
+            FieldTable::default(),
+        ),
+        EventsQueue::Create(arguments) => (queue_options, arguments),
+    };
     channel
         .queue_declare(
             topology.queue.as_str().into(),
-            queue_options,
-            quorum_arguments(),
+            events_queue_options,
+            events_queue_arguments,
         )
         .await?;
     channel
@@ -158,19 +238,33 @@ async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reached {
     Connecting,
-    Consuming,
+    /// Consuming, since this instant.
+    Consuming(std::time::Instant),
 }
 
-/// Why a consumer session ended, and how far it got.
+/// Why a consumer session ended without a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    /// The ledger cannot be written: consume again once it can.
+    LedgerUnavailable,
+}
+
+/// Why a consumer session ended, how far it got and how many deliveries it
+/// settled.
 struct SessionError {
     reached: Reached,
+    settled: u64,
     error: anyhow::Error,
 }
 
-impl SessionError {
-    fn at(reached: Reached) -> impl FnOnce(anyhow::Error) -> SessionError {
-        move |error| SessionError { reached, error }
-    }
+/// How many deliveries a session takes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefetch {
+    /// `amqp.prefetch`.
+    Full,
+    /// One, until a delivery settles (after a session died without settling any).
+    Careful,
 }
 
 /// A session's connection, channels and consumer, once consuming.
@@ -187,22 +281,17 @@ pub struct Consumer {
     topology: Topology,
     intake: Intake,
     metrics: Metrics,
-    connected: Arc<AtomicBool>,
+    health: Health,
 }
 
 impl Consumer {
-    pub fn new(
-        settings: AmqpSettings,
-        intake: Intake,
-        metrics: Metrics,
-        connected: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(settings: AmqpSettings, intake: Intake, metrics: Metrics, health: Health) -> Self {
         Consumer {
             topology: Topology::from_settings(&settings),
             settings,
             intake,
             metrics,
-            connected,
+            health,
         }
     }
 
@@ -220,17 +309,44 @@ impl Consumer {
                 .build()
         };
         let mut delays = schedule();
+        let mut prefetch = Prefetch::Full;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let result = self.session(&shutdown).await;
+            let result = self.session(&shutdown, prefetch).await;
             self.set_disconnected();
             match result {
-                Ok(()) => break,
-                Err(SessionError { reached, error }) => {
-                    if reached == Reached::Consuming {
-                        // A session that got as far as consuming restarts the schedule.
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::LedgerUnavailable) => {
+                    // Not the broker's fault: consume again as soon as the
+                    // ledger is writable (it is reopened with its own backoff).
+                    tokio::select! {
+                        _ = self.health.ledger.available() => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                Err(SessionError {
+                    reached,
+                    settled,
+                    error,
+                }) => {
+                    // A session that died before it settled a delivery may
+                    // have met a frame its client cannot parse: the next
+                    // ones take one delivery at a time until one settles, so
+                    // only that message counts deliveries towards the
+                    // queue's limit, not the ones behind it.
+                    prefetch = if settled == 0 && matches!(reached, Reached::Consuming(_)) {
+                        Prefetch::Careful
+                    } else {
+                        Prefetch::Full
+                    };
+                    // Only a session that consumed for a while restarts the
+                    // schedule: one that dies again within seconds (a frame
+                    // the client cannot parse, redelivered) keeps backing off.
+                    if let Reached::Consuming(since) = reached
+                        && since.elapsed() >= self.settings.reconnect_max
+                    {
                         delays = schedule();
                     }
                     let delay = delays.next().unwrap_or(self.settings.reconnect_max);
@@ -249,36 +365,58 @@ impl Consumer {
     }
 
     fn set_connected(&self) {
-        if !self.connected.swap(true, Ordering::SeqCst) {
+        if !self.health.broker_connected.swap(true, Ordering::SeqCst) {
             BrokerConnectionChanged::Up.emit(&self.metrics);
         }
     }
 
     fn set_disconnected(&self) {
-        self.connected.store(false, Ordering::SeqCst);
+        self.health.broker_connected.store(false, Ordering::SeqCst);
         ConsumerStopped.emit(&self.metrics);
     }
 
-    /// One connection's life: connect, declare, consume until shutdown or a
-    /// failure, which says how far the session got.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    /// One connection's life: connect, declare, consume until shutdown, the
+    /// ledger's unavailability or a failure, which says how far it got.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        prefetch: Prefetch,
+    ) -> Result<Ended, SessionError> {
         let consuming = self
-            .connect_and_consume()
+            .connect_and_consume(prefetch)
             .await
-            .map_err(SessionError::at(Reached::Connecting))?;
+            .map_err(|error| SessionError {
+                reached: Reached::Connecting,
+                settled: 0,
+                error,
+            })?;
         self.set_connected();
-        self.consume(shutdown, consuming)
+        let since = std::time::Instant::now();
+        let mut settled = 0u64;
+        self.consume(shutdown, consuming, prefetch, &mut settled)
             .await
-            .map_err(SessionError::at(Reached::Consuming))
+            .map_err(|error| SessionError {
+                reached: Reached::Consuming(since),
+                settled,
+                error,
+            })
+    }
+
+    /// The prefetch of a session.
+    fn prefetch_count(&self, prefetch: Prefetch) -> u16 {
+        match prefetch {
+            Prefetch::Full => self.settings.prefetch,
+            Prefetch::Careful => 1,
+        }
     }
 
     /// Connects, declares the topology and starts consuming.
-    async fn connect_and_consume(&self) -> anyhow::Result<Consuming> {
+    async fn connect_and_consume(&self, prefetch: Prefetch) -> anyhow::Result<Consuming> {
         let connection = connect(self.settings.url.expose(), "palworker").await?;
         let channel = connection.create_channel().await?;
-        declare_topology(&channel, &self.topology, self.settings.declare).await?;
+        declare_topology(&connection, &self.topology, self.settings.declare).await?;
         channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .basic_qos(self.prefetch_count(prefetch), BasicQosOptions::default())
             .await?;
         let dead_letters = connection.create_channel().await?;
         dead_letters
@@ -306,7 +444,9 @@ impl Consumer {
         &self,
         shutdown: &CancellationToken,
         consuming: Consuming,
-    ) -> anyhow::Result<()> {
+        mut prefetch: Prefetch,
+        settled: &mut u64,
+    ) -> anyhow::Result<Ended> {
         let Consuming {
             connection,
             channel,
@@ -335,13 +475,27 @@ impl Consumer {
                     }
                     let _ = channel.close(200, "palworker shutting down".into()).await;
                     let _ = connection.close(200, "palworker shutting down".into()).await;
-                    return Ok(());
+                    return Ok(Ended::Shutdown);
                 }
                 dispositions = stored.recv() => {
                     let Some(dispositions) = dispositions else {
                         anyhow::bail!("the intake thread stopped");
                     };
-                    self.settle(&dead_letters, &mut unsettled, dispositions).await?;
+                    *settled += self.settle(&dead_letters, &mut unsettled, dispositions).await?;
+                    if prefetch == Prefetch::Careful && *settled > 0 {
+                        prefetch = Prefetch::Full;
+                        channel
+                            .basic_qos(self.prefetch_count(prefetch), BasicQosOptions::default())
+                            .await?;
+                    }
+                    if !self.health.ledger.is_available() {
+                        // Take no more deliveries: closing the channel returns
+                        // every unsettled one to the queue, once.
+                        drop(queue);
+                        let _ = channel.close(200, "the ledger is unavailable".into()).await;
+                        let _ = connection.close(200, "the ledger is unavailable".into()).await;
+                        return Ok(Ended::LedgerUnavailable);
+                    }
                 }
                 next = consumer.next() => {
                     let delivery = match next {
@@ -370,14 +524,14 @@ impl Consumer {
         })
     }
 
-    /// Acknowledges, dead-letters or requeues each delivery of a stored batch.
-    /// The batch is the oldest unsettled deliveries, one per disposition.
+    /// Acknowledges, dead-letters or requeues each delivery of a stored batch;
+    /// how many. The batch is the oldest unsettled deliveries, one per disposition.
     async fn settle(
         &self,
         dead_letters: &Channel,
         unsettled: &mut VecDeque<Delivery>,
         dispositions: Vec<Disposition>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<u64> {
         let size = dispositions.len().min(unsettled.len());
         let batch: Vec<Delivery> = unsettled.drain(..size).collect();
         // Consecutive acks go out as one `basic.ack` with `multiple`: it
@@ -442,7 +596,7 @@ impl Consumer {
         if let Some(acked) = last_ack {
             acked.acker.ack(BasicAckOptions { multiple: true }).await?;
         }
-        Ok(())
+        Ok(size as u64)
     }
 }
 
@@ -557,7 +711,7 @@ impl BrokerAdmin {
     }
 
     pub async fn declare(&self, topology: &Topology) -> anyhow::Result<()> {
-        declare_topology(&self.channel, topology, DeclareMode::Declare).await?;
+        declare_topology(&self.connection, topology, DeclareMode::Declare).await?;
         Ok(())
     }
 

@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use palworker_config::Settings;
@@ -15,9 +14,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::Consumer;
+use crate::availability::{self, LedgerAvailability};
 use crate::clock::Clock;
 use crate::executor::{Executor, ExecutorControl, ExecutorSettings};
-use crate::http::{self, Health};
+use crate::health::Health;
+use crate::http;
 use crate::intake::{Intake, IntakeSettings};
 use crate::ledger::Ledger;
 use crate::operators::{Attached, LedgerOperations};
@@ -47,6 +48,7 @@ pub struct RunningApp {
     stop_http: CancellationToken,
     consumer: JoinHandle<()>,
     executor_task: JoinHandle<()>,
+    keeper: JoinHandle<()>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -69,8 +71,8 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         })
         .await??;
     }
-    let health = Health::default();
-    health.ledger_open.store(true, Ordering::SeqCst);
+    let availability = LedgerAvailability::new(metrics.clone());
+    let health = Health::new(availability.clone(), metrics.clone());
     if settings.security.is_open() {
         tracing::warn!(
             "security.publishers is empty: events from ANY publisher are accepted. \
@@ -104,6 +106,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             shutdown_grace: settings.worker.shutdown_grace,
         },
         control.clone(),
+        availability.clone(),
     );
     let intake = Intake::new(
         ledger.clone(),
@@ -115,12 +118,13 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             security: settings.security.clone(),
         },
         control.clone(),
+        health.clone(),
     );
     let consumer = Consumer::new(
         settings.amqp.clone(),
         intake,
         metrics.clone(),
-        health.broker_connected.clone(),
+        health.clone(),
     );
 
     let listener = http::bind(settings.http.listen).await?;
@@ -145,8 +149,26 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         router,
         stop_http.clone().cancelled_owned(),
     ));
-    let consumer = tokio::spawn(consumer.run(stop_consuming.clone()));
-    let executor_task = tokio::spawn(executor.run(stop_executing.clone()));
+    let consumer = health.supervise(
+        "consumer",
+        stop_consuming.clone(),
+        consumer.run(stop_consuming.clone()),
+    );
+    let executor_task = health.supervise(
+        "executor",
+        stop_executing.clone(),
+        executor.run(stop_executing.clone()),
+    );
+    let keeper = health.supervise(
+        "ledger keeper",
+        stop_executing.clone(),
+        availability::keep(
+            ledger.clone(),
+            availability.clone(),
+            control.clone(),
+            stop_executing.clone(),
+        ),
+    );
     tracing::info!(http = %http_addr, "palworker is running.");
     Ok(RunningApp {
         ledger,
@@ -159,6 +181,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         stop_http,
         consumer,
         executor_task,
+        keeper,
         http,
     })
 }
@@ -173,12 +196,22 @@ impl RunningApp {
         let _ = self.consumer.await;
         self.stop_executing.cancel();
         let _ = self.executor_task.await;
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || ledger.flush())
-            .await?
-            .context("flushing the ledger")?;
+        let _ = self.keeper.await;
+        let flushed = if self.health.ledger.is_available() {
+            let ledger = self.ledger.clone();
+            tokio::task::spawn_blocking(move || ledger.flush())
+                .await?
+                .context("flushing the ledger")
+        } else {
+            // Everything acknowledged was flushed before; what was not
+            // flushed since is recovered at the next start.
+            Err(anyhow::anyhow!(
+                "the ledger is unavailable; not flushed at shutdown"
+            ))
+        };
         self.stop_http.cancel();
         let _ = self.http.await;
+        flushed?;
         tracing::info!("Stopped cleanly; the ledger is flushed.");
         Ok(())
     }

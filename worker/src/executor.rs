@@ -10,10 +10,12 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use palworker_config::RetrySettings;
 use palworker_events::{AccountKey, PartnerId};
 use tokio::sync::Notify;
@@ -21,7 +23,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::availability::LedgerAvailability;
 use crate::clock::Clock;
+use crate::health::panic_message;
 use crate::ledger::{Ledger, LedgerError};
 use crate::pal::{
     Checkpoint, PalClient, PalError, Reconcile, ReconcileError, Reconciled, Transient, WriteMode,
@@ -90,6 +94,7 @@ pub struct Executor {
     clock: Arc<dyn Clock>,
     settings: ExecutorSettings,
     control: ExecutorControl,
+    availability: LedgerAvailability,
 }
 
 /// How one attempt ended.
@@ -181,6 +186,7 @@ impl Executor {
         clock: Arc<dyn Clock>,
         settings: ExecutorSettings,
         control: ExecutorControl,
+        availability: LedgerAvailability,
     ) -> Self {
         Executor {
             ledger,
@@ -189,6 +195,7 @@ impl Executor {
             clock,
             settings,
             control,
+            availability,
         }
     }
 
@@ -212,7 +219,9 @@ impl Executor {
             if shutdown.is_cancelled() {
                 break;
             }
-            let paused = this.control.is_paused() || this.ledger.is_storing_large_plan();
+            let paused = this.control.is_paused()
+                || !this.availability.is_available()
+                || this.ledger.is_storing_large_plan();
             let free = concurrency.saturating_sub(tasks.len());
             let now = this.clock.now();
             let mut keys = Vec::new();
@@ -234,7 +243,7 @@ impl Executor {
                 };
                 let this = this.clone();
                 let span = action_span(&action);
-                tasks.spawn(async move { (key, this.run_action(action).await) }.instrument(span));
+                tasks.spawn(async move { (key, this.run_guarded(action).await) }.instrument(span));
             }
             let wait = this.idle_wait(tasks.len(), concurrency);
             tokio::select! {
@@ -340,6 +349,11 @@ impl Executor {
             }
             Err(error) => error,
         };
+        if self.availability.report(&error) {
+            // Nothing more can be written until the ledger is reopened;
+            // reopening recovers these actions as pending.
+            return vec![None; ids.len()];
+        }
         tracing::warn!(error = %error, "Recording outcomes and claims together failed; recording them apart.");
         // One at a time, so that each outcome meets its own error (and one
         // bad record does not fail the others).
@@ -388,6 +402,13 @@ impl Executor {
             }
             _ => MAX_IDLE,
         }
+    }
+
+    /// [`Executor::run_action`], where a panic — a bug, never an answer of
+    /// PAL — ends the action `failed` instead of losing it and its account.
+    async fn run_guarded(&self, action: ActionRecord) -> Option<ActionRecord> {
+        let claimed = action.clone();
+        guarded(claimed, self.clock.as_ref(), self.run_action(action)).await
     }
 
     /// Runs one claimed action; returns its outcome for the run loop to
@@ -445,7 +466,9 @@ impl Executor {
                 return None;
             }
             Err(e) => {
-                tracing::error!(error = %e, "Recording a retry failed; the action resumes at the next start.");
+                if !self.availability.report(&e) {
+                    tracing::error!(error = %e, "Recording a retry failed; the action resumes at the next start.");
+                }
                 return None;
             }
         }
@@ -522,6 +545,28 @@ impl Executor {
     }
 }
 
+/// Runs `attempt` of the `claimed` action; if it panics, the action ends
+/// `failed` with `internal: …` (and its task frees its account as usual).
+async fn guarded(
+    claimed: ActionRecord,
+    clock: &dyn Clock,
+    attempt: impl std::future::Future<Output = Option<ActionRecord>>,
+) -> Option<ActionRecord> {
+    match AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let now = clock.now();
+            let mut failed = claimed;
+            failed.state = ActionState::Failed;
+            failed.last_error = Some(format!("internal: {}", panic_message(panic.as_ref())));
+            failed.next_attempt_at = None;
+            failed.updated_at = now;
+            failed.completed_at = Some(now);
+            Some(failed)
+        }
+    }
+}
+
 /// The span of everything logged about one action.
 fn action_span(action: &ActionRecord) -> tracing::Span {
     tracing::info_span!(
@@ -540,4 +585,61 @@ fn ended_task(
     result
         .inspect_err(|error| tracing::error!(error = %error, "An action task panicked."))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use palworker_core::{ActionId, EventSeq, Op};
+    use palworker_events::{DesiredLink, EmployeeId, EventType, ObjectId, TenantId};
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn claimed() -> ActionRecord {
+        let at = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        ActionRecord {
+            action_id: ActionId::new(7),
+            event_seq: EventSeq::new(3),
+            event_id: "e".into(),
+            event_source: "urn:test".into(),
+            event_type: EventType::AssignmentEnded,
+            tenant_id: TenantId::parse("11111111-1111-4111-8111-111111111111").unwrap(),
+            object_id: ObjectId::parse("22222222-2222-4222-8222-222222222222").unwrap(),
+            employee_id: EmployeeId::parse("E-1").unwrap(),
+            credential: None,
+            contract_id: None,
+            op: Op::Remove,
+            desired: DesiredLink::Absent,
+            state: ActionState::InFlight,
+            attempts: 1,
+            last_error: None,
+            created_at: at,
+            updated_at: at,
+            not_before: None,
+            next_attempt_at: None,
+            first_attempt_at: Some(at),
+            before_partner_id: None,
+            after_partner_id: None,
+            dry_run: false,
+            detail: None,
+            completed_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_attempt_ends_the_action_failed_as_internal() {
+        let clock = ManualClock::new(Utc.timestamp_millis_opt(1_800_000_060_000).unwrap());
+        let outcome = guarded(claimed(), &clock, async { panic!("index out of bounds") })
+            .await
+            .expect("an outcome to record");
+        assert_eq!(outcome.state, ActionState::Failed);
+        assert_eq!(
+            outcome.last_error.as_deref(),
+            Some("internal: index out of bounds")
+        );
+        assert_eq!(outcome.completed_at, Some(clock.now()));
+        let fine = guarded(claimed(), &clock, async { None }).await;
+        assert!(fine.is_none(), "an attempt that returns is left as it is");
+    }
 }

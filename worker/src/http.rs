@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -21,15 +20,9 @@ use subtle::ConstantTimeEq;
 
 use palworker_core::{ActionId, StatusFilter};
 
+use crate::health::Health;
 use crate::operators::{Decision, EventRef, LedgerOperations, OperatorError, RetryTarget};
 use crate::telemetry::{LedgerSizeMeasured, Metrics};
-
-/// What `/readyz` looks at.
-#[derive(Clone, Default)]
-pub struct Health {
-    pub broker_connected: Arc<AtomicBool>,
-    pub ledger_open: Arc<AtomicBool>,
-}
 
 #[derive(Clone)]
 struct AppState {
@@ -69,7 +62,7 @@ pub fn router(
         ));
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(admin)
         .with_state(state)
@@ -107,19 +100,23 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    let broker = state.health.broker_connected.load(Ordering::SeqCst);
-    let ledger = state.health.ledger_open.load(Ordering::SeqCst);
-    match (broker, ledger) {
-        (true, true) => (StatusCode::OK, "ready\n").into_response(),
-        (false, _) => (
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.health.liveness() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: broker disconnected\n",
+            format!("not alive: {why}\n"),
         )
             .into_response(),
-        (_, false) => (
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: ledger not open\n",
+            format!("not ready: {why}\n"),
         )
             .into_response(),
     }

@@ -7,6 +7,7 @@
 //! Architecture invariant: a delivery is acknowledged only after its plan is
 //! flushed to the ledger, or after its dead-letter copy was confirmed by the broker.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use palworker_config::SecuritySettings;
@@ -15,6 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::Clock;
 use crate::executor::ExecutorControl;
+use crate::health::{Health, panic_message};
 use palworker_core::AcceptOutcome;
 use palworker_core::planner::Assignment;
 
@@ -99,6 +101,7 @@ pub struct Intake {
     clock: Arc<dyn Clock>,
     settings: Arc<IntakeSettings>,
     executor: ExecutorControl,
+    health: Health,
 }
 
 /// What became of one delivery of a batch.
@@ -116,6 +119,7 @@ impl Intake {
         clock: Arc<dyn Clock>,
         settings: IntakeSettings,
         executor: ExecutorControl,
+        health: Health,
     ) -> Self {
         Intake {
             ledger,
@@ -123,6 +127,7 @@ impl Intake {
             clock,
             settings: Arc::new(settings),
             executor,
+            health,
         }
     }
 
@@ -163,7 +168,20 @@ impl Intake {
                             Err(_) => break,
                         }
                     }
-                    if results.send(this.handle_batch(batch)).is_err() {
+                    // A panic here is a bug, not bad input: the worker is
+                    // no longer alive (the orchestrator restarts it); the
+                    // batch is not acked and comes back.
+                    let handled =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| this.handle_batch(batch)));
+                    let dispositions = match handled {
+                        Ok(dispositions) => dispositions,
+                        Err(panic) => {
+                            this.health
+                                .loop_ended("intake", &panic_message(panic.as_ref()));
+                            break;
+                        }
+                    };
+                    if results.send(dispositions).is_err() {
                         break;
                     }
                 }
@@ -183,7 +201,9 @@ impl Intake {
         } else {
             Ok(())
         };
-        if let Err(error) = &flushed {
+        if let Err(error) = &flushed
+            && !self.health.ledger.report(error)
+        {
             tracing::error!(error = %error, "Flushing the ledger failed; the batch will be redelivered.");
         }
         let mut woke = false;
@@ -218,7 +238,9 @@ impl Intake {
                     Disposition::DeadLetter { reason, detail }
                 }
                 Processed::Failed(error) => {
-                    tracing::error!(error = %error, "Storing an event failed; it will be redelivered.");
+                    if !self.health.ledger.report(&error) {
+                        tracing::error!(error = %error, "Storing an event failed; it will be redelivered.");
+                    }
                     Disposition::Requeue
                 }
             })

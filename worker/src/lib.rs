@@ -14,9 +14,11 @@
 
 pub mod amqp;
 pub mod app;
+pub mod availability;
 pub mod cli;
 pub mod clock;
 pub mod executor;
+pub mod health;
 pub mod http;
 pub mod intake;
 pub mod ledger;

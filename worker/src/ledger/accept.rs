@@ -18,7 +18,7 @@ use super::codec::{
     pair_key, tx_decode, tx_error,
 };
 use super::inventory::{LedgerView, write_inventory};
-use super::{Ledger, Result, StoringLargePlan};
+use super::{Ledger, Result, Store, StoringLargePlan};
 
 /// Plans with more actions than this are written in several transactions.
 pub const ACCEPT_CHUNK: usize = 256;
@@ -126,7 +126,8 @@ impl RecordTemplate<'_> {
 impl Ledger {
     /// Whether `(source, id)` was accepted before.
     pub fn is_duplicate(&self, source: &str, id: &str) -> Result<bool> {
-        Ok(self.index.contains_key(event_id_key(source, id))?)
+        let store = self.store()?;
+        Ok(store.index.contains_key(event_id_key(source, id))?)
     }
 
     /// Computes the plan an event would produce, changing nothing.
@@ -147,6 +148,7 @@ impl Ledger {
         now: DateTime<Utc>,
         max_actions_per_event: usize,
     ) -> Result<AcceptOutcome> {
+        let store = self.store()?;
         let _planning = self.planning();
         if self.is_duplicate(&event.source, &event.id)? {
             return Ok(AcceptOutcome::Duplicate);
@@ -169,7 +171,7 @@ impl Ledger {
         } else {
             Release::Now
         };
-        let seq = EventSeq::new(self.db.generate_id()?);
+        let seq = EventSeq::new(store.db.generate_id()?);
         let (state, not_before) = initial_state(event, release, now);
         let template = RecordTemplate {
             seq,
@@ -179,7 +181,7 @@ impl Ledger {
             now,
             unassigned: &unassigned,
         };
-        let trees = self.accept_trees();
+        let trees = store.accept_trees();
 
         if single {
             // The usual case: plan, inventory changes, actions and the
@@ -263,7 +265,7 @@ impl Ledger {
             chunk = chunks.next_chunk(self)?;
         }
         let record = template.record(total, None);
-        let completed = (&self.index, &self.events, &self.open_events)
+        let completed = (&store.index, &store.events, &store.open_events)
             .transaction(|(index, events, open_events)| {
                 write_event_marker(index, events, event, &record)?;
                 match release {
@@ -287,18 +289,19 @@ impl Ledger {
         now: DateTime<Utc>,
         max_actions_per_event: usize,
     ) -> Result<Vec<AcceptOutcome>> {
+        let store = self.store()?;
         let _planning = self.planning();
         // Two ids per event (sequence, action), drawn outside the closure,
         // which sled may run more than once.
         let mut ids = Vec::with_capacity(assignments.len());
         for _ in assignments {
             ids.push((
-                EventSeq::new(self.db.generate_id()?),
-                ActionId::new(self.db.generate_id()?),
+                EventSeq::new(store.db.generate_id()?),
+                ActionId::new(store.db.generate_id()?),
             ));
         }
         let release = Release::of_plan(1, max_actions_per_event);
-        let trees = self.accept_trees();
+        let trees = store.accept_trees();
         trees
             .transaction(|trees| {
                 let tx = AcceptTx::of(trees);
@@ -363,7 +366,9 @@ impl Ledger {
             })
             .map_err(tx_error)
     }
+}
 
+impl Store {
     /// The trees an acceptance writes, in the order of [`AcceptTx`].
     fn accept_trees(
         &self,
@@ -386,7 +391,9 @@ impl Ledger {
             &self.open_events,
         )
     }
+}
 
+impl Ledger {
     /// The action records of a chunk of planned changes.
     fn new_actions(
         &self,
@@ -397,10 +404,11 @@ impl Ledger {
         now: DateTime<Utc>,
         not_before: Option<DateTime<Utc>>,
     ) -> Result<Vec<ActionRecord>> {
+        let store = self.store()?;
         changes
             .iter()
             .map(|change| {
-                let action_id = ActionId::new(self.db.generate_id()?);
+                let action_id = ActionId::new(store.db.generate_id()?);
                 Ok(new_action(
                     event, seq, action_id, change, state, now, not_before,
                 ))

@@ -66,11 +66,11 @@ pub(super) fn increment_open(
     events: &TransactionalTree,
     seq: EventSeq,
     by: u64,
-) -> TxResult<()> {
+) -> TxResult<EventOpening> {
     let key = seq.to_be_bytes();
     if let Some(bytes) = open_events.get(key)? {
         open_events.insert(&key, &(read_u64(&bytes) + by).to_be_bytes())?;
-        return Ok(());
+        return Ok(EventOpening::WasOpen);
     }
     if let Some(bytes) = events.get(key)? {
         let mut record: EventRecord = tx_decode(&key, &bytes)?;
@@ -79,15 +79,25 @@ pub(super) fn increment_open(
             events.insert(&key, encode(&record))?;
             if open == 0 && by > 0 {
                 count_open_events(open_events, 1)?;
+                return Ok(EventOpening::Opened);
             }
-            return Ok(());
+            return Ok(EventOpening::WasOpen);
         }
     }
     if by > 0 {
         open_events.insert(&key, &by.to_be_bytes())?;
         count_open_events(open_events, 1)?;
+        return Ok(EventOpening::Opened);
     }
-    Ok(())
+    Ok(EventOpening::WasOpen)
+}
+
+/// Whether adding to an event's open actions opened it (it had none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOpening {
+    WasOpen,
+    /// It had no open action (new, or completed before: a retry reopens it).
+    Opened,
 }
 
 /// Takes one from an event's count of non-terminal actions; returns the

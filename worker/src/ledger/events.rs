@@ -6,8 +6,10 @@ use super::codec::{decode, read_u64};
 use super::{Ledger, LedgerError, Result};
 impl Ledger {
     pub fn event(&self, seq: EventSeq) -> Result<Option<EventRecord>> {
+        let store = self.store()?;
         let key = seq.to_be_bytes();
-        self.events
+        store
+            .events
             .get(key)?
             .map(|bytes| decode(&key, &bytes))
             .transpose()
@@ -15,9 +17,10 @@ impl Ledger {
 
     /// Finds accepted events by CloudEvent `id` (and `source` when given).
     pub fn find_events(&self, id: &str, source: Option<&str>) -> Result<Vec<EventRecord>> {
+        let store = self.store()?;
         let mut out = Vec::new();
         let prefix = format!("eid:{id}\0");
-        for item in self.index.scan_prefix(prefix.as_bytes()) {
+        for item in store.index.scan_prefix(prefix.as_bytes()) {
             let (key, value) = item?;
             let found_source = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             if source.is_some_and(|s| s != found_source) {
@@ -70,13 +73,20 @@ impl Ledger {
         &self,
         seq: EventSeq,
     ) -> Box<dyn Iterator<Item = Result<ActionId>> + '_> {
-        match self.event(seq) {
-            Ok(Some(EventRecord {
-                action_ids: Some(ids),
-                ..
-            })) => Box::new(ids.into_iter().map(Ok)),
-            Ok(_) => Box::new(
-                self.event_actions
+        let record = self
+            .event(seq)
+            .and_then(|record| Ok((record, self.store()?)));
+        match record {
+            Ok((
+                Some(EventRecord {
+                    action_ids: Some(ids),
+                    ..
+                }),
+                _,
+            )) => Box::new(ids.into_iter().map(Ok)),
+            Ok((_, store)) => Box::new(
+                store
+                    .event_actions
                     .scan_prefix(seq.to_be_bytes())
                     .map(|item| Ok(ActionId::new(read_u64(&item?.0[8..])))),
             ),
@@ -85,8 +95,9 @@ impl Ledger {
     }
 
     pub fn held_events(&self) -> Result<Vec<EventRecord>> {
+        let store = self.store()?;
         let mut out = Vec::new();
-        for item in self.index.scan_prefix(b"held:") {
+        for item in store.index.scan_prefix(b"held:") {
             let (key, _) = item?;
             if let Some(record) = self.event(EventSeq::new(read_u64(&key[5..])))? {
                 out.push(record);

@@ -26,7 +26,8 @@ pub struct Pass {
 impl Ledger {
     /// The due time of the earliest pending or scheduled action.
     pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.due.first()?.map(|(key, _)| {
+        let store = self.store()?;
+        Ok(store.due.first()?.map(|(key, _)| {
             Utc.timestamp_millis_opt(read_u64(&key[..8]) as i64)
                 .single()
                 .unwrap_or_else(Utc::now)
@@ -55,9 +56,10 @@ impl Ledger {
         mut skip_tenant: impl FnMut(&str) -> bool,
         mut skip: impl FnMut(&ActionRecord) -> bool,
     ) -> Result<Vec<ActionRecord>> {
+        let store = self.store()?;
         let mut out = Vec::new();
         let end = pair_key(millis_ceil(now), u64::MAX);
-        for item in self.due.range(..=end) {
+        for item in store.due.range(..=end) {
             if out.len() >= limit {
                 break;
             }
@@ -66,7 +68,7 @@ impl Ledger {
                 continue;
             }
             let Some(action) = self.action(ActionId::new(read_u64(&key[8..])))? else {
-                self.due.remove(key)?;
+                store.due.remove(key)?;
                 continue;
             };
             // Keys are whole milliseconds: the last one may hold actions due
@@ -122,16 +124,17 @@ impl Ledger {
         claim: &[ActionId],
         now: DateTime<Utc>,
     ) -> Result<Pass> {
+        let store = self.store()?;
         debug_assert!(finished.iter().all(|action| action.state.is_terminal()));
         if finished.is_empty() && claim.is_empty() {
             return Ok(Pass::default());
         }
         (
-            &self.actions,
-            &self.due,
-            &self.in_flight,
-            &self.open_events,
-            &self.events,
+            &store.actions,
+            &store.due,
+            &store.in_flight,
+            &store.open_events,
+            &store.events,
         )
             .transaction(|(actions, due, in_flight, open_events, events)| {
                 let mut completions = Vec::with_capacity(finished.len());
@@ -181,15 +184,16 @@ impl Ledger {
     /// a superseding plan writes the inventory in, so no retry of a
     /// superseded action is ever scheduled).
     pub fn reschedule(&self, action: &ActionRecord) -> Result<Rescheduled> {
+        let store = self.store()?;
         let id = action.action_id;
         let account = account_key_bytes(&action.tenant_id, &action.object_id);
         (
-            &self.actions,
-            &self.in_flight,
-            &self.due,
-            &self.inventory,
-            &self.open_events,
-            &self.events,
+            &store.actions,
+            &store.in_flight,
+            &store.due,
+            &store.inventory,
+            &store.open_events,
+            &store.events,
         )
             .transaction(
                 |(actions, in_flight, due, inventory, open_events, events)| {

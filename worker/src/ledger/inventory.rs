@@ -12,15 +12,21 @@ use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
 use super::codec::{
-    TxResult, account_key_bytes, add_inventory_size, decode, employee_index_key, encode, tx_error,
+    TxResult, account_key_bytes, add_inventory_size, decode, employee_index_key, encode, tx_decode,
+    tx_error,
 };
 use super::{Ledger, LedgerError, Result};
+
+/// Accounts imported per transaction.
+const IMPORT_CHUNK: usize = 256;
 impl Ledger {
     // ---- inventory -------------------------------------------------------
 
     pub fn inventory_entry(&self, key: &AccountKey) -> Result<Option<InventoryEntry>> {
+        let store = self.store()?;
         let k = account_key_bytes(&key.tenant_id, &key.object_id);
-        self.inventory
+        store
+            .inventory
             .get(&k)?
             .map(|bytes| decode(&k, &bytes))
             .transpose()
@@ -33,48 +39,60 @@ impl Ledger {
         rows: impl IntoIterator<Item = (Account, Option<PartnerId>)>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
+        let store = self.store()?;
         let _planning = self.planning();
         let mut count = 0;
-        for (account, partner) in rows {
-            let key = account_key_bytes(&account.tenant_id, &account.object_id);
-            let previous: Option<InventoryEntry> = self
-                .inventory
-                .get(&key)?
-                .map(|bytes| decode(&key, &bytes))
-                .transpose()?;
-            let entry = match previous.clone() {
-                Some(mut entry) => {
-                    entry.account = account;
-                    entry.assignment_active = true;
-                    if let Some(partner) = partner {
-                        entry.desired = DesiredLink::Linked(partner);
-                    }
-                    entry.updated_at = now;
-                    entry
-                }
-                None => InventoryEntry {
-                    account,
-                    desired: partner
-                        .map(DesiredLink::Linked)
-                        .unwrap_or(DesiredLink::Absent),
-                    assignment_active: true,
-                    last_event_seq: None,
-                    current_action: None,
-                    updated_at: now,
-                },
-            };
-            (&self.inventory, &self.index)
+        let mut rows = rows.into_iter().peekable();
+        let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+        while rows.peek().is_some() {
+            chunk.clear();
+            chunk.extend(rows.by_ref().take(IMPORT_CHUNK));
+            // Each account is read and written in the same transaction, a
+            // chunk of accounts per transaction.
+            (&store.inventory, &store.index)
                 .transaction(|(inventory, index)| {
-                    let added = write_inventory(
-                        inventory,
-                        index,
-                        previous.as_ref().map(|p| &p.account.employee_id),
-                        &entry,
-                    )?;
-                    add_inventory_size(index, u64::from(added))
+                    let mut added = 0u64;
+                    for (account, partner) in &chunk {
+                        let key = account_key_bytes(&account.tenant_id, &account.object_id);
+                        let previous: Option<InventoryEntry> = match inventory.get(&key)? {
+                            Some(bytes) => Some(tx_decode(&key, &bytes)?),
+                            None => None,
+                        };
+                        let previous_employee =
+                            previous.as_ref().map(|p| p.account.employee_id.clone());
+                        let entry = match previous {
+                            Some(mut entry) => {
+                                entry.account = account.clone();
+                                entry.assignment_active = true;
+                                if let Some(partner) = partner {
+                                    entry.desired = DesiredLink::Linked(partner.clone());
+                                }
+                                entry.updated_at = now;
+                                entry
+                            }
+                            None => InventoryEntry {
+                                account: account.clone(),
+                                desired: partner
+                                    .clone()
+                                    .map(DesiredLink::Linked)
+                                    .unwrap_or(DesiredLink::Absent),
+                                assignment_active: true,
+                                last_event_seq: None,
+                                current_action: None,
+                                updated_at: now,
+                            },
+                        };
+                        added += u64::from(write_inventory(
+                            inventory,
+                            index,
+                            previous_employee.as_ref(),
+                            &entry,
+                        )?);
+                    }
+                    add_inventory_size(index, added)
                 })
                 .map_err(tx_error)?;
-            count += 1;
+            count += chunk.len() as u64;
         }
         Ok(count)
     }
@@ -85,6 +103,7 @@ impl Ledger {
         employee: Option<&str>,
         tenant: Option<&str>,
     ) -> Result<Vec<InventoryEntry>> {
+        let store = self.store()?;
         let mut out = Vec::new();
         if let Some(employee) = employee {
             let employee = EmployeeId::parse(employee)
@@ -98,8 +117,8 @@ impl Ledger {
         }
         let prefix = tenant.map(|t| format!("{}/", t.to_ascii_lowercase()));
         let iter = match &prefix {
-            Some(prefix) => self.inventory.scan_prefix(prefix.as_bytes()),
-            None => self.inventory.iter(),
+            Some(prefix) => store.inventory.scan_prefix(prefix.as_bytes()),
+            None => store.inventory.iter(),
         };
         for item in iter {
             let (key, value) = item?;
@@ -146,12 +165,13 @@ pub(super) struct LedgerView<'a>(pub(super) &'a Ledger);
 
 impl Ledger {
     fn by_employee(&self, employee: &EmployeeId) -> Result<Vec<InventoryEntry>> {
+        let store = self.store()?;
         let prefix = format!("emp:{}\0", employee.as_str());
         let mut out = Vec::new();
-        for item in self.index.scan_prefix(prefix.as_bytes()) {
+        for item in store.index.scan_prefix(prefix.as_bytes()) {
             let (key, _) = item?;
             let account_key = &key[prefix.len()..];
-            if let Some(bytes) = self.inventory.get(account_key)? {
+            if let Some(bytes) = store.inventory.get(account_key)? {
                 out.push(decode(account_key, &bytes)?);
             }
         }
@@ -169,13 +189,14 @@ impl Ledger {
         after: Option<&[u8]>,
         mut visit: impl FnMut(&[u8], T) -> bool,
     ) -> Result<bool> {
+        let store = self.store()?;
         let start = |floor: &[u8]| match after {
             Some(after) if after >= floor => Bound::Excluded(after.to_vec()),
             _ => Bound::Included(floor.to_vec()),
         };
         match scope {
             Scope::All => {
-                for item in self.inventory.range((start(b""), Bound::Unbounded)) {
+                for item in store.inventory.range((start(b""), Bound::Unbounded)) {
                     let (key, value) = item?;
                     if !visit(&key, decode(&key, &value)?) {
                         return Ok(false);
@@ -185,7 +206,7 @@ impl Ledger {
             Scope::Tenants(tenants) => {
                 for tenant in tenants {
                     let prefix = format!("{}/", tenant.as_str()).into_bytes();
-                    for item in self.inventory.range((start(&prefix), Bound::Unbounded)) {
+                    for item in store.inventory.range((start(&prefix), Bound::Unbounded)) {
                         let (key, value) = item?;
                         if !key.starts_with(&prefix) {
                             break;
@@ -215,7 +236,7 @@ impl InventoryView for LedgerView<'_> {
     fn by_tenant(&self, tenant: &TenantId) -> Result<Vec<InventoryEntry>> {
         let prefix = format!("{}/", tenant.as_str());
         let mut out = Vec::new();
-        for item in self.0.inventory.scan_prefix(prefix.as_bytes()) {
+        for item in self.0.store()?.inventory.scan_prefix(prefix.as_bytes()) {
             let (key, value) = item?;
             out.push(decode(&key, &value)?);
         }
@@ -223,7 +244,7 @@ impl InventoryView for LedgerView<'_> {
     }
 
     fn for_each(&self, visit: &mut dyn FnMut(InventoryEntry)) -> Result<()> {
-        for item in self.0.inventory.iter() {
+        for item in self.0.store()?.inventory.iter() {
             let (key, value) = item?;
             visit(decode(&key, &value)?);
         }

@@ -51,9 +51,10 @@ mod queries;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use palworker_core::planner::InventoryView;
@@ -62,20 +63,35 @@ use palworker_core::{EventRecord, InventoryEntry};
 use sled::Transactional;
 
 pub use accept::ACCEPT_CHUNK;
+pub use bookkeeping::EventOpening;
 use codec::{
     INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, due_key, encode, read_counter, read_u64,
     recount_if_missing, tx_decode, tx_error,
 };
 pub use execution::Pass;
+pub use operators::Requeued;
+
+/// How long opening waits for a file lock this process may still hold (a
+/// ledger it just closed); a running worker's lock is held for good.
+const LOCK_WAIT_AT_OPEN: Duration = Duration::from_millis(250);
+/// How long reopening waits for the closed database to be released.
+const LOCK_WAIT_AT_REOPEN: Duration = Duration::from_secs(30);
+
+/// Index key the ledger writes and flushes to prove it can, after reopening.
+const PROBE_KEY: &[u8] = b"meta:probe";
 use palworker_core::{ActionId, ActionRecord, ActionState};
 
-/// Errors of the ledger. All of them are internal failures (disk, corruption):
-/// a delivery that meets one is not acked and comes back later.
+/// Errors of the ledger. All of them are internal failures (disk, corruption)
+/// but [`LedgerError::Rejected`]: a delivery that meets one is not acked and
+/// comes back later.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// sled reported an IO or corruption error.
     #[error("ledger storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// The ledger is closed after a storage error and not reopened yet.
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("ledger record `{key}` is corrupt: {source}")]
     Corrupt {
@@ -90,11 +106,39 @@ pub enum LedgerError {
     Rejected(String),
 }
 
+impl LedgerError {
+    /// Whether the storage underneath failed (disk full, I/O error) or is
+    /// closed because it did: the ledger must be reopened before it is used
+    /// again, and what failed is retried then, never given up on.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Storage(sled::Error::Io(_)) | LedgerError::Unavailable(_)
+        )
+    }
+}
+
 /// The ledger's result type.
 pub type Result<T> = std::result::Result<T, LedgerError>;
 
-/// The palworker ledger.
+/// The palworker ledger: a sled database that can be closed and reopened
+/// under its users (sled keeps an I/O error for good once it met one, so
+/// recovering from a full disk takes a new database handle).
 pub struct Ledger {
+    path: PathBuf,
+    cache_capacity_bytes: u64,
+    /// The open database; `None` while it is closed after a storage failure.
+    store: RwLock<Option<Arc<Store>>>,
+    /// Serialises planning: plans read the inventory outside the transaction
+    /// that writes them, so only one plan may be computed and stored at a time.
+    planning: Mutex<()>,
+    /// Set while a plan larger than one chunk is being written (see
+    /// [`Ledger::is_storing_large_plan`]).
+    storing_large_plan: AtomicBool,
+}
+
+/// The trees of one open database (see the module docs for their keys).
+struct Store {
     db: sled::Db,
     inventory: sled::Tree,
     index: sled::Tree,
@@ -104,34 +148,12 @@ pub struct Ledger {
     due: sled::Tree,
     in_flight: sled::Tree,
     open_events: sled::Tree,
-    /// Serialises planning: plans read the inventory outside the transaction
-    /// that writes them, so only one plan may be computed and stored at a time.
-    planning: Mutex<()>,
-    /// Set while a plan larger than one chunk is being written (see
-    /// [`Ledger::is_storing_large_plan`]).
-    storing_large_plan: AtomicBool,
 }
 
-/// Clears [`Ledger::storing_large_plan`] however the write ends.
-struct StoringLargePlan<'a>(&'a AtomicBool);
-
-impl<'a> StoringLargePlan<'a> {
-    fn start(flag: &'a AtomicBool) -> Self {
-        flag.store(true, Ordering::Release);
-        StoringLargePlan(flag)
-    }
-}
-
-impl Drop for StoringLargePlan<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-impl Ledger {
-    /// Opens (or creates) the ledger and recovers actions that were in flight
-    /// when the previous process stopped: they become pending again.
-    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Ledger> {
+impl Store {
+    /// Opens (or creates) the database at `path` and recovers actions that
+    /// were in flight when it was last used: they become pending again.
+    fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)
@@ -146,7 +168,7 @@ impl Ledger {
                 }
                 other => LedgerError::Storage(other),
             })?;
-        let ledger = Ledger {
+        let store = Store {
             inventory: db.open_tree("inventory")?,
             index: db.open_tree("index")?,
             events: db.open_tree("events")?,
@@ -156,32 +178,30 @@ impl Ledger {
             in_flight: db.open_tree("in_flight")?,
             open_events: db.open_tree("open_events")?,
             db,
-            planning: Mutex::new(()),
-            storing_large_plan: AtomicBool::new(false),
         };
-        ledger.recover_in_flight()?;
+        store.recover_in_flight()?;
         // A ledger from before these counts were kept is counted once (in
         // such a ledger every open event has an `open_events` entry).
-        recount_if_missing(&ledger.index, INVENTORY_SIZE_KEY, || ledger.inventory.len())?;
-        recount_if_missing(&ledger.open_events, OPEN_COUNT_KEY, || {
-            ledger.open_events.len()
+        recount_if_missing(&store.index, INVENTORY_SIZE_KEY, || store.inventory.len())?;
+        recount_if_missing(&store.open_events, OPEN_COUNT_KEY, || {
+            store.open_events.len()
         })?;
-        Ok(ledger)
+        Ok(store)
     }
 
-    /// The planning lock: plans read the inventory outside the transaction
-    /// that writes them, so one plan at a time. A panic while it was held
-    /// leaves nothing half-written (every write is a transaction), so a
-    /// poisoned lock is taken over, not fatal.
-    fn planning(&self) -> MutexGuard<'_, ()> {
-        self.planning.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The number of accounts in the inventory: an upper bound of any
-    /// fan-out's size, so a large plan is counted against
-    /// `limits.max_actions_per_event` only when it could exceed it.
-    pub fn inventory_size(&self) -> Result<u64> {
-        read_counter(&self.index, INVENTORY_SIZE_KEY)
+    /// [`Store::open`], waiting up to `wait` for the file lock: sled
+    /// releases it when its last handle is gone, which its I/O threads may
+    /// hold a moment after a database of this process was dropped.
+    fn open_when_free(path: &Path, cache_capacity_bytes: u64, wait: Duration) -> Result<Store> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Store::open(path, cache_capacity_bytes) {
+                Err(LedgerError::Locked(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened => return opened,
+            }
+        }
     }
 
     fn recover_in_flight(&self) -> Result<()> {
@@ -209,6 +229,107 @@ impl Ledger {
         }
         Ok(())
     }
+}
+
+/// Clears [`Ledger::storing_large_plan`] however the write ends.
+struct StoringLargePlan<'a>(&'a AtomicBool);
+
+impl<'a> StoringLargePlan<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        StoringLargePlan(flag)
+    }
+}
+
+impl Drop for StoringLargePlan<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger and recovers actions that were in flight
+    /// when the previous process stopped: they become pending again.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Ledger> {
+        let store = Store::open_when_free(path, cache_capacity_bytes, LOCK_WAIT_AT_OPEN)?;
+        Ok(Ledger {
+            path: path.to_owned(),
+            cache_capacity_bytes,
+            store: RwLock::new(Some(Arc::new(store))),
+            planning: Mutex::new(()),
+            storing_large_plan: AtomicBool::new(false),
+        })
+    }
+
+    /// The open database, or [`LedgerError::Unavailable`] while it is closed.
+    fn store(&self) -> Result<Arc<Store>> {
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| LedgerError::Unavailable("closed after a storage error".into()))
+    }
+
+    /// Whether the database is open (it is closed while being reopened).
+    pub fn is_open(&self) -> bool {
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Closes the database and opens it again — how the ledger recovers
+    /// from a storage failure, since sled keeps an I/O error for good — then
+    /// proves it can write: a probe record is written and flushed. Blocking.
+    /// On failure the ledger stays closed (every call answers
+    /// [`LedgerError::Unavailable`]) and `reopen` may be tried again later.
+    /// Actions that were in flight become pending again, as after a restart.
+    pub fn reopen(&self) -> Result<()> {
+        let old = self
+            .store
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(old) = old {
+            // Calls in progress still hold the old database; sled's file
+            // lock is released only when the last handle is dropped.
+            let deadline = Instant::now() + LOCK_WAIT_AT_REOPEN;
+            while Arc::strong_count(&old) > 1 {
+                if Instant::now() >= deadline {
+                    return Err(LedgerError::Unavailable(
+                        "the closed database is still in use".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(old);
+        }
+        let store =
+            Store::open_when_free(&self.path, self.cache_capacity_bytes, LOCK_WAIT_AT_REOPEN)?;
+        store.index.insert(
+            PROBE_KEY,
+            &chrono::Utc::now().timestamp_millis().to_be_bytes(),
+        )?;
+        store.db.flush()?;
+        *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(store));
+        Ok(())
+    }
+
+    /// The planning lock: plans read the inventory outside the transaction
+    /// that writes them, so one plan at a time. A panic while it was held
+    /// leaves nothing half-written (every write is a transaction), so a
+    /// poisoned lock is taken over, not fatal.
+    fn planning(&self) -> MutexGuard<'_, ()> {
+        self.planning.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The number of accounts in the inventory: an upper bound of any
+    /// fan-out's size, so a large plan is counted against
+    /// `limits.max_actions_per_event` only when it could exceed it.
+    pub fn inventory_size(&self) -> Result<u64> {
+        let store = self.store()?;
+        read_counter(&store.index, INVENTORY_SIZE_KEY)
+    }
 
     /// Whether a plan larger than one chunk is being written. The executor
     /// starts no action meanwhile: sled runs one transaction at a time, and
@@ -222,27 +343,32 @@ impl Ledger {
     /// since the previous one (group commit). Blocking: call it from
     /// `spawn_blocking` in async code.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        let store = self.store()?;
+        store.db.flush()?;
         Ok(())
     }
 
     /// The size of the ledger's files.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.store()
+            .map_or(0, |store| store.db.size_on_disk().unwrap_or(0))
     }
 
     /// Non-terminal, non-held actions (pending, scheduled, in flight).
     pub fn pending_count(&self) -> u64 {
-        (self.due.len() + self.in_flight.len()) as u64
+        self.store()
+            .map_or(0, |store| (store.due.len() + store.in_flight.len()) as u64)
     }
 
     /// Plans held for approval.
     pub fn held_plan_count(&self) -> u64 {
-        self.index.scan_prefix(b"held:").count() as u64
+        self.store()
+            .map_or(0, |store| store.index.scan_prefix(b"held:").count() as u64)
     }
 
     /// Accepted (or approved) events whose actions are not all terminal yet.
     pub fn open_event_count(&self) -> Result<u64> {
-        read_counter(&self.open_events, OPEN_COUNT_KEY)
+        let store = self.store()?;
+        read_counter(&store.open_events, OPEN_COUNT_KEY)
     }
 }

@@ -8,15 +8,24 @@ use palworker_core::{
 };
 use palworker_events::{Account, DesiredLink, EventType};
 use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
 
 use super::accept::ACCEPT_CHUNK;
-use super::bookkeeping::{decrement_open, increment_open, supersede};
+use super::bookkeeping::{EventOpening, decrement_open, increment_open, supersede};
 use super::codec::{
     account_key_bytes, add_inventory_size, approving_key, due_key, encode, held_key, tx_decode,
     tx_error,
 };
 use super::inventory::write_inventory;
 use super::{Ledger, LedgerError, Result};
+/// A failed action queued again.
+#[derive(Debug, Clone)]
+pub struct Requeued {
+    pub action: ActionRecord,
+    /// Whether its event, completed before, is open again.
+    pub opening: EventOpening,
+}
+
 /// What approving one held action did.
 enum HeldAction {
     /// It is pending (or scheduled), superseding its account's older action, if any.
@@ -30,6 +39,7 @@ impl Ledger {
     /// already targeted end `cancelled`; the rest become pending.
     /// Returns the actions released and the ones cancelled.
     pub fn approve(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<Approval> {
+        let store = self.store()?;
         let _planning = self.planning();
         let mut record = self
             .event(seq)?
@@ -49,7 +59,7 @@ impl Ledger {
         // actions may finish while later ones are still being released, and
         // the event must not complete before the last is. Taken once, even if
         // an approval interrupted by a crash is repeated.
-        (&self.index, &self.open_events, &self.events)
+        (&store.index, &store.open_events, &store.events)
             .transaction(|(index, open_events, events)| {
                 if index.insert(approving_key(seq), &[])?.is_none() {
                     increment_open(open_events, events, seq, 1)?;
@@ -71,12 +81,12 @@ impl Ledger {
             }
             let key = account_key_bytes(&action.tenant_id, &action.object_id);
             let result = (
-                &self.inventory,
-                &self.index,
-                &self.actions,
-                &self.due,
-                &self.open_events,
-                &self.events,
+                &store.inventory,
+                &store.index,
+                &store.actions,
+                &store.due,
+                &store.open_events,
+                &store.events,
             )
                 .transaction(|(inventory, index, actions, due, open_events, events)| {
                     let before: Option<InventoryEntry> = match inventory.get(&key)? {
@@ -170,7 +180,7 @@ impl Ledger {
             }
         }
         record.state = EventState::Approved;
-        let completed = (&self.events, &self.index, &self.open_events)
+        let completed = (&store.events, &store.index, &store.open_events)
             .transaction(|(events, index, open_events)| {
                 events.insert(&seq.to_be_bytes(), encode(&record))?;
                 index.remove(held_key(seq))?;
@@ -194,6 +204,7 @@ impl Ledger {
     /// whole; repeating a rejection that a crash interrupted finishes it.
     /// Returns how many actions this call cancelled.
     pub fn reject(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<u64> {
+        let store = self.store()?;
         let _planning = self.planning();
         let mut record = self
             .event(seq)?
@@ -216,7 +227,7 @@ impl Ledger {
             if batch.is_empty() {
                 break;
             }
-            cancelled += self
+            cancelled += store
                 .actions
                 .transaction(|actions| {
                     let mut count = 0u64;
@@ -242,7 +253,7 @@ impl Ledger {
         }
         record.state = EventState::Rejected;
         record.completed_at = Some(now);
-        (&self.events, &self.index)
+        (&store.events, &store.index)
             .transaction(|(events, index)| {
                 events.insert(&seq.to_be_bytes(), encode(&record))?;
                 index.remove(held_key(seq))?;
@@ -253,36 +264,56 @@ impl Ledger {
     }
 
     /// Puts a failed action back in the queue with a fresh retry budget.
-    pub fn retry_action(&self, id: ActionId, now: DateTime<Utc>) -> Result<ActionRecord> {
-        let action = self
-            .action(id)?
-            .ok_or_else(|| LedgerError::Rejected(format!("no action {id}")))?;
-        if action.state != ActionState::Failed {
-            return Err(LedgerError::Rejected(format!(
-                "action {id} is {}, only failed actions can be retried",
-                action.state.as_str()
-            )));
-        }
-        if !self.is_current(&action)? {
-            return Err(LedgerError::Rejected(format!(
-                "action {id} was superseded by a later event for the same account"
-            )));
-        }
-        (&self.actions, &self.due, &self.open_events, &self.events)
-            .transaction(|(actions, due, open_events, events)| {
-                let mut action = action.clone();
+    /// The check (failed, and still its account's latest) and the write are
+    /// one transaction, so concurrent retries of one action queue it once.
+    pub fn retry_action(&self, id: ActionId, now: DateTime<Utc>) -> Result<Requeued> {
+        let store = self.store()?;
+        let key = id.to_be_bytes();
+        (
+            &store.actions,
+            &store.due,
+            &store.open_events,
+            &store.events,
+            &store.inventory,
+        )
+            .transaction(|(actions, due, open_events, events, inventory)| {
+                let Some(bytes) = actions.get(key)? else {
+                    return Err(ConflictableTransactionError::Abort(LedgerError::Rejected(
+                        format!("no action {id}"),
+                    )));
+                };
+                let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                if action.state != ActionState::Failed {
+                    return Err(ConflictableTransactionError::Abort(LedgerError::Rejected(
+                        format!(
+                            "action {id} is {}, only failed actions can be retried",
+                            action.state.as_str()
+                        ),
+                    )));
+                }
+                let account = account_key_bytes(&action.tenant_id, &action.object_id);
+                if let Some(bytes) = inventory.get(&account)? {
+                    let entry: InventoryEntry = tx_decode(&account, &bytes)?;
+                    if entry.current_action != Some(id) {
+                        return Err(ConflictableTransactionError::Abort(LedgerError::Rejected(
+                            format!(
+                                "action {id} was superseded by a later event for the same account"
+                            ),
+                        )));
+                    }
+                }
                 action.state = ActionState::Pending;
                 action.first_attempt_at = None;
                 action.next_attempt_at = Some(now);
                 action.completed_at = None;
                 action.updated_at = now;
-                actions.insert(&id.to_be_bytes(), encode(&action))?;
+                actions.insert(&key, encode(&action))?;
                 due.insert(
                     &due_key(action.due_at(), id),
                     action.tenant_id.as_str().as_bytes(),
                 )?;
-                increment_open(open_events, events, action.event_seq, 1)?;
-                Ok(action)
+                let opening = increment_open(open_events, events, action.event_seq, 1)?;
+                Ok(Requeued { action, opening })
             })
             .map_err(tx_error)
     }

@@ -8,8 +8,10 @@ use super::codec::decode;
 use super::{Ledger, Result};
 impl Ledger {
     pub fn action(&self, id: ActionId) -> Result<Option<ActionRecord>> {
+        let store = self.store()?;
         let key = id.to_be_bytes();
-        self.actions
+        store
+            .actions
             .get(key)?
             .map(|bytes| decode(&key, &bytes))
             .transpose()
@@ -17,6 +19,7 @@ impl Ledger {
 
     /// Actions matching a filter, in creation order.
     pub fn actions(&self, filter: &StatusFilter) -> Result<Vec<ActionRecord>> {
+        let store = self.store()?;
         let mut out = Vec::new();
         if let Some(id) = &filter.event_id {
             for record in self.find_events(id, filter.event_source.as_deref())? {
@@ -29,7 +32,7 @@ impl Ledger {
             out.sort_by_key(|a| a.action_id);
             return Ok(out);
         }
-        for item in self.actions.iter() {
+        for item in store.actions.iter() {
             let (key, value) = item?;
             let action: ActionRecord = decode(&key, &value)?;
             if filter.matches(&action) {
@@ -41,7 +44,8 @@ impl Ledger {
 
     /// Visits every action (for audit export) without collecting them.
     pub fn for_each_action(&self, mut visit: impl FnMut(ActionRecord)) -> Result<()> {
-        for item in self.actions.iter() {
+        let store = self.store()?;
+        for item in store.actions.iter() {
             let (key, value) = item?;
             visit(decode(&key, &value)?);
         }

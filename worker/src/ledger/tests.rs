@@ -152,8 +152,16 @@ fn a_plan_written_at_once_keeps_its_actions_and_open_count_in_its_record() {
     let record = ledger.event(seq).unwrap().unwrap();
     let action_id = record.action_ids.as_ref().expect("ids in the record")[0];
     assert_eq!(record.open_actions, Some(1));
-    assert_eq!(ledger.event_actions.len(), 0);
-    assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+    assert_eq!(ledger.store().unwrap().event_actions.len(), 0);
+    assert!(
+        ledger
+            .store()
+            .unwrap()
+            .open_events
+            .get(seq.to_be_bytes())
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(ledger.open_event_count().unwrap(), 1);
     assert_eq!(ledger.event_actions(seq).unwrap()[0].action_id, action_id);
 
@@ -168,7 +176,15 @@ fn a_plan_written_at_once_keeps_its_actions_and_open_count_in_its_record() {
     let completion = end_due_action(&ledger, now, ActionState::Done);
     assert!(completion.event_completed.is_some());
     assert_eq!(ledger.open_event_count().unwrap(), 0);
-    assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+    assert!(
+        ledger
+            .store()
+            .unwrap()
+            .open_events
+            .get(seq.to_be_bytes())
+            .unwrap()
+            .is_none()
+    );
 
     // The count survives a restart.
     ledger
@@ -190,18 +206,29 @@ fn an_older_ledger_keeps_working_with_its_event_actions_and_open_events() {
     let action_id = record.action_ids.take().unwrap()[0];
     record.open_actions = None;
     ledger
+        .store()
+        .unwrap()
         .events
         .insert(seq.to_be_bytes(), encode(&record))
         .unwrap();
     ledger
+        .store()
+        .unwrap()
         .event_actions
         .insert(pair_key(seq.get(), action_id.get()), &[])
         .unwrap();
     ledger
+        .store()
+        .unwrap()
         .open_events
         .insert(seq.to_be_bytes(), &1u64.to_be_bytes())
         .unwrap();
-    ledger.open_events.remove(OPEN_COUNT_KEY).unwrap();
+    ledger
+        .store()
+        .unwrap()
+        .open_events
+        .remove(OPEN_COUNT_KEY)
+        .unwrap();
     drop(ledger);
 
     let ledger = Ledger::open(&dir.path().join("ledger"), 1 << 20).unwrap();
@@ -210,7 +237,15 @@ fn an_older_ledger_keeps_working_with_its_event_actions_and_open_events() {
     let completion = end_due_action(&ledger, now, ActionState::Done);
     let completed = completion.event_completed.expect("the event completed");
     assert_eq!(completed.open_actions, None);
-    assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+    assert!(
+        ledger
+            .store()
+            .unwrap()
+            .open_events
+            .get(seq.to_be_bytes())
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(ledger.open_event_count().unwrap(), 0);
 }
 
@@ -265,7 +300,12 @@ fn the_inventory_size_counts_each_account_once_and_is_recounted_when_missing() {
             "a fan-out adds nothing"
         );
         // As in a ledger written before the size was kept.
-        ledger.index.remove(INVENTORY_SIZE_KEY).unwrap();
+        ledger
+            .store()
+            .unwrap()
+            .index
+            .remove(INVENTORY_SIZE_KEY)
+            .unwrap();
         ledger.flush().unwrap();
     }
     let ledger = Ledger::open(&path, 1 << 20).unwrap();
@@ -294,7 +334,15 @@ fn a_plan_larger_than_a_chunk_is_stored_whole_and_marked_last() {
     assert_eq!(ledger.pending_count(), count as u64);
     // The marker's own decrement left exactly one per action.
     assert_eq!(
-        read_u64(&ledger.open_events.get(seq.to_be_bytes()).unwrap().unwrap()),
+        read_u64(
+            &ledger
+                .store()
+                .unwrap()
+                .open_events
+                .get(seq.to_be_bytes())
+                .unwrap()
+                .unwrap()
+        ),
         count as u64
     );
     assert!(ledger.is_duplicate("urn:test", "big").unwrap());
@@ -424,7 +472,14 @@ fn an_approved_large_plan_completes_once_when_its_last_action_ends() {
     let approval = ledger.approve(seq, now).unwrap();
     assert_eq!(approval.released, count as u64);
     assert!(approval.completed.is_none());
-    assert!(!ledger.index.contains_key(approving_key(seq)).unwrap());
+    assert!(
+        !ledger
+            .store()
+            .unwrap()
+            .index
+            .contains_key(approving_key(seq))
+            .unwrap()
+    );
     assert_eq!(ledger.open_event_count().unwrap(), 1);
     let due = ledger.due_actions(now, count * 2, |_| false).unwrap();
     assert_eq!(due.len(), count);
@@ -458,7 +513,15 @@ fn approving_a_plan_whose_accounts_were_all_retargeted_completes_it_at_once() {
     let completed = approval.completed.expect("completed by the approval");
     assert_eq!(completed.state, EventState::Approved);
     assert!(completed.completed_at.is_some());
-    assert!(ledger.open_events.get(seq.to_be_bytes()).unwrap().is_none());
+    assert!(
+        ledger
+            .store()
+            .unwrap()
+            .open_events
+            .get(seq.to_be_bytes())
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The one room of development tooling inside the worker's library, fenced
-//! off from production code (nothing outside `local` imports it): a complete
+//! off from production code (no production module imports it; the CLI
+//! enters it only for `palworker demo`): a complete
 //! local environment on one machine — the PAL simulator in-process, a
 //! uniquely named topology on the local RabbitMQ, a ledger in a temporary
 //! directory and the real worker — shared by `palworker demo`, the
@@ -11,6 +12,7 @@
 //! | `inspect.rs` | what a harness's simulator, ledger and metrics show: actions of an event, requests of an identity, writes, readiness, metric samples |
 //! | `events.rs` | CloudEvent builders for the six event types |
 //! | `identities.rs` | generated tenants, identities, employees and service principals, and their events |
+//! | `raw_amqp.rs` | a hand-written AMQP publisher for frames no client library sends |
 //! | `process.rs` | the real binary as a child process: a worker, a CLI command (also for a [`Harness`]'s configuration) |
 //! | `broker.rs` | `rabbitmqctl`: broker users, a sandbox virtual host |
 //! | `demo.rs` | `palworker demo` |
@@ -25,6 +27,7 @@ mod harness;
 pub mod identities;
 mod inspect;
 pub mod process;
+pub mod raw_amqp;
 
 use std::time::Duration;
 

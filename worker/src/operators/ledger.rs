@@ -13,7 +13,7 @@ use palworker_events::Event;
 
 use super::{Decision, EventRef, Operations, OperatorError, RetryTarget};
 use crate::executor::ExecutorControl;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{EventOpening, Ledger, LedgerError};
 use crate::telemetry::{ActionFinished, ActionsRequeued, Metrics, PlanApproved, PlanRejected};
 
 /// The worker a ledger belongs to, as far as operator commands care.
@@ -83,9 +83,15 @@ impl LedgerOperations {
         };
         let now = Utc::now();
         let mut retried = Vec::new();
+        let mut events_reopened = 0;
         for id in ids {
             match self.ledger.retry_action(id, now) {
-                Ok(_) => retried.push(id),
+                Ok(requeued) => {
+                    retried.push(id);
+                    if requeued.opening == EventOpening::Opened {
+                        events_reopened += 1;
+                    }
+                }
                 Err(error) if target != RetryTarget::AllFailed => return Err(error.into()),
                 Err(error) => {
                     tracing::warn!(action_id = id.get(), error = %error, "Not retried.")
@@ -95,6 +101,7 @@ impl LedgerOperations {
         self.ledger.flush()?;
         let requeued = ActionsRequeued {
             count: retried.len(),
+            events_reopened,
         };
         match self.metrics() {
             Some(metrics) => requeued.emit(metrics),

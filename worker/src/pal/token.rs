@@ -34,6 +34,9 @@ const TOKEN_ENTRY_OVERHEAD: usize = 160;
 pub const SECRET_ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
 /// The token lifetime assumed when the endpoint does not say (`expires_in`).
 const DEFAULT_LIFETIME_SECS: u64 = 3599;
+/// The longest lifetime believed (Entra ID issues 60–90 minutes): an absurd
+/// `expires_in` neither overflows the clock nor keeps a token forever.
+const MAX_LIFETIME_SECS: u64 = 24 * 3600;
 
 /// An access token of one identity in one tenant: the identity is the
 /// token's `tid` and `oid` claims, read (not verified: ARM verifies it).
@@ -383,7 +386,8 @@ fn issued_token(body: &[u8], received_at: DateTime<Utc>) -> Result<AccessToken, 
         secret: SecretString::from(parsed.access_token),
         tenant_id,
         object_id,
-        expires_at: received_at + chrono::Duration::seconds(expires_in as i64),
+        expires_at: received_at
+            + chrono::Duration::seconds(expires_in.min(MAX_LIFETIME_SECS) as i64),
     })
 }
 
@@ -544,6 +548,46 @@ mod tests {
         cache.remove(&key(fresh - 1));
         assert!(cache.get(&key(fresh - 1)).is_none());
         assert_eq!(cache.bytes, recount(&cache));
+    }
+
+    fn jwt(claims: &str) -> String {
+        format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(claims))
+    }
+
+    #[test]
+    fn an_absurd_or_missing_lifetime_is_bounded_and_bad_claims_are_invalid_tokens() {
+        let now = Utc::now();
+        let token = jwt(
+            r#"{"tid":"11111111-1111-4111-8111-111111111111","oid":"22222222-2222-4222-8222-222222222222"}"#,
+        );
+        for (expires_in, lifetime) in [
+            (
+                serde_json::json!(18446744073709551615u64),
+                MAX_LIFETIME_SECS,
+            ),
+            (
+                serde_json::json!("99999999999999999999"),
+                DEFAULT_LIFETIME_SECS,
+            ),
+            (serde_json::json!(3600), 3600),
+        ] {
+            let body = serde_json::json!({"access_token": token, "expires_in": expires_in});
+            let issued = issued_token(body.to_string().as_bytes(), now).unwrap();
+            assert_eq!(
+                issued.expires_at,
+                now + chrono::Duration::seconds(lifetime as i64)
+            );
+        }
+        for claims in [
+            r#"{"tid":"x","oid":"22222222-2222-4222-8222-222222222222"}"#,
+            r#"{}"#,
+        ] {
+            let body = serde_json::json!({"access_token": jwt(claims)});
+            assert!(matches!(
+                issued_token(body.to_string().as_bytes(), now),
+                Err(PalError::Permanent { code, .. }) if code == "invalid_token"
+            ));
+        }
     }
 
     fn token_error(status: u16, error: &str, code: u64) -> PalError {

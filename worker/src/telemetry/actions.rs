@@ -159,6 +159,8 @@ impl ApiRequestCompleted {
 /// An operator queued failed actions again.
 pub struct ActionsRequeued {
     pub count: usize,
+    /// Events that had completed and are open again.
+    pub events_reopened: usize,
 }
 
 impl ActionsRequeued {
@@ -168,6 +170,7 @@ impl ActionsRequeued {
             "Failed actions queued again by an operator."
         );
         metrics.actions_pending.add(self.count as i64);
+        metrics.events_in_flight.add(self.events_reopened as i64);
     }
 }
 

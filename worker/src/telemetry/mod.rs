@@ -25,13 +25,16 @@ pub use actions::{
     PlanRejected, TokenRefreshed, emit_superseded,
 };
 pub use intake::{EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld};
-pub use system::{BrokerConnectionChanged, ConsumerStopped, LedgerGauges, LedgerSizeMeasured};
+pub use system::{
+    BrokerConnectionChanged, ConsumerStopped, LedgerGauges, LedgerRecovered, LedgerReopenFailed,
+    LedgerSizeMeasured, LedgerUnavailable, LoopEnded,
+};
 
 use palworker_core::{ActionState, EventOutcome, Op, RetryReason};
 use palworker_events::{EventType, RejectReason};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric palworker exports, registered in one registry.
@@ -50,6 +53,8 @@ pub struct Metrics {
     held_plans: IntGauge,
     ledger_size_bytes: Gauge,
     events_in_flight: IntGauge,
+    ledger_available: IntGauge,
+    ledger_errors_total: IntCounter,
 }
 
 /// HTTP methods palworker sends to PAL (the `method` label).
@@ -154,6 +159,18 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let ledger_available = IntGauge::new(
+            "palworker_ledger_available",
+            "1 while the ledger can be written, 0 while it is being reopened after a storage failure.",
+        )
+        .expect("valid metric");
+        ledger_available.set(1);
+        let ledger_errors_total = IntCounter::new(
+            "palworker_ledger_errors_total",
+            "Storage failures of the ledger: the first write or flush that failed, and each failed attempt to reopen it.",
+        )
+        .expect("valid metric");
+
         for collector in [
             Box::new(events_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(actions_total.clone()),
@@ -167,6 +184,8 @@ impl Metrics {
             Box::new(held_plans.clone()),
             Box::new(ledger_size_bytes.clone()),
             Box::new(events_in_flight.clone()),
+            Box::new(ledger_available.clone()),
+            Box::new(ledger_errors_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -220,6 +239,8 @@ impl Metrics {
             held_plans,
             ledger_size_bytes,
             events_in_flight,
+            ledger_available,
+            ledger_errors_total,
         }
     }
 

@@ -69,3 +69,72 @@ impl LedgerSizeMeasured {
         metrics.ledger_size_bytes.set(self.bytes as f64);
     }
 }
+
+/// A ledger write or flush failed underneath: the worker stops taking
+/// deliveries and claiming actions until the ledger is reopened.
+pub struct LedgerUnavailable<'a> {
+    pub reason: &'a str,
+}
+
+impl LedgerUnavailable<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            error = %self.reason,
+            "The ledger cannot be written: taking no deliveries and claiming no actions until it is reopened."
+        );
+        metrics.ledger_available.set(0);
+        metrics.ledger_errors_total.inc();
+    }
+}
+
+/// An attempt to reopen the ledger failed; the next one follows after `retry_in`.
+pub struct LedgerReopenFailed<'a> {
+    pub attempt: u32,
+    pub error: &'a str,
+    pub retry_in: std::time::Duration,
+}
+
+impl LedgerReopenFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            attempt = self.attempt,
+            error = %self.error,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "Reopening the ledger failed; trying again."
+        );
+        metrics.ledger_errors_total.inc();
+    }
+}
+
+/// The ledger was reopened and a probe write flushed: work resumes.
+pub struct LedgerRecovered {
+    pub attempts: u32,
+}
+
+impl LedgerRecovered {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::info!(
+            attempts = self.attempts,
+            "The ledger is writable again; resuming deliveries and actions."
+        );
+        metrics.ledger_available.set(1);
+    }
+}
+
+/// One of the worker's loops (consumer, executor, ledger keeper) ended
+/// while the worker was meant to run: `/healthz` answers 503 from now on,
+/// so the orchestrator restarts the process.
+pub struct LoopEnded<'a> {
+    pub name: &'a str,
+    pub detail: &'a str,
+}
+
+impl LoopEnded<'_> {
+    pub fn emit(&self, _metrics: &Metrics) {
+        tracing::error!(
+            task = self.name,
+            error = %self.detail,
+            "A worker loop ended unexpectedly; /healthz now answers 503."
+        );
+    }
+}

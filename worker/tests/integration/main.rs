@@ -8,6 +8,7 @@
 //! | module | covers |
 //! | --- | --- |
 //! | `end_to_end` | the main path: each event type, duplicates, malformed messages, metrics |
+//! | `failures` | a full disk under the ledger, an unparsable frame, operators racing (SPEC §11.1) |
 //! | `faults` | PAL faults, supersession, `effective_at`, identity checks, retry budget, restarts |
 //! | `operators` | held plans, dry run, the publisher allow-list, the CLI and admin API, certificates |
 //! | `crash` | `kill -9` of a worker process mid-flight, then a restart |
@@ -17,6 +18,7 @@
 mod cli;
 mod crash;
 mod end_to_end;
+mod failures;
 mod faults;
 mod operators;
 mod process;
