@@ -3,13 +3,16 @@
 #
 #   ops/check.sh                    # the checks below; exits non-zero on any failure
 #   ops/check.sh --with-rabbitmq    # also boot a throwaway RabbitMQ node (needs a
-#                                   # local rabbitmq-server install) and load the
-#                                   # definitions into it
+#                                   # local rabbitmq-server install) with the
+#                                   # definitions and the broker settings: topology,
+#                                   # the events queue's policy, max_message_size, logins
 #   ops/check.sh --with-worker target/debug/palworker
 #                                   # also run the compose stack's files for real on
 #                                   # loopback: throwaway node, `palworker sim`,
 #                                   # `palworker run`, the sample events, broker
-#                                   # permissions, the production config, SIGTERM drain
+#                                   # permissions, a poison message set aside by the
+#                                   # delivery-limit policy, the production config,
+#                                   # SIGTERM drain
 #
 # Checks:
 #   - every JSON file parses (python3 -m json.tool)
@@ -24,6 +27,11 @@
 #     SPEC section 9 or of the agreed extras (list below); label values used in
 #     equality matchers belong to the closed label sets
 #   - every runbook_url anchor exists in ops/RUNBOOK.md
+#   - the broker side matches the worker configs (ops/palworker.production.toml,
+#     docker/palworker.compose.toml): their names exist in
+#     ops/rabbitmq/definitions.json, whose policy on the events queue alone
+#     carries amqp.delivery_limit and amqp.dead_letter_exchange, and the broker
+#     configs' max_message_size is at least amqp.max_message_bytes
 #   - ops/kubernetes/configmap.yaml carries ops/palworker.production.toml verbatim
 #   - Kubernetes manifests against the API schemas (kubernetes-validate, if it
 #     can be installed), docker/compose.yaml with docker compose (or the
@@ -234,6 +242,8 @@ EXTRA_METRICS = {
     "palworker_held_plans": "gauge",
     "palworker_ledger_size_bytes": "gauge",
     "palworker_events_in_flight": "gauge",
+    "palworker_ledger_available": "gauge",
+    "palworker_ledger_errors_total": "counter",
 }
 ALLOWED = {**SPEC_METRICS, **EXTRA_METRICS}
 LABEL_VALUES = {
@@ -321,6 +331,83 @@ if problems:
 EOF
 
 # --------------------------------------------------------------------------
+step "broker policy and limits"
+check "definitions, delivery-limit policy and max_message_size match the worker configs" python3 - << 'EOF'
+import json, re, sys, tomllib
+from urllib.parse import unquote, urlsplit
+
+# The worker's defaults (config/src/raw.rs) for keys a config leaves out.
+DEFAULTS = {"exchange": "pal.lifecycle", "queue": "palworker.events",
+            "dead_letter_exchange": "pal.lifecycle.dlx", "dead_letter_queue": "palworker.dead",
+            "prefetch": 64, "max_message_bytes": 262144, "delivery_limit": 20}
+# Each worker config with the broker config of the broker it talks to; both
+# brokers load ops/rabbitmq/definitions.json (compose.yaml mounts it).
+PAIRS = [("ops/palworker.production.toml", "ops/rabbitmq/rabbitmq.conf"),
+         ("docker/palworker.compose.toml", "docker/rabbitmq.conf")]
+
+definitions = json.load(open("ops/rabbitmq/definitions.json"))
+problems = []
+compose = open("docker/compose.yaml").read()
+for mount in ("../ops/rabbitmq/definitions.json:/etc/rabbitmq/definitions.d/",
+              "./rabbitmq.conf:/etc/rabbitmq/conf.d/"):
+    if mount not in compose:
+        problems.append(f"docker/compose.yaml: the rabbitmq service no longer mounts {mount}")
+
+def named(kind, vhost, name):
+    return any(o["name"] == name and o["vhost"] == vhost for o in definitions.get(kind, []))
+
+def broker_setting(path, key):
+    values = re.findall(rf"^\s*{re.escape(key)}\s*=\s*(\S+)\s*$", open(path).read(), re.M)
+    return values[-1] if values else None
+
+for config_path, broker_path in PAIRS:
+    amqp = {**DEFAULTS, **tomllib.load(open(config_path, "rb")).get("amqp", {})}
+    if "url" in amqp:
+        vhosts = [unquote(urlsplit(amqp["url"]).path[1:]) or "/"]
+    else:  # the URL comes from elsewhere (a file, the environment)
+        vhosts = sorted({q["vhost"] for q in definitions["queues"] if q["name"] == amqp["queue"]}) or ["/"]
+    for vhost in vhosts:
+        where = f"{config_path} (vhost {vhost!r})"
+        for kind, key in (("exchanges", "exchange"), ("exchanges", "dead_letter_exchange"),
+                          ("queues", "queue"), ("queues", "dead_letter_queue")):
+            if not named(kind, vhost, amqp[key]):
+                problems.append(f"{where}: amqp.{key} = {amqp[key]!r} is not in the definitions")
+        # RabbitMQ applies the matching policy of highest priority, alone.
+        matching = sorted((p for p in definitions.get("policies", [])
+                           if p["vhost"] == vhost and p.get("apply-to", "all") in ("queues", "all")
+                           and re.search(p["pattern"], amqp["queue"])),
+                          key=lambda p: -p.get("priority", 0))
+        if not matching:
+            problems.append(f"{where}: no policy applies to {amqp['queue']!r}")
+            continue
+        policy = matching[0]
+        for key, want in (("delivery-limit", amqp["delivery_limit"]),
+                          ("dead-letter-exchange", amqp["dead_letter_exchange"])):
+            got = policy["definition"].get(key)
+            if got != want:
+                problems.append(f"{where}: policy {policy['name']!r} has {key} {got!r}, the worker {want!r}")
+        if not (policy["pattern"].startswith("^") and policy["pattern"].endswith("$")):
+            problems.append(f"policy {policy['name']!r}: pattern {policy['pattern']!r} is not anchored")
+        for queue in definitions["queues"]:
+            if queue["vhost"] == vhost and queue["name"] != amqp["queue"] \
+                    and re.search(policy["pattern"], queue["name"]):
+                problems.append(f"policy {policy['name']!r} also applies to {queue['name']!r}")
+    size = broker_setting(broker_path, "max_message_size")
+    if size is None or not size.isdigit():
+        problems.append(f"{broker_path}: no max_message_size in bytes")
+    elif int(size) < amqp["max_message_bytes"]:
+        problems.append(f"{broker_path}: max_message_size {size} is below amqp.max_message_bytes "
+                        f"{amqp['max_message_bytes']} of {config_path}: the worker could not "
+                        "receive, and so not dead-letter, the messages in between")
+    else:
+        print(f"{config_path}: at most {amqp['prefetch']} x {int(size) // 1024} KiB "
+              f"= {amqp['prefetch'] * int(size) // 1048576} MiB of bodies in flight")
+if problems:
+    print("\n".join(dict.fromkeys(problems)))
+    sys.exit(1)
+EOF
+
+# --------------------------------------------------------------------------
 step "Kubernetes"
 if [ "$have_yaml" = 1 ]; then
     check "configmap.yaml carries ops/palworker.production.toml verbatim" python3 -c '
@@ -394,13 +481,17 @@ node_ctl() {
     node_run "$node_dir" "$rabbitmq_bin/rabbitmqctl" -n "$node_name" -q "$@"
 }
 
-# node_start NODE_DIR DEFINITIONS_DIR: boot and wait until it serves.
+# node_start NODE_DIR DEFINITIONS_DIR [BROKER_CONF]: boot and wait until it
+# serves; BROKER_CONF (settings for a node without plugins) is appended to the
+# node's rabbitmq.conf.
 node_start() {
-    local node_dir="$1" definitions="$2"
+    local node_dir="$1" definitions="$2" broker_conf="${3:-/dev/null}"
     mkdir -p "$node_dir/home" "$node_dir/mnesia" "$node_dir/log" "$node_dir/conf.d"
     echo '[].' > "$node_dir/enabled_plugins"
-    printf 'listeners.tcp.default = 127.0.0.1:5797\nload_definitions = %s\n' "$definitions" \
-        > "$node_dir/rabbitmq.conf"
+    {
+        printf 'listeners.tcp.default = 127.0.0.1:5797\nload_definitions = %s\n' "$definitions"
+        cat "$broker_conf"
+    } > "$node_dir/rabbitmq.conf"
     node_run "$node_dir" "$rabbitmq_bin/rabbitmq-server" > "$node_dir/server.out" 2>&1 &
     echo $! > "$node_dir/server.pid"
     for _ in $(seq 1 90); do
@@ -427,30 +518,42 @@ node_stop() {
     rm -f "$node_dir/server.pid"
 }
 
-# Definitions directories as production and the compose stack load them.
+# Definitions directories as production and the compose stack load them, and
+# their broker settings: ops/rabbitmq/rabbitmq.conf whole, the compose file's
+# max_message_size (its other keys need plugins the throwaway node lacks).
 prepare_definitions() {
     mkdir -p "$work_dir/defs-production" "$work_dir/defs-compose"
     cp ops/rabbitmq/definitions.json "$work_dir/defs-production/10-palworker.json"
     cp ops/rabbitmq/definitions.json "$work_dir/defs-compose/10-palworker.json"
     cp docker/rabbitmq-dev-users.json "$work_dir/defs-compose/20-dev-users.json"
+    cp ops/rabbitmq/rabbitmq.conf "$work_dir/broker-production.conf"
+    grep '^max_message_size' docker/rabbitmq.conf > "$work_dir/broker-compose.conf"
 }
 
-# definitions_check DEFINITIONS_DIR EXPECTATION...: boot a node with them, check
-# the topology and the logins ("user:password:ok" or "user:password:refused").
+# definitions_check DEFINITIONS_DIR BROKER_CONF EXPECTATION...: boot a node with
+# them, check the topology, the events queue's policy, max_message_size and the
+# logins ("user:password:ok" or "user:password:refused").
 definitions_check() {
-    local definitions="$1" node_dir status=0 queues bindings expected expectation
-    local user rest password want got
-    shift
+    local definitions="$1" broker_conf="$2" node_dir status=0 queues bindings expected expectation
+    local user rest password want got size_want size_got
+    shift 2
     node_dir="$(mktemp -d "$work_dir/node.XXXX")"
-    if ! node_start "$node_dir" "$definitions"; then
+    if ! node_start "$node_dir" "$definitions" "$broker_conf"; then
         node_stop "$node_dir"
         return 1
     fi
-    queues="$(node_ctl "$node_dir" list_queues -p / name type durable 2>&1)"
+    queues="$(node_ctl "$node_dir" list_queues -p / name type durable policy 2>&1)"
     bindings="$(node_ctl "$node_dir" list_bindings -p / source_name destination_name routing_key 2>&1)"
-    for expected in $'palworker.events\tquorum\ttrue' $'palworker.dead\tquorum\ttrue'; do
-        grep -q "$expected" <<< "$queues" || { echo "queue missing: $expected"; status=1; }
+    # The policy applies to the events queue, which exists already (created from
+    # the definitions), and to nothing else.
+    for expected in $'palworker.events\tquorum\ttrue\tpalworker-events-delivery-limit' \
+        $'palworker.dead\tquorum\ttrue\t'; do
+        grep -q "^$expected\$" <<< "$queues" || { echo "queue missing: $expected"; status=1; }
     done
+    size_want="$(sed -n 's/^max_message_size *= *\([0-9]*\) *$/{ok,\1}/p' "$broker_conf")"
+    size_got="$(node_ctl "$node_dir" eval 'application:get_env(rabbit, max_message_size).' 2>&1)"
+    [ -n "$size_want" ] && [ "$size_got" = "$size_want" ] \
+        || { echo "max_message_size: expected $size_want, got $size_got"; status=1; }
     for expected in $'pal.lifecycle\tpalworker.events\thr.#' $'pal.lifecycle\tpalworker.events\tproject.#' \
         $'pal.lifecycle\tpalworker.events\tpartner.#' $'pal.lifecycle.dlx\tpalworker.dead'; do
         grep -q "$expected" <<< "$bindings" || { echo "binding missing: $expected"; status=1; }
@@ -475,11 +578,11 @@ if [ "$with_rabbitmq" = 1 ]; then
         fail "--with-rabbitmq: rabbitmq-server is not installed"
     else
         prepare_definitions
-        check "ops/rabbitmq/definitions.json loads; placeholder users cannot log in" \
-            definitions_check "$work_dir/defs-production" \
+        check "ops/rabbitmq/definitions.json and rabbitmq.conf load (policy, max_message_size); placeholder users cannot log in" \
+            definitions_check "$work_dir/defs-production" "$work_dir/broker-production.conf" \
             palworker:dev-only-palworker:refused hr-system:dev-only-hr-system:refused
-        check "compose definitions (ops + dev users) load; dev-only logins work" \
-            definitions_check "$work_dir/defs-compose" \
+        check "compose definitions (ops + dev users) and max_message_size load; dev-only logins work" \
+            definitions_check "$work_dir/defs-compose" "$work_dir/broker-compose.conf" \
             palworker:dev-only-palworker:ok hr-system:dev-only-hr-system:ok \
             project-system:dev-only-project-system:ok admin:dev-only-admin:ok palworker:wrong:refused
     fi
@@ -537,6 +640,36 @@ smoke_dead_lettered() {
         | grep -q '^palworker_dead_letters_total{reason="publisher_not_allowed"} 1$'
 }
 
+smoke_wait_poison_set_aside() {
+    wait_for 90 smoke_poison_set_aside && return 0
+    echo "after 90 s (queue, messages):"
+    node_ctl "$smoke_dir/node" list_queues -p / name messages policy
+    grep -c 'Broker connection lost' "$smoke_dir/worker.log" | sed 's/$/ broker sessions lost/'
+    return 1
+}
+
+# A message whose content_type is not UTF-8, which the worker's AMQP client
+# cannot parse, published on the node itself (no AMQP client would send it).
+smoke_publish_poison() {
+    local result
+    result="$(node_ctl "$smoke_dir/node" eval 'rabbit_basic:publish(
+        rabbit_misc:r(<<"/">>, exchange, <<"pal.lifecycle">>), <<"hr.employee.departed">>,
+        {list_to_atom("P_basic"), <<"application/json", 255, 254>>, undefined, undefined, 2,
+         undefined, undefined, undefined, undefined, <<"check-poison">>, undefined, undefined,
+         undefined, undefined, undefined},
+        <<"{}">>).' 2>&1)"
+    [ "$result" = ok ] || { echo "$result"; return 1; }
+}
+
+# The poison message is in palworker.dead beside the publisher_not_allowed one,
+# palworker.events is empty, and the worker consumes again.
+smoke_poison_set_aside() {
+    local queues
+    queues="$(node_ctl "$smoke_dir/node" list_queues -p / name messages)"
+    grep -q $'^palworker.dead\t2$' <<< "$queues" && grep -q $'^palworker.events\t0$' <<< "$queues" \
+        && http_get http://127.0.0.1:19797/readyz
+}
+
 smoke_drain() {
     local status
     kill -TERM "$worker_pid"
@@ -572,11 +705,13 @@ if [ -n "$worker_binary" ]; then
             PALWORKER__PAL__AUTHORITY=http://127.0.0.1:18797 \
             PALWORKER__LEDGER__PATH="$smoke_dir/ledger" \
             PALWORKER__HTTP__LISTEN=127.0.0.1:19797 \
+            PALWORKER__AMQP__RECONNECT_INITIAL=200ms \
+            PALWORKER__AMQP__RECONNECT_MAX=1s \
             PALWORKER_DEV_CLIENT_SECRET=dev-only-secret \
             PALWORKER_ADMIN_TOKEN=dev-only-admin-token
 
         check "throwaway RabbitMQ node with the compose definitions" \
-            node_start "$smoke_dir/node" "$work_dir/defs-compose"
+            node_start "$smoke_dir/node" "$work_dir/defs-compose" "$work_dir/broker-compose.conf"
         "$worker_binary" sim --listen 127.0.0.1:18797 --clients docker/sim-clients.json \
             > "$smoke_dir/sim.log" 2>&1 &
         sim_pid=$!
@@ -612,6 +747,16 @@ if [ -n "$worker_binary" ]; then
             docker/dev-events/01-project-assignment-started.json --user-id hr-system
         check "RabbitMQ refuses the palworker user publishing events (write permission)" \
             refused smoke_pw publish --user-id palworker "$smoke_dir/no-user-id.json"
+
+        # The events queue came from the definitions, so its delivery limit is
+        # the policy's (reconnect backoff shortened above: 21 deliveries in
+        # about 20 s instead of 8 minutes).
+        if smoke_publish_poison > "$smoke_dir/poison.out" 2>&1; then
+            check "a message the worker cannot parse is set aside by the delivery-limit policy; the worker consumes again" \
+                smoke_wait_poison_set_aside
+        else
+            warn "could not publish a poison message on the node: $(head -n 1 "$smoke_dir/poison.out")"
+        fi
 
         http_get http://127.0.0.1:19797/metrics > "$smoke_dir/metrics.txt" 2>&1
         check "every metric the dashboard and the alerts query is exported" python3 -c '
