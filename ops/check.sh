@@ -33,6 +33,10 @@
 #     carries amqp.delivery_limit and amqp.dead_letter_exchange, and the broker
 #     configs' max_message_size is at least amqp.max_message_bytes
 #   - ops/kubernetes/configmap.yaml carries ops/palworker.production.toml verbatim
+#   - the ledger backup CronJob (ops/kubernetes/ledger-backup.yaml) reaches the
+#     worker as deployed: same image, the pod's name in the headless Service,
+#     its port, the admin token only, no ledger of its own, listed in
+#     kustomization.yaml and named by PalworkerLedgerBackupStale
 #   - Kubernetes manifests against the API schemas (kubernetes-validate, if it
 #     can be installed), docker/compose.yaml with docker compose (or the
 #     docker-compose v1 fallback) when available
@@ -244,16 +248,22 @@ EXTRA_METRICS = {
     "palworker_events_in_flight": "gauge",
     "palworker_ledger_available": "gauge",
     "palworker_ledger_errors_total": "counter",
+    # SPEC section 11.2 (issue 16)
+    "palworker_actions_scheduled": "gauge",
+    "palworker_ledger_disk_free_bytes": "gauge",
+    "palworker_ledger_pruned_total": "counter",
+    "palworker_paused": "gauge",
 }
 ALLOWED = {**SPEC_METRICS, **EXTRA_METRICS}
 LABEL_VALUES = {
     "outcome": {"accepted", "duplicate", "dead_lettered", "held",
-                "done", "noop", "failed", "cancelled", "manual"},
+                "done", "noop", "failed", "cancelled", "manual", "skipped", "orphaned"},
     "op": {"remove", "link", "update"},
     "reason": {"throttled", "server_error", "timeout", "connection", "token", "unauthorized",
                "invalid_json", "not_cloudevent", "unsupported_specversion", "missing_attribute",
                "invalid_attribute", "unknown_type", "invalid_data", "missing_field", "invalid_field",
                "unsupported_content_type", "too_large", "publisher_not_allowed"},
+    "kind": {"event", "action", "marker"},
 }
 
 def allowed(name):
@@ -277,7 +287,7 @@ for path, text in sources.items():
         used.add(name)
         if not allowed(name):
             problems.append(f"{path}: unknown metric {name}")
-    for label, value in re.findall(r'\b(outcome|op|reason)\s*=\s*\\?"([^"\\]*)\\?"', text):
+    for label, value in re.findall(r'\b(outcome|op|reason|kind)\s*=\s*\\?"([^"\\]*)\\?"', text):
         if value not in LABEL_VALUES[label]:
             problems.append(f'{path}: {label}="{value}" is not a value of that label')
 
@@ -422,6 +432,76 @@ kustomization = yaml.safe_load(open("ops/kubernetes/kustomization.yaml"))
 missing = [r for r in kustomization.get("resources", []) if not os.path.exists(os.path.join("ops/kubernetes", r))]
 sys.exit(f"missing: {missing}" if missing else 0)
 '
+    check "ledger-backup.yaml reaches the worker as deployed (image, address, admin token, no ledger of its own)" python3 - << 'EOF'
+import re, sys, tomllib, yaml
+
+def load(path):
+    return list(yaml.safe_load_all(open(path)))
+
+statefulset = load("ops/kubernetes/statefulset.yaml")[0]
+service = load("ops/kubernetes/service.yaml")[0]
+backup = {doc["kind"]: doc for doc in load("ops/kubernetes/ledger-backup.yaml")}
+worker_config = tomllib.load(open("ops/palworker.production.toml", "rb"))
+backup_config = tomllib.loads(backup["ConfigMap"]["data"]["palworker.toml"])
+cronjob = backup["CronJob"]
+pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+container = pod["containers"][0]
+env = {e["name"]: e.get("value") for e in container.get("env", [])}
+mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+volumes = {v["name"]: v for v in pod["volumes"]}
+problems = []
+
+worker_container = statefulset["spec"]["template"]["spec"]["containers"][0]
+if container["image"] != worker_container["image"]:
+    problems.append(f"image {container['image']!r} is not the worker's {worker_container['image']!r}")
+want_host = f"{statefulset['metadata']['name']}-0.{statefulset['spec']['serviceName']}"
+if service["metadata"]["name"] != statefulset["spec"]["serviceName"]:
+    problems.append("service.yaml is not the StatefulSet's serviceName")
+if env.get("WORKER_HOST") != want_host:
+    problems.append(f"WORKER_HOST {env.get('WORKER_HOST')!r}, the worker pod is {want_host!r}")
+worker_port = worker_config["http"]["listen"].rsplit(":", 1)[1]
+if env.get("WORKER_PORT") != worker_port or int(worker_port) not in [p["port"] for p in service["spec"]["ports"]]:
+    problems.append(f"WORKER_PORT {env.get('WORKER_PORT')!r}: the worker listens on {worker_port}")
+if not (env.get("KEEP") or "").isdigit() or int(env["KEEP"]) < 1:
+    problems.append("KEEP must be a positive number")
+
+# The admin token: the same file name as the worker's config, from the same Secret key.
+token_file = backup_config["http"].get("admin_token_file")
+if token_file != worker_config["http"].get("admin_token_file"):
+    problems.append(f"http.admin_token_file {token_file!r} differs from the worker's")
+secrets = volumes.get("secrets", {}).get("secret", {})
+items = {i["path"]: i["key"] for i in secrets.get("items", [])}
+if secrets.get("secretName") != "palworker" or \
+        token_file != f"{mounts.get('secrets')}/{next((p for p, k in items.items() if k == 'admin-token'), '')}":
+    problems.append(f"{token_file} is not the Secret's admin-token")
+if set(items.values()) != {"admin-token"}:
+    problems.append(f"the backup pod should see the admin token only, not {sorted(items.values())}")
+
+# No ledger of its own: ledger.path on no volume (read-only root file system).
+ledger_path = backup_config["ledger"]["path"]
+if any(ledger_path == m or ledger_path.startswith(m.rstrip("/") + "/") for m in mounts.values()):
+    problems.append(f"ledger.path {ledger_path} is on a writable volume: the CLI could create an empty ledger there")
+if not container["securityContext"].get("readOnlyRootFilesystem"):
+    problems.append("the backup container needs readOnlyRootFilesystem (ledger.path must not be creatable)")
+
+script = container["args"][0]
+for needle in ("PALWORKER__HTTP__LISTEN", "ledger export", "ledger import", "status --json", "inventory list --json"):
+    if needle not in script:
+        problems.append(f"the backup script no longer runs {needle!r}")
+if mounts.get("backups") != "/backup" or volumes["backups"]["persistentVolumeClaim"]["claimName"] != backup["PersistentVolumeClaim"]["metadata"]["name"]:
+    problems.append("the backups volume is not the PVC of ledger-backup.yaml at /backup")
+if cronjob["spec"].get("concurrencyPolicy") != "Forbid":
+    problems.append("two backups at once would delete each other's partial files: concurrencyPolicy Forbid")
+
+alerts = open("ops/prometheus/alerts.yml").read()
+if f'cronjob="{cronjob["metadata"]["name"]}"' not in alerts:
+    problems.append(f"PalworkerLedgerBackupStale does not match CronJob {cronjob['metadata']['name']!r}")
+if "ledger-backup.yaml" not in yaml.safe_load(open("ops/kubernetes/kustomization.yaml")).get("resources", []):
+    problems.append("kustomization.yaml does not list ledger-backup.yaml")
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+EOF
 else
     warn "configmap and kustomization checks (no PyYAML)"
 fi
@@ -430,7 +510,8 @@ if command -v kubernetes-validate > /dev/null \
     check "kubernetes-validate --strict (API schemas)" \
         kubernetes-validate --strict --quiet \
         ops/kubernetes/configmap.yaml ops/kubernetes/service.yaml \
-        ops/kubernetes/statefulset.yaml ops/kubernetes/secret.example.yaml
+        ops/kubernetes/statefulset.yaml ops/kubernetes/secret.example.yaml \
+        ops/kubernetes/ledger-backup.yaml
 else
     warn "kubernetes-validate not available"
 fi

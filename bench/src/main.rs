@@ -3,7 +3,7 @@
 //! the product (it stands outside the worker's library, like the simulator);
 //! run it with
 //! `cargo build --release -p palworker -p palworker-bench && target/release/palworker-bench 2>bench.log`
-//! (or pick scenarios with `--scenario ingest,execution,fanout,idle-restart`).
+//! (or pick scenarios with `--scenario ingest,execution,fanout,idle-restart,operator-status`).
 //! The fan-out and restart scenarios run the real `palworker` binary as a
 //! child process: by default the one beside this binary (`--worker-binary`).
 //!
@@ -54,6 +54,13 @@
 //!   holding `--accounts` finished and `--pending` pending actions: `ready_s`
 //!   from spawning the process until `/readyz` answers 200; afterwards it must
 //!   finish the pending actions (checked in the simulator).
+//! - **operator-status**: a child worker on a ledger of `--accounts` finished
+//!   actions idles (`idle_rss_mib`, VmRSS); then `palworker status --json`,
+//!   and `audit export`, run as processes through its admin API with their
+//!   output to /dev/null while the worker's VmRSS is sampled every 5 ms
+//!   (and its VmHWM, reset before each command, read after):
+//!   `status_growth_mib` = the peak minus idle (issue 15: at most 20 MiB).
+//!   A second run of each command counts its rows.
 
 #![forbid(unsafe_code)]
 
@@ -65,6 +72,7 @@ mod ingest;
 mod machine;
 mod report;
 mod restart;
+mod status;
 mod worker;
 
 use std::path::PathBuf;
@@ -77,13 +85,14 @@ use palworker_config::Settings;
 
 use machine::{cpu_model, redact_url};
 
-/// The scenarios of issue 6.
+/// The scenarios of issues 6 and 15.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Scenario {
     Ingest,
     Execution,
     Fanout,
     IdleRestart,
+    OperatorStatus,
 }
 
 /// `palworker-bench` options.
@@ -121,7 +130,7 @@ pub struct BenchArgs {
     /// execution: simulated PAL latency of the slow phase, in milliseconds.
     #[arg(long, default_value_t = 20)]
     pub latency_ms: u64,
-    /// fanout: linked accounts; idle-restart: finished actions in the ledger.
+    /// fanout: linked accounts; idle-restart, operator-status: finished actions in the ledger.
     #[arg(long, default_value_t = 100_000)]
     pub accounts: u64,
     /// idle-restart: pending actions in the ledger.
@@ -193,6 +202,7 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Execution,
             Scenario::Fanout,
             Scenario::IdleRestart,
+            Scenario::OperatorStatus,
         ]
     } else {
         args.scenario.clone()
@@ -229,6 +239,7 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Execution => execution::run(&url, &args).await,
             Scenario::Fanout => fanout::run(&url, &args, &worker).await,
             Scenario::IdleRestart => restart::run(&url, &args, &worker).await,
+            Scenario::OperatorStatus => status::run(&url, &args, &worker).await,
         }
         .with_context(|| format!("bench scenario {scenario:?} failed"))?;
         for line in lines {

@@ -1,19 +1,27 @@
 //! `[amqp]`: the broker connection and the topology names of SPEC §4.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use url::Url;
 
+use crate::credentials::secret_from_file;
 use crate::error::ConfigError;
 use crate::raw::RawAmqp;
+
+/// The broker URL when neither `amqp.url` nor `amqp.url_file` is set: the
+/// local RabbitMQ's default user and vhost.
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Connection to RabbitMQ and the names of the objects the worker uses.
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    /// Broker URL, `amqp://` or `amqps://` (TLS with the system's roots).
+    /// Broker URL, `amqp://` or `amqps://` (TLS with the system's roots):
+    /// `amqp.url`, or the contents of `amqp.url_file`, or the default.
     pub url: AmqpUrl,
     /// Topic exchange the events are published to.
     pub exchange: String,
@@ -77,21 +85,31 @@ impl AmqpUrl {
     /// Checks that `url` is an absolute `amqp://` or `amqps://` URL with a
     /// host. The error never repeats the URL, which may hold a password.
     pub fn parse(url: &str) -> Result<AmqpUrl, ConfigError> {
-        const KEY: &str = "amqp.url";
-        let parsed = Url::parse(url)
-            .map_err(|error| ConfigError::invalid(KEY, format!("not a valid URL: {error}")))?;
+        AmqpUrl::parse_for(UrlSource::Value, url)
+    }
+
+    /// [`AmqpUrl::parse`], its errors naming the key the URL came from; for
+    /// a file, also the file (never its contents).
+    fn parse_for(source: UrlSource<'_>, url: &str) -> Result<AmqpUrl, ConfigError> {
+        let refuse = |reason: String| match source {
+            UrlSource::Value => ConfigError::invalid("amqp.url", reason),
+            UrlSource::File(path) => {
+                ConfigError::invalid("amqp.url_file", format!("`{}`: {reason}", path.display()))
+            }
+        };
+        let parsed =
+            Url::parse(url).map_err(|error| refuse(format!("not a valid URL: {error}")))?;
         let tls = match parsed.scheme() {
             "amqp" => false,
             "amqps" => true,
             other => {
-                return Err(ConfigError::invalid(
-                    KEY,
-                    format!("must start with amqp:// or amqps:// (got scheme `{other}`)"),
-                ));
+                return Err(refuse(format!(
+                    "must start with amqp:// or amqps:// (got scheme `{other}`)"
+                )));
             }
         };
         if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(ConfigError::invalid(KEY, "has no host"));
+            return Err(refuse("has no host".to_owned()));
         }
         let mut redacted = parsed;
         if redacted.password().is_some() {
@@ -114,6 +132,15 @@ impl AmqpUrl {
     pub fn is_tls(&self) -> bool {
         self.tls
     }
+}
+
+/// Where a broker URL was written.
+#[derive(Clone, Copy)]
+enum UrlSource<'a> {
+    /// `amqp.url` (or the default).
+    Value,
+    /// The file `amqp.url_file` names.
+    File(&'a Path),
 }
 
 impl FromStr for AmqpUrl {
@@ -141,7 +168,22 @@ impl fmt::Debug for AmqpUrl {
 
 impl RawAmqp {
     pub(crate) fn into_settings(self) -> Result<AmqpSettings, ConfigError> {
-        let url = AmqpUrl::parse(&self.url)?;
+        let url = match (self.url, self.url_file) {
+            (None, None) => AmqpUrl::parse(DEFAULT_URL)?,
+            (Some(url), None) => AmqpUrl::parse(&url)?,
+            // The URL holds the broker password: a file (a mounted secret)
+            // keeps it out of the configuration and the environment.
+            (None, Some(path)) => {
+                let url = secret_from_file("amqp.url_file", &path)?;
+                AmqpUrl::parse_for(UrlSource::File(&path), url.expose_secret())?
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "amqp.url_file",
+                    "set either amqp.url or amqp.url_file, not both",
+                ));
+            }
+        };
         let exchange = object_name("amqp.exchange", self.exchange)?;
         let queue = object_name("amqp.queue", self.queue)?;
         let dead_letter_exchange =

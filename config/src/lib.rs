@@ -6,7 +6,9 @@
 //! start-up, into [`Settings`]: durations are [`Duration`]s, endpoints are
 //! [`url::Url`]s, the listen address is a [`SocketAddr`], and the secrets the
 //! configuration names (client secrets, certificates, the admin token) are
-//! read and wrapped in [`SecretString`], whose `Debug` prints `[REDACTED]`.
+//! read and wrapped in [`SecretString`], whose `Debug` prints `[REDACTED]`;
+//! the broker URL, which holds a password, may be read from a file too
+//! (`amqp.url_file`) and prints with `***` for the password.
 //! Anything wrong — a typo'd key, a bad duration, plain http to a remote
 //! host, a missing secret file — is a [`ConfigError`] whose one-line message
 //! names the key and the reason.
@@ -52,7 +54,8 @@ pub use crate::credentials::{CredentialSecret, CredentialSettings};
 pub use crate::error::ConfigError;
 pub use crate::pal::PalSettings;
 pub use crate::sections::{
-    HttpSettings, LedgerSettings, LimitsSettings, RetrySettings, SecuritySettings, WorkerSettings,
+    AuditSettings, HttpSettings, LedgerSettings, LimitsSettings, ReconcileSettings, RetrySettings,
+    SecuritySettings, WorkerSettings,
 };
 
 #[cfg(doc)]
@@ -79,6 +82,10 @@ pub struct Settings {
     pub http: HttpSettings,
     /// `[security]`: allowed publishers.
     pub security: SecuritySettings,
+    /// `[audit]`: the audit trail.
+    pub audit: AuditSettings,
+    /// `[reconcile]`: comparing PAL with the desired links.
+    pub reconcile: ReconcileSettings,
 }
 
 impl Settings {
@@ -151,6 +158,8 @@ impl Settings {
             worker: raw.worker.into_settings(),
             http: raw.http.into_settings(&env)?,
             security: raw.security.into_settings()?,
+            audit: raw.audit.into_settings(),
+            reconcile: raw.reconcile.into_settings(),
         })
     }
 }

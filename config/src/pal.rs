@@ -23,6 +23,9 @@ pub struct PalSettings {
     pub api_version: String,
     /// Bound on one HTTP request, connection to last byte.
     pub request_timeout: Duration,
+    /// After each write, read the link back until it shows the desired
+    /// state (SPEC §11.3).
+    pub verify_writes: bool,
 }
 
 impl RawPal {
@@ -43,6 +46,7 @@ impl RawPal {
             authority,
             api_version: self.api_version,
             request_timeout: self.request_timeout.0,
+            verify_writes: self.verify_writes,
         })
     }
 }

@@ -27,12 +27,18 @@ pub(crate) struct RawSettings {
     pub worker: RawWorker,
     pub http: RawHttp,
     pub security: RawSecurity,
+    pub audit: RawAudit,
+    pub reconcile: RawReconcile,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawAmqp {
-    pub url: String,
+    /// `None` when not written, so that setting it together with `url_file`
+    /// is an error rather than a silent choice; the default URL applies when
+    /// neither is set.
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
     pub exchange: String,
     pub queue: String,
     pub dead_letter_exchange: String,
@@ -48,7 +54,8 @@ pub(crate) struct RawAmqp {
 impl Default for RawAmqp {
     fn default() -> Self {
         RawAmqp {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+            url: None,
+            url_file: None,
             exchange: "pal.lifecycle".to_owned(),
             queue: "palworker.events".to_owned(),
             dead_letter_exchange: "pal.lifecycle.dlx".to_owned(),
@@ -70,6 +77,7 @@ pub(crate) struct RawPal {
     pub authority: String,
     pub api_version: String,
     pub request_timeout: HumanDuration,
+    pub verify_writes: bool,
 }
 
 impl Default for RawPal {
@@ -79,6 +87,7 @@ impl Default for RawPal {
             authority: "https://login.microsoftonline.com".to_owned(),
             api_version: "2018-02-01".to_owned(),
             request_timeout: HumanDuration(Duration::from_secs(30)),
+            verify_writes: true,
         }
     }
 }
@@ -98,6 +107,8 @@ pub(crate) struct RawCredential {
 pub(crate) struct RawLedger {
     pub path: PathBuf,
     pub cache_capacity: u64,
+    pub retention: HumanDuration,
+    pub dedup_retention: HumanDuration,
 }
 
 impl Default for RawLedger {
@@ -105,6 +116,36 @@ impl Default for RawLedger {
         RawLedger {
             path: PathBuf::from("/var/lib/palworker/ledger"),
             cache_capacity: 16 * 1024 * 1024,
+            retention: HumanDuration(Duration::from_secs(90 * 24 * 3600)),
+            dedup_retention: HumanDuration(Duration::from_secs(400 * 24 * 3600)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub retention: HumanDuration,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            retention: HumanDuration(Duration::ZERO),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawReconcile {
+    pub interval: HumanDuration,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        RawReconcile {
+            interval: HumanDuration(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -156,6 +197,7 @@ impl Default for RawLimits {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawWorker {
     pub dry_run: bool,
+    pub paused: bool,
     pub shutdown_grace: HumanDuration,
 }
 
@@ -163,6 +205,7 @@ impl Default for RawWorker {
     fn default() -> Self {
         RawWorker {
             dry_run: false,
+            paused: false,
             shutdown_grace: HumanDuration(Duration::from_secs(20)),
         }
     }
@@ -174,6 +217,15 @@ pub(crate) struct RawHttp {
     pub listen: String,
     pub admin_token_file: Option<PathBuf>,
     pub admin_token_env: Option<String>,
+    pub admin_tokens: BTreeMap<String, RawNamedToken>,
+}
+
+/// One named admin token: from a file or an environment variable.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawNamedToken {
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
 }
 
 impl Default for RawHttp {
@@ -182,6 +234,7 @@ impl Default for RawHttp {
             listen: "127.0.0.1:9464".to_owned(),
             admin_token_file: None,
             admin_token_env: None,
+            admin_tokens: BTreeMap::new(),
         }
     }
 }

@@ -10,7 +10,9 @@ use secrecy::SecretString;
 
 use crate::credentials::{secret_from_env, secret_from_file};
 use crate::error::ConfigError;
-use crate::raw::{RawHttp, RawLedger, RawLimits, RawRetry, RawSecurity, RawWorker};
+use crate::raw::{
+    RawAudit, RawHttp, RawLedger, RawLimits, RawReconcile, RawRetry, RawSecurity, RawWorker,
+};
 
 /// The embedded sled ledger.
 #[derive(Debug, Clone)]
@@ -19,6 +21,27 @@ pub struct LedgerSettings {
     pub path: PathBuf,
     /// sled's page cache, in bytes (TOML key `cache_capacity`).
     pub cache_capacity_bytes: u64,
+    /// Events whose every action ended longer ago are removed, with their
+    /// actions (their outcomes stay in the audit trail).
+    pub retention: Duration,
+    /// The `(source, id)` marker of a removed event stays this long after
+    /// it ended, so a late redelivery is still a duplicate (at least
+    /// `retention`).
+    pub dedup_retention: Duration,
+}
+
+/// `[audit]`: the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Records older than this are removed; zero keeps them forever.
+    pub retention: Duration,
+}
+
+/// `[reconcile]`: the periodic comparison of PAL with the desired links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// How often; zero turns it off.
+    pub interval: Duration,
 }
 
 /// The retry schedule of transient PAL failures: exponential with jitter,
@@ -54,6 +77,9 @@ pub struct LimitsSettings {
 pub struct WorkerSettings {
     /// Plan and record every action, read PAL, never write to it.
     pub dry_run: bool,
+    /// Start paused: events are accepted and planned, nothing is written to
+    /// PAL until `palworker resume`.
+    pub paused: bool,
     /// On SIGTERM/SIGINT, how long in-flight actions may take to finish
     /// before they are checkpointed.
     pub shutdown_grace: Duration,
@@ -65,8 +91,11 @@ pub struct HttpSettings {
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Bearer token the admin API requires, if any (TOML `admin_token_file`
-    /// or `admin_token_env`, at most one).
+    /// or `admin_token_env`, at most one); it is also `admin_tokens["admin"]`.
     pub admin_token: Option<SecretString>,
+    /// Every admin token by the name the audit trail records for it (TOML
+    /// `[http.admin_tokens.NAME]` with `file` or `env`, plus `admin`).
+    pub admin_tokens: BTreeMap<String, SecretString>,
 }
 
 /// Who may publish which events (SPEC §7).
@@ -112,9 +141,29 @@ impl RawLedger {
                 "must be at least 1 byte",
             ));
         }
+        let retention = self.retention.0;
+        let dedup_retention = self.dedup_retention.0;
+        if retention.is_zero() {
+            return Err(ConfigError::invalid(
+                "ledger.retention",
+                "must be longer than zero",
+            ));
+        }
+        if dedup_retention < retention {
+            return Err(ConfigError::invalid(
+                "ledger.dedup_retention",
+                format!(
+                    "must be at least ledger.retention = {} (got {})",
+                    humantime::format_duration(retention),
+                    humantime::format_duration(dedup_retention)
+                ),
+            ));
+        }
         Ok(LedgerSettings {
             path: self.path,
             cache_capacity_bytes: self.cache_capacity,
+            retention,
+            dedup_retention,
         })
     }
 }
@@ -191,6 +240,7 @@ impl RawWorker {
     pub(crate) fn into_settings(self) -> WorkerSettings {
         WorkerSettings {
             dry_run: self.dry_run,
+            paused: self.paused,
             shutdown_grace: self.shutdown_grace.0,
         }
     }
@@ -223,9 +273,40 @@ impl RawHttp {
                 ));
             }
         };
+        let mut admin_tokens = BTreeMap::new();
+        if let Some(token) = &admin_token {
+            admin_tokens.insert("admin".to_owned(), token.clone());
+        }
+        for (name, named) in self.admin_tokens {
+            let key = format!("http.admin_tokens.{name}");
+            if name.trim().is_empty() || name.chars().any(char::is_control) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "a token name must be non-empty text without control characters",
+                ));
+            }
+            if admin_tokens.contains_key(&name) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "`admin` is the name of http.admin_token_file / admin_token_env",
+                ));
+            }
+            let token = match (named.file, named.env) {
+                (Some(path), None) => secret_from_file(&format!("{key}.file"), &path)?,
+                (None, Some(variable)) => secret_from_env(&format!("{key}.env"), &variable, env)?,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "set exactly one of `file` or `env`",
+                    ));
+                }
+            };
+            admin_tokens.insert(name, token);
+        }
         Ok(HttpSettings {
             listen,
             admin_token,
+            admin_tokens,
         })
     }
 }
@@ -251,5 +332,21 @@ impl RawSecurity {
         Ok(SecuritySettings {
             publishers: self.publishers,
         })
+    }
+}
+
+impl RawAudit {
+    pub(crate) fn into_settings(self) -> AuditSettings {
+        AuditSettings {
+            retention: self.retention.0,
+        }
+    }
+}
+
+impl RawReconcile {
+    pub(crate) fn into_settings(self) -> ReconcileSettings {
+        ReconcileSettings {
+            interval: self.interval.0,
+        }
     }
 }

@@ -134,6 +134,7 @@ fn defaults_load_without_a_file() {
         settings.worker,
         WorkerSettings {
             dry_run: false,
+            paused: false,
             shutdown_grace: Duration::from_secs(20),
         }
     );
@@ -445,13 +446,13 @@ fn invalid_configs_are_refused_naming_the_key() {
         Case {
             toml: "[amqp]\nprefetchh = 10",
             env: &[],
-            message: "config key `amqp.prefetchh`: unknown key (expected one of `url`, `exchange`, `queue`, `dead_letter_exchange`, `dead_letter_queue`, `prefetch`, `max_message_bytes`, `delivery_limit`, `declare`, `reconnect_initial` or `reconnect_max`)",
+            message: "config key `amqp.prefetchh`: unknown key (expected one of `url`, `url_file`, `exchange`, `queue`, `dead_letter_exchange`, `dead_letter_queue`, `prefetch`, `max_message_bytes`, `delivery_limit`, `declare`, `reconnect_initial` or `reconnect_max`)",
             key: Some("amqp.prefetchh"),
         },
         Case {
             toml: "[limit]\nconcurrency = 10",
             env: &[],
-            message: "config key `limit`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http` or `security`)",
+            message: "config key `limit`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http`, `security`, `audit` or `reconcile`)",
             key: Some("limit"),
         },
         Case {
@@ -475,13 +476,13 @@ fn invalid_configs_are_refused_naming_the_key() {
         Case {
             toml: "",
             env: &[("PALWORKER__WORKER__DRYRUN", "true")],
-            message: "config key `worker.dryrun`: unknown key (expected `dry_run` or `shutdown_grace`)",
+            message: "config key `worker.dryrun`: unknown key (expected one of `dry_run`, `paused` or `shutdown_grace`)",
             key: Some("worker.dryrun"),
         },
         Case {
             toml: "",
             env: &[("PALWORKER__LIMITS_CONCURRENCY", "3")],
-            message: "config key `limits_concurrency`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http` or `security`)",
+            message: "config key `limits_concurrency`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http`, `security`, `audit` or `reconcile`)",
             key: Some("limits_concurrency"),
         },
         Case {
@@ -587,6 +588,110 @@ fn amqp_errors_never_repeat_the_password() {
             .to_string();
         assert!(message.starts_with("config key `amqp.url`: "), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+}
+
+#[test]
+fn amqp_url_can_come_from_a_file_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "amqp-url",
+        "  amqps://worker:file-password-8e7d@rabbit.example.com:5671/prod\n",
+    );
+    let toml = format!("[amqp]\nurl_file = {path:?}");
+
+    let settings = Settings::from_toml_str(&toml, env(&[])).unwrap();
+
+    assert_eq!(
+        settings.amqp.url.expose(),
+        "amqps://worker:file-password-8e7d@rabbit.example.com:5671/prod"
+    );
+    assert!(settings.amqp.url.is_tls());
+    assert_eq!(
+        settings.amqp.url.to_string(),
+        "amqps://worker:***@rabbit.example.com:5671/prod"
+    );
+    assert!(!format!("{settings:?}").contains("file-password-8e7d"));
+
+    // The environment can name the file too.
+    let from_env = Settings::from_toml_str(
+        "",
+        env(&[("PALWORKER__AMQP__URL_FILE", path.to_str().unwrap())]),
+    )
+    .unwrap();
+    assert_eq!(from_env.amqp.url, settings.amqp.url);
+}
+
+/// `amqp.url_file`'s refusals name the key (and the file, never its
+/// contents, which hold the broker password).
+#[test]
+fn amqp_url_file_problems_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-file");
+    let empty = write_file(dir.path(), "empty", "\n");
+    let not_amqp = write_file(dir.path(), "http", "http://guest:hunter2@127.0.0.1:5672/\n");
+    let no_host = write_file(dir.path(), "no-host", "amqp://guest:hunter2@/vhost");
+    let not_a_url = write_file(dir.path(), "words", "broker password hunter2");
+    let good = write_file(
+        dir.path(),
+        "good",
+        "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+    );
+    let cases = [
+        (
+            format!("[amqp]\nurl_file = {missing:?}"),
+            env(&[]),
+            format!(
+                "config key `amqp.url_file`: cannot read `{}`: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        ),
+        (
+            format!("[amqp]\nurl_file = {empty:?}"),
+            env(&[]),
+            format!("config key `amqp.url_file`: `{}` is empty", empty.display()),
+        ),
+        (
+            format!("[amqp]\nurl_file = {not_amqp:?}"),
+            env(&[]),
+            format!(
+                "config key `amqp.url_file`: `{}`: must start with amqp:// or amqps:// (got scheme `http`)",
+                not_amqp.display()
+            ),
+        ),
+        (
+            format!("[amqp]\nurl_file = {no_host:?}"),
+            env(&[]),
+            format!(
+                "config key `amqp.url_file`: `{}`: not a valid URL: empty host",
+                no_host.display()
+            ),
+        ),
+        (
+            format!("[amqp]\nurl_file = {not_a_url:?}"),
+            env(&[]),
+            format!(
+                "config key `amqp.url_file`: `{}`: not a valid URL: relative URL without a base",
+                not_a_url.display()
+            ),
+        ),
+        (
+            format!("[amqp]\nurl = \"amqp://127.0.0.1\"\nurl_file = {good:?}"),
+            env(&[]),
+            "config key `amqp.url_file`: set either amqp.url or amqp.url_file, not both".to_owned(),
+        ),
+        (
+            format!("[amqp]\nurl_file = {good:?}"),
+            env(&[("PALWORKER__AMQP__URL", "amqp://127.0.0.1")]),
+            "config key `amqp.url_file`: set either amqp.url or amqp.url_file, not both".to_owned(),
+        ),
+    ];
+    for (toml, env, expected) in cases {
+        let error = Settings::from_toml_str(&toml, env).unwrap_err();
+        assert_eq!(error.to_string(), expected, "{toml}");
+        assert_eq!(error.key(), Some("amqp.url_file"), "{toml}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 }
 
@@ -844,4 +949,64 @@ fn a_toml_overlay_merges_tables_and_replaces_values() {
         Settings::layer_toml("[amqp", ""),
         Err(ConfigError::Syntax { .. })
     ));
+}
+
+#[test]
+fn retention_defaults_and_limits() {
+    let settings = Settings::from_toml_str("", []).unwrap();
+    assert_eq!(
+        settings.ledger.retention,
+        Duration::from_secs(90 * 24 * 3600)
+    );
+    assert_eq!(
+        settings.ledger.dedup_retention,
+        Duration::from_secs(400 * 24 * 3600)
+    );
+    assert_eq!(settings.audit.retention, Duration::ZERO);
+    assert_eq!(settings.reconcile.interval, Duration::from_secs(24 * 3600));
+    assert!(settings.pal.verify_writes);
+    let error = Settings::from_toml_str(
+        "[ledger]\nretention = \"30d\"\ndedup_retention = \"1d\"\n",
+        [],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("ledger.dedup_retention"), "{error}");
+}
+
+#[test]
+fn named_admin_tokens_come_from_files_or_the_environment_and_the_single_one_is_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice");
+    std::fs::write(&alice, "alice-token\n").unwrap();
+    let toml = format!(
+        "[http]\nadmin_token_env = \"ADMIN\"\n[http.admin_tokens.alice]\nfile = \"{}\"\n[http.admin_tokens.ci]\nenv = \"CI_TOKEN\"\n",
+        alice.display()
+    );
+    let settings = Settings::from_toml_str(
+        &toml,
+        [
+            ("ADMIN".to_owned(), "admin-token".to_owned()),
+            ("CI_TOKEN".to_owned(), "ci-token".to_owned()),
+        ],
+    )
+    .unwrap();
+    let tokens: Vec<(&str, &str)> = settings
+        .http
+        .admin_tokens
+        .iter()
+        .map(|(name, token)| (name.as_str(), token.expose_secret()))
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            ("admin", "admin-token"),
+            ("alice", "alice-token"),
+            ("ci", "ci-token")
+        ]
+    );
+    let error = Settings::from_toml_str("[http.admin_tokens.x]\n", [])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("http.admin_tokens.x"), "{error}");
 }

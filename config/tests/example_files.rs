@@ -108,3 +108,49 @@ fn production_example_loads_with_its_secret_files() {
             .allows(Some("hr-system"), "partner.id.changed")
     );
 }
+
+/// The production example's commented `url_file` alternative works as its
+/// comment says: `url` deleted, `url_file` uncommented, the URL read from
+/// the secret file.
+#[test]
+fn production_example_url_file_alternative_loads_when_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path();
+    for (name, contents) in [
+        ("automation", "prod-client-secret\n"),
+        (
+            "automation.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n\
+             -----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+        ),
+        ("palworker-admin-token", "prod-admin-token\n"),
+        (
+            "amqp-url",
+            "amqps://palworker:from-a-file@rabbitmq.internal.example.com:5671/pal\n",
+        ),
+    ] {
+        std::fs::write(secrets.join(name), contents).unwrap();
+    }
+    let text = std::fs::read_to_string(shipped("palworker.production.example.toml")).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|line| !line.starts_with("url = "))
+        .map(|line| {
+            line.strip_prefix("# url_file = ")
+                .map_or(line.to_owned(), |rest| format!("url_file = {rest}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("\nurl_file = "),
+        "the example mentions url_file"
+    );
+    let text = text.replace("\"/run/secrets/", &format!("\"{}/", secrets.display()));
+
+    let settings = Settings::from_toml_str(&text, []).unwrap();
+
+    assert_eq!(
+        settings.amqp.url.expose(),
+        "amqps://palworker:from-a-file@rabbitmq.internal.example.com:5671/pal"
+    );
+}

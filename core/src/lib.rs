@@ -26,4 +26,6 @@ pub use ids::{ActionId, EventSeq};
 pub use model::{ActionRecord, ActionState, EventRecord, EventState, InventoryEntry, Op};
 pub use outcome::{AcceptOutcome, Approval, Completion, Rescheduled, Superseded};
 pub use reason::{EventOutcome, RetryReason};
-pub use views::{ActionFacts, AuditRecord, ReleaseSummary, StatusFilter, StatusRow};
+pub use views::{
+    ActionFacts, AuditEntry, AuditRecord, AuditWhat, ReleaseSummary, StatusFilter, StatusRow,
+};

@@ -85,6 +85,11 @@ pub enum ActionState {
     Failed,
     Cancelled,
     Manual,
+    /// Dry run: what it would have changed is in its detail; nothing was written.
+    Skipped,
+    /// A removal whose identity no longer exists in its tenant: the link
+    /// ended with the identity.
+    Orphaned,
 }
 
 impl ActionState {
@@ -99,6 +104,8 @@ impl ActionState {
             ActionState::Failed => "failed",
             ActionState::Cancelled => "cancelled",
             ActionState::Manual => "manual",
+            ActionState::Skipped => "skipped",
+            ActionState::Orphaned => "orphaned",
         }
     }
 
@@ -110,6 +117,8 @@ impl ActionState {
                 | ActionState::Failed
                 | ActionState::Cancelled
                 | ActionState::Manual
+                | ActionState::Skipped
+                | ActionState::Orphaned
         )
     }
 }
@@ -182,6 +191,10 @@ pub struct ActionRecord {
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// When PAL was read and showed the desired state: after the write, or
+    /// the read that found nothing to do (SPEC §11.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<DateTime<Utc>>,
 }
 
 impl ActionRecord {

@@ -15,6 +15,9 @@ pub enum AcceptOutcome {
     Accepted {
         seq: EventSeq,
         actions: u64,
+        /// How many of them wait for the event's future `effective_at`
+        /// (all or none: they share it).
+        scheduled: u64,
         unassigned: Vec<TenantId>,
         /// Older unfinished actions that this event superseded.
         cancelled: Vec<Superseded>,
@@ -42,6 +45,8 @@ pub struct Superseded {
 pub struct Approval {
     /// How many of the plan's actions are now pending (or scheduled).
     pub released: u64,
+    /// How many of the released wait for the event's future `effective_at`.
+    pub scheduled: u64,
     /// The plan's actions whose account a later event had already targeted.
     pub cancelled: Vec<ActionRecord>,
     /// Older unfinished actions that the released ones superseded.

@@ -18,16 +18,19 @@ pub enum RetryReason {
     Token,
     /// 401 from PAL: the token was refreshed.
     Unauthorized,
+    /// A write answered 200 but reading it back never showed it (SPEC §11.3).
+    Unverified,
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 6] = [
+    pub const ALL: [RetryReason; 7] = [
         RetryReason::Throttled,
         RetryReason::ServerError,
         RetryReason::Timeout,
         RetryReason::Connection,
         RetryReason::Token,
         RetryReason::Unauthorized,
+        RetryReason::Unverified,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl RetryReason {
             RetryReason::Connection => "connection",
             RetryReason::Token => "token",
             RetryReason::Unauthorized => "unauthorized",
+            RetryReason::Unverified => "unverified",
         }
     }
 }

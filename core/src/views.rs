@@ -22,10 +22,17 @@ pub struct StatusFilter {
     pub failed: bool,
     /// Only manual actions (with `failed`: failed or manual ones).
     pub manual: bool,
+    /// Only actions updated at or after this instant (`status --since`):
+    /// what changed lately, without reading every row out.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many actions, the first in creation order (`status
+    /// --limit`); applied after every other filter.
+    pub limit: Option<u64>,
 }
 
 impl StatusFilter {
-    /// Whether `action` passes every filter that is set.
+    /// Whether `action` passes every filter that is set (`limit` is the
+    /// reader's to apply: it counts rows, not one action).
     pub fn matches(&self, action: &ActionRecord) -> bool {
         if let Some(id) = &self.event_id
             && &action.event_id != id
@@ -53,6 +60,9 @@ impl StatusFilter {
             if !wanted {
                 return false;
             }
+        }
+        if self.since.is_some_and(|since| action.updated_at < since) {
+            return false;
         }
         true
     }
@@ -82,6 +92,8 @@ pub struct ActionFacts {
     pub detail: Option<String>,
     pub dry_run: bool,
     pub created_at: DateTime<Utc>,
+    /// When PAL showed the desired state (SPEC §11.3); `None` until then.
+    pub verified_at: Option<DateTime<Utc>>,
 }
 
 impl From<&ActionRecord> for ActionFacts {
@@ -103,6 +115,7 @@ impl From<&ActionRecord> for ActionFacts {
             detail: action.detail.clone(),
             dry_run: action.dry_run,
             created_at: action.created_at,
+            verified_at: action.verified_at,
         }
     }
 }
@@ -159,4 +172,51 @@ pub struct ReleaseSummary {
     pub event_source: String,
     pub released: u64,
     pub cancelled: u64,
+}
+
+/// One record of the audit trail (`audit export`, SPEC §11.2): what
+/// happened, who did it and when, chained to the record before it by the
+/// SHA-256 of that record's stored bytes (`prev_hash`, lower-case hex), so
+/// any edit of a stored record breaks the chain at the record after it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    /// Position in the trail, from 0, without gaps.
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    /// `palworker` for what the worker did by itself; the admin token's name
+    /// or the local OS user for an operator's command.
+    pub who: String,
+    #[serde(flatten)]
+    pub what: AuditWhat,
+    pub prev_hash: String,
+}
+
+/// What an audit record records (`kind`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditWhat {
+    /// An action reached a terminal state.
+    ActionOutcome(Box<AuditRecord>),
+    /// An operator released a held plan.
+    Approval {
+        event_id: String,
+        event_source: String,
+        released: u64,
+        cancelled: u64,
+    },
+    /// An operator discarded a held plan.
+    Rejection {
+        event_id: String,
+        event_source: String,
+        cancelled: u64,
+    },
+    /// An operator queued a failed action again.
+    Retry {
+        action_id: ActionId,
+        event_id: String,
+    },
+    /// An operator paused writes to PAL.
+    Pause,
+    /// An operator resumed them.
+    Resume,
 }

@@ -45,6 +45,19 @@ const KNOWN_MEMBERS: [&str; 10] = [
     "data_base64",
 ];
 
+/// Which rules an envelope is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// A message arriving now ([`crate::Event::from_json_slice`]): every
+    /// rule.
+    Incoming,
+    /// An event the ledger accepted earlier, read back through `Event`'s
+    /// `Deserialize`: every rule except the ones added since it may have
+    /// been accepted, so a stored record stays readable. Only one: an `id`
+    /// with control characters (refused since SPEC §11.1's hardening).
+    Stored,
+}
+
 /// The envelope attributes palworker keeps, all validated, and the raw data
 /// object (validated per type by the caller).
 #[derive(Debug)]
@@ -57,7 +70,7 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
-    pub(crate) fn parse(value: Value) -> Result<Envelope, EventError> {
+    pub(crate) fn parse(value: Value, admission: Admission) -> Result<Envelope, EventError> {
         let Value::Object(mut members) = value else {
             return Err(EventError::NotCloudEvent {
                 found: json_kind(&value),
@@ -82,6 +95,12 @@ impl Envelope {
                     max: MAX_EVENT_ID_CHARS,
                 },
             ));
+        }
+        // An id ends up in log lines, dead-letter headers and operators'
+        // command lines (`palworker approve ID`); a line break or NUL there
+        // forges or splits them.
+        if admission == Admission::Incoming && id.chars().any(char::is_control) {
+            return Err(invalid("id", AttributeProblem::ControlCharacter));
         }
 
         let source = required_string(&members, "source")?;

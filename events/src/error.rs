@@ -5,7 +5,8 @@
 //! goes verbatim into the dead-letter header `x-palworker-reason`. Values
 //! taken from the input are echoed only through `echo`, which escapes
 //! control characters and truncates, so a hostile message cannot produce a
-//! multi-line or oversized header.
+//! multi-line or oversized header. [`Escaped`] is the same escaping, without
+//! truncation, for callers that log a value taken from input.
 
 use std::fmt;
 
@@ -210,6 +211,11 @@ pub enum AttributeProblem {
         /// The limit, in characters.
         max: usize,
     },
+    /// The attribute contains a control character (C0, DEL or C1: a line
+    /// break, NUL, ...), which could forge or split a log line, a header or
+    /// an operator's command line (`id`, SPEC §11.1).
+    #[error("contains a control character")]
+    ControlCharacter,
     /// The attribute is not an RFC 3339 timestamp.
     #[error("not an RFC 3339 timestamp")]
     NotRfc3339,
@@ -277,13 +283,51 @@ pub(crate) fn echo_at_most(input: &str, max_chars: usize) -> String {
             out.push('…');
             break;
         }
-        if character.is_control() {
-            out.extend(character.escape_default());
-        } else {
-            out.push(character);
-        }
+        // Cannot fail: writing to a String.
+        let _ = write_escaped(&mut out, character);
     }
     out
+}
+
+/// A piece of untrusted text to put into a log line or message as it is,
+/// but with control characters escaped the way [`echo`] escapes them
+/// (`\n`, `\u{0}`, `\u{9b}`), so it can neither split nor forge a line nor
+/// drive a terminal. Not truncated: for values already bounded, such as an
+/// event `id` (at most 256 characters) of a record stored before control
+/// characters were refused (SPEC §11.1).
+///
+/// ```
+/// use palworker_events::Escaped;
+/// assert_eq!(Escaped::new("a\nb").to_string(), "a\\nb");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escaped<'a>(&'a str);
+
+impl<'a> Escaped<'a> {
+    /// `text`, to be displayed escaped.
+    pub fn new(text: &'a str) -> Self {
+        Escaped(text)
+    }
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0
+            .chars()
+            .try_for_each(|character| write_escaped(formatter, character))
+    }
+}
+
+/// A character as it is echoed: control characters (C0, DEL, C1) as their
+/// Rust escape, everything else as it is.
+fn write_escaped(out: &mut impl fmt::Write, character: char) -> fmt::Result {
+    if character.is_control() {
+        character
+            .escape_default()
+            .try_for_each(|escaped| out.write_char(escaped))
+    } else {
+        out.write_char(character)
+    }
 }
 
 /// "an array", "a string", ... for messages about JSON values.
@@ -343,6 +387,10 @@ mod tests {
                 attribute: "time".into(),
                 problem: AttributeProblem::NotRfc3339,
             },
+            EventError::InvalidAttribute {
+                attribute: "id".into(),
+                problem: AttributeProblem::ControlCharacter,
+            },
             EventError::UnknownType { found: "x".into() },
             EventError::UnsupportedContentType { found: "x".into() },
             EventError::InvalidData {
@@ -369,5 +417,25 @@ mod tests {
         assert_eq!(echo(&"x".repeat(64)), "x".repeat(64));
         assert_eq!(echo(&"x".repeat(65)), format!("{}…", "x".repeat(64)));
         assert_eq!(echo(&"é".repeat(100)), format!("{}…", "é".repeat(64)));
+    }
+
+    #[test]
+    fn escaped_escapes_every_control_character_and_keeps_the_rest_whole() {
+        assert_eq!(Escaped::new("evt-1").to_string(), "evt-1");
+        assert_eq!(
+            Escaped::new("a\nb\r\u{0}\u{7f}\u{9b}c\t").to_string(),
+            "a\\nb\\r\\u{0}\\u{7f}\\u{9b}c\\t"
+        );
+        let long = format!("{}\n", "x".repeat(300));
+        assert_eq!(
+            Escaped::new(&long).to_string(),
+            format!("{}\\n", "x".repeat(300))
+        );
+        for code in (0..=0x1f).chain(0x7f..=0x9f) {
+            let control = char::from_u32(code).unwrap().to_string();
+            let shown = Escaped::new(&control).to_string();
+            assert!(!shown.chars().any(char::is_control), "{code:#x}: {shown:?}");
+            assert_eq!(shown, echo(&control), "{code:#x}");
+        }
     }
 }

@@ -18,8 +18,10 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::envelope::{self, Envelope};
-use crate::error::{EventError, FieldProblem, MAX_MESSAGE_CHARS, echo, echo_at_most, json_kind};
+use crate::envelope::{self, Admission, Envelope};
+use crate::error::{
+    Escaped, EventError, FieldProblem, MAX_MESSAGE_CHARS, echo, echo_at_most, json_kind,
+};
 use crate::fields::{FromField, optional, required};
 use crate::ids::{ContractId, CredentialName, EmployeeId, ObjectId, PartnerId, TenantId};
 
@@ -105,10 +107,15 @@ impl<'de> Deserialize<'de> for EventType {
 ///
 /// Serialises as the structured-mode CloudEvent of
 /// [`Event::to_cloudevent_json`] and deserialises through the same validation
-/// as [`Event::from_json_slice`], so a stored event is re-checked on load.
+/// as [`Event::from_json_slice`], so a stored event is re-checked on load —
+/// except for rules added after it may have been stored (an `id` with control
+/// characters), so the ledger's records stay readable. Deserialise only what
+/// palworker stored; messages go through [`Event::from_json_slice`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// CloudEvents `id`: 1 to 256 characters.
+    /// CloudEvents `id`: 1 to 256 characters, without control characters
+    /// (except in events stored before that rule; log it through
+    /// [`Event::escaped_id`]).
     pub id: String,
     /// CloudEvents `source`: a non-empty URI-reference.
     pub source: String,
@@ -206,11 +213,11 @@ impl Event {
             serde_json::from_slice(bytes).map_err(|error| EventError::InvalidJson {
                 message: echo_at_most(&error.to_string(), MAX_MESSAGE_CHARS),
             })?;
-        Event::from_json_value(value)
+        Event::from_json_value(value, Admission::Incoming)
     }
 
-    fn from_json_value(value: Value) -> Result<Event, EventError> {
-        let envelope = Envelope::parse(value)?;
+    fn from_json_value(value: Value, admission: Admission) -> Result<Event, EventError> {
+        let envelope = Envelope::parse(value, admission)?;
         let data = EventData::from_json_object(envelope.event_type, &envelope.data)?;
         Ok(Event {
             id: envelope.id,
@@ -219,6 +226,12 @@ impl Event {
             time: envelope.time,
             data,
         })
+    }
+
+    /// The `id` for log lines and messages, control characters escaped: an
+    /// event stored before they were refused may hold a line break or NUL.
+    pub fn escaped_id(&self) -> Escaped<'_> {
+        Escaped::new(&self.id)
     }
 
     /// When the event's actions may run; `None` (or an instant in the past)
@@ -270,7 +283,7 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        Event::from_json_value(value).map_err(D::Error::custom)
+        Event::from_json_value(value, Admission::Stored).map_err(D::Error::custom)
     }
 }
 

@@ -32,6 +32,6 @@ pub use account::{
     Account, AccountKey, DesiredLink, ImportError, ImportedAccount, parse_accounts_csv,
     parse_accounts_jsonl, parse_import, parse_import_csv, parse_import_jsonl,
 };
-pub use error::{AttributeProblem, DataProblem, EventError, FieldProblem, RejectReason};
+pub use error::{AttributeProblem, DataProblem, Escaped, EventError, FieldProblem, RejectReason};
 pub use event::{Event, EventData, EventType, UnknownEventType};
 pub use ids::{ContractId, CredentialName, EmployeeId, IdError, ObjectId, PartnerId, TenantId};

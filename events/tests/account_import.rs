@@ -255,3 +255,70 @@ fn import_errors_are_typed_not_just_text() {
         }
     );
 }
+
+/// A CSV inventory of `rows` accounts in tenant `T1` whose records span a
+/// varying number of lines (quoted cells holding line breaks, which trimming
+/// removes), with a blank line before every seventh, and the line on which
+/// each record starts. Also the line the next record would start on.
+fn inventory_spanning_lines(rows: usize, line_end: &str) -> (String, Vec<usize>, usize) {
+    let mut text = format!("tenant_id,object_id,employee_id,contract_id{line_end}");
+    let mut line = 2;
+    let mut starts = Vec::with_capacity(rows);
+    for row in 0..rows {
+        if row % 7 == 0 {
+            text.push_str(line_end);
+            line += 1;
+        }
+        let breaks = row % 4;
+        starts.push(line);
+        text.push_str(&format!(
+            "{T1},{},\"E-{row}{}\",\"{}C-{row}\"{line_end}",
+            object_of(row),
+            line_end.repeat(breaks),
+            line_end.repeat(breaks / 2),
+        ));
+        line += 1 + breaks + breaks / 2;
+    }
+    (text, starts, line)
+}
+
+fn object_of(row: usize) -> String {
+    format!("{row:08x}-0000-4000-8000-000000000001")
+}
+
+/// Line numbers come from the csv reader's byte positions, counted forward
+/// from the previous record; they must stay exact deep into a large file
+/// after thousands of records spanning several lines, for LF and CRLF files.
+#[test]
+fn csv_error_lines_are_exact_far_into_a_file_after_records_spanning_lines() {
+    const ROWS: usize = 5_000;
+    for line_end in ["\n", "\r\n"] {
+        let (inventory, starts, next) = inventory_spanning_lines(ROWS, line_end);
+        assert_eq!(parse_accounts_csv(&inventory).map(|a| a.len()), Ok(ROWS));
+
+        let bad_cell = format!("{inventory}{T1},{},E-x,C\u{1}{line_end}", object_of(ROWS));
+        assert_eq!(
+            parse_accounts_csv(&bad_cell).unwrap_err().to_string(),
+            format!("line {next}: contract_id: contains a control character"),
+        );
+
+        let duplicate = format!("{inventory}{T1},{},E-x,{line_end}", object_of(4_321));
+        assert_eq!(
+            parse_accounts_csv(&duplicate).unwrap_err(),
+            ImportError::DuplicateAccount {
+                line: next,
+                key: account(T1, &object_of(4_321), "E-x", None, None).key(),
+                first_line: starts[4_321],
+            },
+        );
+
+        let too_many_cells = format!("{inventory}{line_end}{T1},{},E-x,C,extra", object_of(ROWS));
+        assert_eq!(
+            parse_accounts_csv(&too_many_cells).unwrap_err().to_string(),
+            format!(
+                "line {}: invalid CSV: found 5 fields, but the header has 4",
+                next + 1
+            ),
+        );
+    }
+}

@@ -222,3 +222,67 @@ fn fixtures_cover_every_event_type_and_every_reason_this_crate_produces() {
         .collect();
     assert_eq!(reasons, expected);
 }
+
+const ID_CONTROL_CHARACTER: &str = "invalid_attribute: id: contains a control character";
+
+/// A record as the ledger stored it before ids with control characters were
+/// refused (SPEC §11.1): `Event`'s own serialisation, the id holding a line
+/// break, a NUL and a C1 control character.
+const STORED_BEFORE_THE_ID_RULE: &str = r#"{"data":{"employee_id":"E-10442","successor_employee_id":"E-10017"},"datacontenttype":"application/json","id":"evt-1\nforged: line\u0000\u009b","source":"urn:contoso:workday","specversion":"1.0","time":"2026-11-29T09:00:00Z","type":"hr.employee.departed"}"#;
+
+#[test]
+fn a_stored_event_whose_id_has_control_characters_still_loads_but_is_refused_as_a_message() {
+    let event: Event = serde_json::from_str(STORED_BEFORE_THE_ID_RULE)
+        .expect("a record stored before the id rule stays readable");
+    assert_eq!(event.id, "evt-1\nforged: line\u{0}\u{9b}");
+    assert_eq!(event.event_type, EventType::EmployeeDeparted);
+    // Stored again (the ledger rewrites records), it is the same record.
+    let stored_again = serde_json::to_string(&event).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&stored_again).unwrap(),
+        serde_json::from_str::<Value>(STORED_BEFORE_THE_ID_RULE).unwrap()
+    );
+    assert_eq!(serde_json::from_str::<Event>(&stored_again).unwrap(), event);
+    // Logged, the id cannot split or forge a line.
+    assert_eq!(
+        event.escaped_id().to_string(),
+        "evt-1\\nforged: line\\u{0}\\u{9b}"
+    );
+
+    let error = Event::from_json_slice(STORED_BEFORE_THE_ID_RULE.as_bytes()).unwrap_err();
+    assert_eq!(error.to_string(), ID_CONTROL_CHARACTER);
+    assert_eq!(error.reason(), RejectReason::InvalidAttribute);
+}
+
+/// The stored-record path is lenient about the id rule and nothing else:
+/// every other invalid fixture is refused on load with the message of
+/// `from_json_slice`, and an id with a control character does not excuse
+/// a bad attribute after it.
+#[test]
+fn the_stored_record_path_is_lenient_about_the_id_control_character_rule_only() {
+    let mut lenient = 0;
+    for (name, input, expected) in fixtures("invalid") {
+        let loaded = serde_json::from_slice::<Event>(&input);
+        if expected != ID_CONTROL_CHARACTER {
+            let error = loaded.expect_err(&name).to_string();
+            if serde_json::from_slice::<Value>(&input).is_ok() {
+                assert!(error.starts_with(&expected), "{name}: {error}");
+            }
+        } else if name.starts_with("id--") {
+            let event = loaded.unwrap_or_else(|error| panic!("{name}: {error}"));
+            assert!(event.id.chars().any(char::is_control), "{name}");
+            assert!(
+                !event.escaped_id().to_string().chars().any(char::is_control),
+                "{name}"
+            );
+            lenient += 1;
+        } else {
+            let error = loaded.expect_err(&name).to_string();
+            assert!(
+                error.starts_with("invalid_attribute: source: "),
+                "{name}: {error}"
+            );
+        }
+    }
+    assert!(lenient >= 5, "only {lenient} id control character fixtures");
+}

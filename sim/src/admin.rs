@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Simulator;
-use super::config::{Faults, SeedLink, SimClient};
+use super::config::{Faults, SeedLink, SimClient, is_guid};
 
 pub(super) fn router() -> Router<Simulator> {
     Router::new()
@@ -24,6 +24,10 @@ pub(super) fn router() -> Router<Simulator> {
         .route("/violations", get(violations))
         .route("/faults", get(get_faults).put(put_faults))
         .route("/clients", get(list_clients).post(add_client))
+        .route(
+            "/identities/{tenant_id}/{object_id}",
+            axum::routing::delete(delete_identity),
+        )
         .route("/clock", get(clock).post(advance_clock))
         .fallback(not_found)
 }
@@ -153,6 +157,33 @@ async fn add_client(
     let client_id = client.client_id.clone();
     simulator.add_client(client);
     (StatusCode::CREATED, Json(json!({"client_id": client_id}))).into_response()
+}
+
+async fn delete_identity(
+    State(simulator): State<Simulator>,
+    Path((tenant_id, object_id)): Path<(String, String)>,
+) -> Response {
+    if !is_guid(&tenant_id) || !is_guid(&object_id) {
+        return bad_request(format!(
+            "identity {tenant_id}/{object_id}: tenant_id and object_id must be GUIDs"
+        ));
+    }
+    let client_ids = simulator.delete_identity(&tenant_id, &object_id);
+    if client_ids.is_empty() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!(
+                "no client has the identity {object_id} in tenant {tenant_id}"
+            )})),
+        )
+            .into_response();
+    }
+    Json(json!({
+        "tenant_id": tenant_id.to_ascii_lowercase(),
+        "object_id": object_id.to_ascii_lowercase(),
+        "client_ids": client_ids,
+    }))
+    .into_response()
 }
 
 async fn clock(State(simulator): State<Simulator>) -> Response {

@@ -65,6 +65,7 @@ struct Outcome {
     throttle_violation: bool,
     rate_limit: Option<(&'static str, u64)>,
     authentication_failed: bool,
+    lost: bool,
 }
 
 impl Outcome {
@@ -77,6 +78,7 @@ impl Outcome {
             throttle_violation: false,
             rate_limit: None,
             authentication_failed: false,
+            lost: false,
         }
     }
 
@@ -175,6 +177,7 @@ pub(super) async fn handle(
             status: 0,
             fault_injected: false,
             throttle_violation: false,
+            lost: false,
             request_id: request_id.to_string(),
             service_us: 0,
         });
@@ -200,6 +203,7 @@ pub(super) async fn handle(
             record.status = outcome.status.as_u16();
             record.fault_injected = outcome.fault_injected;
             record.throttle_violation = outcome.throttle_violation;
+            record.lost = outcome.lost;
             record.service_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
             outcome
         };
@@ -302,9 +306,12 @@ fn decide(
         outcome.throttle_violation = true;
         return outcome;
     }
-    // Always roll both dice so a seeded run is reproducible whatever the rates.
+    // Always roll every die so a seeded run is reproducible whatever the rates
+    // (the lost-write die from a stream of its own, which leaves the others'
+    // values as they were before it existed).
     let roll_429: f64 = state.rng.random();
     let roll_5xx: f64 = state.rng.random();
+    let roll_lost: f64 = state.lost_write_rng.random();
     if roll_429 < profile.rate_429 {
         throttle_identity(state, key, profile.retry_after_secs, now);
         return too_many_requests(profile.retry_after_secs);
@@ -340,13 +347,50 @@ fn decide(
             "NotFound",
             &format!("The simulator has no resource at '{}'.", uri.path()),
         ),
-        Route::Partners if *method == Method::GET => match state.active_link(key) {
-            Some(link) => Outcome::new(StatusCode::OK, Some(partner_response(key, link))),
+        Route::Partners if *method == Method::GET => match state.visible_active_link(key, now) {
+            Some(link) => Outcome::new(StatusCode::OK, Some(partner_response(key, &link))),
             None => not_linked(),
         },
         Route::Partners => method_not_allowed(method),
-        Route::Partner(partner_id) => partner(state, method, key, partner_id, now),
+        Route::Partner(partner_id) => {
+            let write = WriteFaults {
+                lose: roll_lost < profile.rate_lost_write,
+                visible_after: TimeDelta::try_milliseconds(
+                    i64::try_from(profile.write_visibility_ms).unwrap_or(i64::MAX),
+                )
+                .unwrap_or(TimeDelta::MAX),
+            };
+            partner(state, method, key, partner_id, now, write)
+        }
     }
+}
+
+/// What the fault profile does to a write that succeeds.
+#[derive(Clone, Copy, Debug)]
+struct WriteFaults {
+    /// Answer as if it were applied, apply nothing.
+    lose: bool,
+    /// How long until ARM reads see it.
+    visible_after: TimeDelta,
+}
+
+/// Answers a successful write with `body` and stores `link` (`None`: the
+/// write changes nothing), unless the write is lost.
+fn commit(
+    state: &mut SimState,
+    key: &IdentityKey,
+    link: Option<LinkRecord>,
+    body: Option<Value>,
+    now: DateTime<Utc>,
+    write: WriteFaults,
+) -> Outcome {
+    let mut outcome = Outcome::new(StatusCode::OK, body);
+    if write.lose {
+        outcome.lost = true;
+    } else if let Some(link) = link {
+        state.write_link(key, link, now, write.visible_after);
+    }
+    outcome
 }
 
 fn partner(
@@ -355,6 +399,7 @@ fn partner(
     key: &IdentityKey,
     partner_id: &str,
     now: DateTime<Utc>,
+    write: WriteFaults,
 ) -> Outcome {
     if !is_partner_id(partner_id) {
         return partner_id_invalid();
@@ -366,33 +411,46 @@ fn partner(
             .is_none_or(|ids| ids.contains(partner_id))
     };
     match *method {
-        Method::GET => match state.active_link(key) {
+        Method::GET => match state.visible_active_link(key, now) {
             Some(link) if link.partner_id == partner_id => {
-                Outcome::new(StatusCode::OK, Some(partner_response(key, link)))
+                Outcome::new(StatusCode::OK, Some(partner_response(key, &link)))
             }
             _ => not_linked(),
         },
+        // Writes act on the stored record (ARM's primary), whatever reads
+        // still show.
         Method::PUT => {
             if !known(state) {
                 return partner_id_invalid();
             }
-            let link = state.put_link(key.clone(), partner_id, now);
-            Outcome::new(StatusCode::OK, Some(partner_response(key, &link)))
+            let link = LinkRecord::after_put(state.links.get(key), partner_id, now);
+            let body = partner_response(key, &link);
+            commit(state, key, Some(link), Some(body), now, write)
         }
         Method::PATCH => {
             if !known(state) {
                 return partner_id_invalid();
             }
-            match state.patch_link(key, partner_id, now) {
-                Some(link) => Outcome::new(StatusCode::OK, Some(partner_response(key, &link))),
+            match state
+                .links
+                .get(key)
+                .and_then(|link| link.after_patch(partner_id, now))
+            {
+                Some(link) => {
+                    let body = partner_response(key, &link);
+                    commit(state, key, Some(link), Some(body), now, write)
+                }
                 None => not_linked(),
             }
         }
         Method::DELETE => {
             // 200 whether or not something was removed, as recorded traffic
             // shows; only a link carrying this partner ID is removed.
-            state.delete_link(key, partner_id, now);
-            Outcome::new(StatusCode::OK, None)
+            let link = state
+                .links
+                .get(key)
+                .and_then(|link| link.after_delete(partner_id, now));
+            commit(state, key, link, None, now, write)
         }
         _ => method_not_allowed(method),
     }

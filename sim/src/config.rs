@@ -13,7 +13,30 @@ use serde::{Deserialize, Serialize};
 /// Default lifetime of the access tokens the simulator issues, as Entra ID does.
 pub const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3599;
 
-/// Everything a [`Simulator`](super::Simulator) starts with.
+/// Everything a [`Simulator`](super::Simulator) starts with. As JSON
+/// (`palworker sim --clients FILE`; every field optional):
+///
+/// ```json
+/// {
+///   "clients": [{"client_id": "11111111-1111-1111-1111-111111111111",
+///                "client_secret": "dev-only-secret",
+///                "identities": {"22222222-2222-4222-8222-222222222222":
+///                               "33333333-3333-4333-8333-333333333333"}}],
+///   "valid_partner_ids": null,
+///   "faults": {
+///     "default": {"rate_429": 0.0, "rate_5xx": 0.0, "retry_after_secs": 1,
+///                 "latency_ms": 0, "status_5xx": 503,
+///                 "write_visibility_ms": 0, "rate_lost_write": 0.0},
+///     "per_tenant": {"22222222-2222-4222-8222-222222222222":
+///                    {"write_visibility_ms": 2000, "rate_lost_write": 0.05}}
+///   },
+///   "token_lifetime_secs": 3599,
+///   "seed": 7,
+///   "links": [{"tenant_id": "22222222-2222-4222-8222-222222222222",
+///              "object_id": "33333333-3333-4333-8333-333333333333",
+///              "partner_id": "123456"}]
+/// }
+/// ```
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
@@ -233,7 +256,8 @@ impl Faults {
             .unwrap_or(&self.default)
     }
 
-    /// Rates in `0.0..=1.0`, `status_5xx` in `500..=599`.
+    /// Rates in `0.0..=1.0`, `status_5xx` in `500..=599`, `write_visibility_ms`
+    /// at most [`FaultProfile::MAX_WRITE_VISIBILITY_MS`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.default.validate("default")?;
         for (tenant, profile) in &self.per_tenant {
@@ -266,6 +290,14 @@ pub struct FaultProfile {
     pub latency_ms: u64,
     /// Status code of injected server errors.
     pub status_5xx: u16,
+    /// Eventual consistency: milliseconds (simulator clock) before a PUT, PATCH
+    /// or DELETE becomes visible to GETs; until then they show the state before
+    /// it. Writes become visible in the order they were made. 0: at once.
+    pub write_visibility_ms: u64,
+    /// Probability that a PUT, PATCH or DELETE that would succeed is answered
+    /// as if it had (200, the same body) but changes nothing. Such requests
+    /// are recorded with [`RequestRecord::lost`](crate::RequestRecord::lost).
+    pub rate_lost_write: f64,
 }
 
 impl Default for FaultProfile {
@@ -276,13 +308,22 @@ impl Default for FaultProfile {
             retry_after_secs: 1,
             latency_ms: 0,
             status_5xx: 503,
+            write_visibility_ms: 0,
+            rate_lost_write: 0.0,
         }
     }
 }
 
 impl FaultProfile {
+    /// The longest [`FaultProfile::write_visibility_ms`] accepted: one day.
+    pub const MAX_WRITE_VISIBILITY_MS: u64 = 86_400_000;
+
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
-        for (field, rate) in [("rate_429", self.rate_429), ("rate_5xx", self.rate_5xx)] {
+        for (field, rate) in [
+            ("rate_429", self.rate_429),
+            ("rate_5xx", self.rate_5xx),
+            ("rate_lost_write", self.rate_lost_write),
+        ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(ConfigError::Invalid(format!(
                     "faults '{name}': {field} must be between 0.0 and 1.0, got {rate}"
@@ -293,6 +334,13 @@ impl FaultProfile {
             return Err(ConfigError::Invalid(format!(
                 "faults '{name}': status_5xx must be 500–599, got {}",
                 self.status_5xx
+            )));
+        }
+        if self.write_visibility_ms > Self::MAX_WRITE_VISIBILITY_MS {
+            return Err(ConfigError::Invalid(format!(
+                "faults '{name}': write_visibility_ms must be at most {} (one day), got {}",
+                Self::MAX_WRITE_VISIBILITY_MS,
+                self.write_visibility_ms
             )));
         }
         Ok(())
@@ -399,12 +447,60 @@ mod tests {
         assert_eq!(config.faults.default.rate_429, 0.5);
         assert_eq!(config.faults.default.retry_after_secs, 1);
         assert_eq!(config.faults.default.status_5xx, 503);
+        assert_eq!(config.faults.default.write_visibility_ms, 0);
+        assert_eq!(config.faults.default.rate_lost_write, 0.0);
         let client = config.clients[0].clone().normalized();
         assert_eq!(
             client.identities.get(TENANT).map(String::as_str),
             Some(OBJECT)
         );
         assert!(!client.disabled);
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = SimConfig::from_json_str(
+            r#"{
+              "clients": [{"client_id": "11111111-1111-1111-1111-111111111111",
+                           "client_secret": "dev-only-secret",
+                           "identities": {"22222222-2222-4222-8222-222222222222":
+                                          "33333333-3333-4333-8333-333333333333"}}],
+              "valid_partner_ids": null,
+              "faults": {
+                "default": {"rate_429": 0.0, "rate_5xx": 0.0, "retry_after_secs": 1,
+                            "latency_ms": 0, "status_5xx": 503,
+                            "write_visibility_ms": 0, "rate_lost_write": 0.0},
+                "per_tenant": {"22222222-2222-4222-8222-222222222222":
+                               {"write_visibility_ms": 2000, "rate_lost_write": 0.05}}
+              },
+              "token_lifetime_secs": 3599,
+              "seed": 7,
+              "links": [{"tenant_id": "22222222-2222-4222-8222-222222222222",
+                         "object_id": "33333333-3333-4333-8333-333333333333",
+                         "partner_id": "123456"}]
+            }"#,
+        )
+        .unwrap();
+        let profile = config
+            .faults
+            .profile_for(Some("22222222-2222-4222-8222-222222222222"));
+        assert_eq!(
+            (profile.write_visibility_ms, profile.rate_lost_write),
+            (2000, 0.05)
+        );
+        assert_eq!(
+            profile.status_5xx, 503,
+            "fields left out keep their defaults"
+        );
+        assert_eq!(
+            FaultProfile {
+                write_visibility_ms: FaultProfile::MAX_WRITE_VISIBILITY_MS,
+                rate_lost_write: 1.0,
+                ..FaultProfile::default()
+            }
+            .validate("x"),
+            Ok(())
+        );
     }
 
     #[test]
@@ -418,6 +514,10 @@ mod tests {
         for text in [
             r#"{"faults": {"default": {"rate_429": 1.5}}}"#,
             r#"{"faults": {"per_tenant": {"t": {"status_5xx": 404}}}}"#,
+            r#"{"faults": {"default": {"rate_lost_write": 1.01}}}"#,
+            r#"{"faults": {"per_tenant": {"t": {"rate_lost_write": -0.1}}}}"#,
+            r#"{"faults": {"default": {"write_visibility_ms": 86400001}}}"#,
+            r#"{"faults": {"default": {"write_visibility_ms": -1}}}"#,
             r#"{"valid_partner_ids": ["12x"]}"#,
             r#"[{"client_id": "app", "identities": {"not-a-guid": "x"}}]"#,
             r#"[{"client_id": "app", "certificate_pem": "nothing here"}]"#,

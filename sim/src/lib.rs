@@ -7,17 +7,24 @@
 //!
 //! | request | behaviour |
 //! | --- | --- |
-//! | `POST /{tenant}/oauth2/v2.0/token` | client credentials with `client_secret` or a certificate `client_assertion` (RS256/PS256, `x5t#S256`, `aud` = this token URL or `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`); scope must be `https://management.azure.com/.default`. Issues an HS256 JWT with `tid`, `oid`, `appid`, `aud`, `iss`, `iat`, `nbf`, `exp`. Errors carry `error`, `error_description` (`AADSTSnnnn: …`), `error_codes`, `timestamp`, `trace_id`, `correlation_id`. Never subject to fault injection. |
-//! | `GET /providers/Microsoft.ManagementPartner/partners` | the caller's Active link, or 404 `ManagementPartnerNotFound` |
-//! | `GET …/partners/{id}` | 200 if the caller's Active link carries `{id}`, else 404 |
+//! | `POST /{tenant}/oauth2/v2.0/token` | client credentials with `client_secret` or a certificate `client_assertion` (RS256/PS256, `x5t#S256`, `aud` = this token URL or `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`); scope must be `https://management.azure.com/.default`. Issues an HS256 JWT with `tid`, `oid`, `appid`, `aud`, `iss`, `iat`, `nbf`, `exp`. Errors carry `error`, `error_description` (`AADSTSnnnn: …`), `error_codes`, `timestamp`, `trace_id`, `correlation_id`. A client with no identity in `{tenant}` (unknown, foreign or deleted) gets 400 `unauthorized_client` / AADSTS700016. Never subject to fault injection. |
+//! | `GET /providers/Microsoft.ManagementPartner/partners` | the caller's Active link as reads see it (see `write_visibility_ms`), or 404 `ManagementPartnerNotFound` |
+//! | `GET …/partners/{id}` | 200 if the caller's Active link, as reads see it, carries `{id}`, else 404 |
 //! | `PUT …/partners/{id}` | upsert; version bump; `createdTime` kept |
 //! | `PATCH …/partners/{id}` | re-point the caller's Active link; 404 without one |
 //! | `DELETE …/partners/{id}` | 200 with an empty body; marks the link Deleted (version bump) only if it carries `{id}` |
 //!
+//! Writes act on the stored link, whatever reads still show; each one that
+//! succeeds may be lost (`rate_lost_write`: answered the same, applied not at
+//! all, recorded with [`RequestRecord::lost`]) and becomes visible to GETs
+//! `write_visibility_ms` after it was made, not before the identity's earlier
+//! writes (until then GETs show the identity's link as it was).
+//!
 //! ARM requests are processed in this order: bearer token (401
 //! `AuthenticationFailed` without a header, `InvalidAuthenticationToken`,
 //! `ExpiredAuthenticationToken`), then the fault profile of the token's tenant
-//! (latency, then a pending `Retry-After`, then the 429 and 5xx dice), then
+//! (latency, then a pending `Retry-After`, then the 429 and 5xx dice; the
+//! lost-write die is rolled with them and decides a successful write), then
 //! `api-version=2018-02-01` (400 `MissingApiVersionParameter` /
 //! `InvalidApiVersionParameter`), then the call; partner IDs must be 1–10
 //! digits (400 `PartnerIdInvalid`), and with [`SimConfig::valid_partner_ids`]
@@ -34,24 +41,68 @@
 //! ID) is throttled for `retry_after_secs`; a request it sends before then is
 //! recorded as a throttle violation, answered 429 again and restarts the wait.
 //!
+//! # Fault profiles ([`Faults`]: `default` and `per_tenant`, each a [`FaultProfile`])
+//!
+//! | field | default | does |
+//! | --- | --- | --- |
+//! | `latency_ms` | 0 | delay of every ARM answer, counted from arrival |
+//! | `rate_429` | 0.0 | probability of 429 `TooManyRequests` with `Retry-After` |
+//! | `retry_after_secs` | 1 | the `Retry-After` of injected 429s |
+//! | `rate_5xx` | 0.0 | probability of a server error (a request not answered 429) |
+//! | `status_5xx` | 503 | its status, 500–599 |
+//! | `write_visibility_ms` | 0 | eventual consistency: a successful PUT, PATCH or DELETE becomes visible to GETs this long after it was made (simulator clock, so `POST /_sim/clock` or real time reveal it); at most one day |
+//! | `rate_lost_write` | 0.0 | probability that a successful PUT, PATCH or DELETE is answered as usual but applies nothing (`lost: true` in the request log) |
+//!
+//! Rates are 0.0–1.0. The dice are seeded by [`SimConfig::seed`] and rolled
+//! for every authenticated request that is not a throttle violation, whatever
+//! the rates;
+//! the lost-write die has a stream of its own, so a seed gives the 429 and
+//! 5xx dice the same values as before it existed. As JSON (`PUT /_sim/faults`,
+//! `"faults"` in the `palworker sim --clients FILE` configuration):
+//!
+//! ```json
+//! {"default": {"latency_ms": 20},
+//!  "per_tenant": {"1b1121dd-6900-412a-af73-e8d44f81e1c1":
+//!                 {"write_visibility_ms": 2000, "rate_lost_write": 0.1}}}
+//! ```
+//!
 //! # Admin API (`/_sim`, JSON, no authentication: bind the simulator to loopback)
 //!
 //! | request | does |
 //! | --- | --- |
 //! | `GET /_sim/healthz` | `{"status":"ok"}` |
-//! | `GET /_sim/links[?state=all]` | Active links ([`LinkView`]); `all` adds Deleted ones |
+//! | `GET /_sim/links[?state=all]` | Active links ([`LinkView`]) as stored, with every write applied whether GETs see it yet or not; `all` adds Deleted ones |
 //! | `POST /_sim/links` | seed `{tenant_id, object_id, partner_id}` (PUT semantics) |
-//! | `GET /_sim/requests` | ARM requests in arrival order ([`RequestRecord`]) |
+//! | `GET /_sim/requests` | ARM requests in arrival order ([`RequestRecord`]; lost writes have `"lost": true`) |
 //! | `GET /_sim/token-requests` | token requests ([`TokenRequestRecord`]) |
 //! | `GET /_sim/violations` | requests sent before their `Retry-After` expired |
 //! | `GET /_sim/faults`, `PUT /_sim/faults` | read or replace [`Faults`] |
 //! | `GET /_sim/clients`, `POST /_sim/clients` | list (without secrets) or add/replace a [`SimClient`] |
+//! | `DELETE /_sim/identities/{tenant}/{object}` | delete that service principal from its tenant ([`Simulator::delete_identity`]): its application gets AADSTS700016 for that tenant from then on; its links stay. 200 `{"tenant_id", "object_id", "client_ids": [...]}`, 404 when no client has it, 400 for a non-GUID |
 //! | `GET /_sim/clock`, `POST /_sim/clock` | the simulator's clock; `{"advance_secs": N}` moves it forward (token expiry, `Retry-After`) |
 //!
 //! # Tenants
 //!
-//! A tenant "exists" when a registered client has an identity in it or a link
-//! lives there; any other tenant, or one that is not a GUID, gets AADSTS90002.
+//! A tenant "exists" when a registered client has an identity in it, a link
+//! lives there or an identity was deleted from it; any other tenant, or one
+//! that is not a GUID, gets AADSTS90002.
+//!
+//! # Deleted identities
+//!
+//! [`Simulator::delete_identity`] removes a service principal from its tenant
+//! as a customer's administrator would. The token endpoint then answers its
+//! application for that tenant as Entra ID does for an application not in the
+//! directory: 400 `unauthorized_client`, `AADSTS700016: Application with
+//! identifier '{client_id}' was not found in the directory '{tenant}'. …` (the
+//! answer an unknown client gets). The application's identities in other
+//! tenants keep getting tokens. The identity's links stay (in `/_sim/links`
+//! too): the attribution remains visible to the customer, and nothing in PAL's
+//! contract removes it with the principal; no one can remove it any more
+//! (no token), which is the case SPEC §11.3 calls orphaned. Access tokens
+//! issued before the deletion stay valid until they expire, as issued tokens
+//! do; advance the clock past their expiry to make ARM refuse them (401
+//! `ExpiredAuthenticationToken`). Adding a client with the identity again
+//! (`POST /_sim/clients`) restores it.
 
 #![forbid(unsafe_code)]
 
@@ -194,6 +245,18 @@ impl Simulator {
         State::link_view(&key, &link)
     }
 
+    /// Deletes the service principal `object_id` from `tenant_id`, as an
+    /// administrator of that tenant would: from then on the token endpoint
+    /// answers its application `unauthorized_client` / AADSTS700016 for that
+    /// tenant (its identities in other tenants are untouched). Its links stay,
+    /// as does the tenant; access tokens issued before stay valid until they
+    /// expire. Returns the client IDs that had this identity (none: nothing
+    /// was deleted). Registering a client with the identity again restores it.
+    pub fn delete_identity(&self, tenant_id: &str, object_id: &str) -> Vec<String> {
+        self.lock()
+            .delete_identity(&IdentityKey::new(tenant_id, object_id))
+    }
+
     /// Every Active link.
     pub fn links(&self) -> Vec<LinkView> {
         self.all_links()
@@ -240,6 +303,15 @@ impl Simulator {
     /// Token endpoint requests in arrival order.
     pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
         self.lock().token_requests.clone()
+    }
+
+    /// Writes answered as if they had succeeded that changed nothing
+    /// ([`FaultProfile::rate_lost_write`]).
+    pub fn lost_writes(&self) -> Vec<RequestRecord> {
+        self.requests()
+            .into_iter()
+            .filter(|record| record.lost)
+            .collect()
     }
 
     /// ARM requests of an identity that arrived before its `Retry-After` had

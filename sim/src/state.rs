@@ -1,7 +1,7 @@
 //! The simulator's memory: clients, links, throttling, request logs and clock.
 //! Pure data and rules, no IO, so the PAL semantics are unit-testable.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::SeedableRng as _;
@@ -49,6 +49,59 @@ pub(crate) struct LinkRecord {
     pub state: LinkState,
     pub created_time: DateTime<Utc>,
     pub updated_time: DateTime<Utc>,
+}
+
+impl LinkRecord {
+    /// The record after a PUT of `partner_id` over `current`.
+    pub fn after_put(current: Option<&Self>, partner_id: &str, now: DateTime<Utc>) -> Self {
+        match current {
+            Some(link) => Self {
+                partner_id: partner_id.to_owned(),
+                version: link.version + 1,
+                state: LinkState::Active,
+                created_time: link.created_time,
+                updated_time: now,
+            },
+            None => Self {
+                partner_id: partner_id.to_owned(),
+                version: 1,
+                state: LinkState::Active,
+                created_time: now,
+                updated_time: now,
+            },
+        }
+    }
+
+    /// The record after a PATCH to `partner_id`; `None` unless Active.
+    pub fn after_patch(&self, partner_id: &str, now: DateTime<Utc>) -> Option<Self> {
+        (self.state == LinkState::Active).then(|| Self {
+            partner_id: partner_id.to_owned(),
+            version: self.version + 1,
+            updated_time: now,
+            ..self.clone()
+        })
+    }
+
+    /// The record after a DELETE of `partner_id`; `None` when it changes
+    /// nothing (not Active, or another partner ID).
+    pub fn after_delete(&self, partner_id: &str, now: DateTime<Utc>) -> Option<Self> {
+        (self.state == LinkState::Active && self.partner_id == partner_id).then(|| Self {
+            state: LinkState::Deleted,
+            version: self.version + 1,
+            updated_time: now,
+            ..self.clone()
+        })
+    }
+}
+
+/// What ARM reads of one identity show while its writes are not yet visible.
+#[derive(Clone, Debug)]
+struct Lag {
+    /// The record reads show now (`None`: no link).
+    shown: Option<LinkRecord>,
+    /// Writes not yet visible: when each becomes visible (non-decreasing)
+    /// and the record after it.
+    pending: VecDeque<(DateTime<Utc>, LinkRecord)>,
 }
 
 /// A link as the simulator holds it (Active or Deleted).
@@ -100,6 +153,10 @@ pub struct RequestRecord {
     pub throttle_violation: bool,
     /// The `x-ms-request-id` of the answer.
     pub request_id: String,
+    /// A write answered as if it had succeeded that changed nothing
+    /// ([`FaultProfile::rate_lost_write`](crate::FaultProfile::rate_lost_write)).
+    #[serde(default)]
+    pub lost: bool,
     /// Microseconds from receiving the request to having its answer ready
     /// (the injected latency included): what the simulated service took.
     #[serde(default)]
@@ -174,12 +231,20 @@ impl RequestKind {
     }
 }
 
+/// Mixed into the seed of the lost-write dice.
+const LOST_WRITE_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
+
 pub(crate) struct State {
     pub clients: BTreeMap<String, ClientEntry>,
     pub valid_partner_ids: Option<BTreeSet<String>>,
     pub faults: Faults,
     pub token_lifetime_secs: u64,
+    /// Every link record, with every write applied (what the admin API shows).
     pub links: BTreeMap<IdentityKey, LinkRecord>,
+    /// Identities with writes not yet visible to ARM reads.
+    lagging: HashMap<IdentityKey, Lag>,
+    /// Service principals deleted through [`State::delete_identity`].
+    pub deleted_identities: BTreeSet<IdentityKey>,
     /// In arrival order; `status == 0` while the request is in flight.
     pub requests: Vec<RequestRecord>,
     pub token_requests: Vec<TokenRequestRecord>,
@@ -187,14 +252,20 @@ pub(crate) struct State {
     pub throttles: HashMap<IdentityKey, Throttle>,
     buckets: HashMap<(IdentityKey, &'static str), Bucket>,
     pub rng: StdRng,
+    /// The lost-write dice: a stream of their own, so that a seed gives the
+    /// 429 and 5xx dice the same values as before lost writes existed.
+    pub lost_write_rng: StdRng,
     pub clock_offset: TimeDelta,
 }
 
 impl State {
     pub fn new(config: SimConfig) -> Self {
-        let rng = match config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
+        let (rng, lost_write_rng) = match config.seed {
+            Some(seed) => (
+                StdRng::seed_from_u64(seed),
+                StdRng::seed_from_u64(seed ^ LOST_WRITE_STREAM),
+            ),
+            None => (StdRng::from_os_rng(), StdRng::from_os_rng()),
         };
         let mut state = Self {
             clients: BTreeMap::new(),
@@ -202,11 +273,14 @@ impl State {
             faults: config.faults.normalized(),
             token_lifetime_secs: config.token_lifetime_secs,
             links: BTreeMap::new(),
+            lagging: HashMap::new(),
+            deleted_identities: BTreeSet::new(),
             requests: Vec::new(),
             token_requests: Vec::new(),
             throttles: HashMap::new(),
             buckets: HashMap::new(),
             rng,
+            lost_write_rng,
             clock_offset: TimeDelta::zero(),
         };
         for client in config.clients {
@@ -229,9 +303,14 @@ impl State {
     }
 
     /// Registers or replaces (same client ID, any case) a client. A certificate
-    /// that does not parse is logged and leaves the client without one.
+    /// that does not parse is logged and leaves the client without one. A
+    /// deleted identity it names exists again.
     pub fn add_client(&mut self, client: SimClient) {
         let client = client.normalized();
+        for (tenant_id, object_id) in &client.identities {
+            self.deleted_identities
+                .remove(&IdentityKey::new(tenant_id, object_id));
+        }
         let certificates = match client.certificate_pem.as_deref().map(parse_certificates) {
             None => Vec::new(),
             Some(Ok(certificates)) => certificates,
@@ -253,15 +332,20 @@ impl State {
         self.clients.get(&client_id.to_ascii_lowercase())
     }
 
-    /// A tenant "exists" when some client has an identity in it or some link
-    /// lives there.
+    /// A tenant "exists" when some client has an identity in it, some link
+    /// lives there or an identity was deleted from it.
     pub fn tenant_exists(&self, tenant_id: &str) -> bool {
         self.clients
             .values()
             .any(|entry| entry.client.identities.contains_key(tenant_id))
             || self.links.keys().any(|key| key.tenant_id == tenant_id)
+            || self
+                .deleted_identities
+                .iter()
+                .any(|key| key.tenant_id == tenant_id)
     }
 
+    #[cfg(test)]
     pub fn active_link(&self, key: &IdentityKey) -> Option<&LinkRecord> {
         self.links
             .get(key)
@@ -269,61 +353,132 @@ impl State {
     }
 
     /// PUT: create, or re-activate / re-point the existing record (version bump,
-    /// createdTime kept).
+    /// createdTime kept). Visible at once, like every change made here.
     pub fn put_link(
         &mut self,
         key: IdentityKey,
         partner_id: &str,
         now: DateTime<Utc>,
     ) -> LinkRecord {
-        let link = self
-            .links
-            .entry(key)
-            .and_modify(|link| {
-                link.partner_id = partner_id.to_owned();
-                link.version += 1;
-                link.state = LinkState::Active;
-                link.updated_time = now;
-            })
-            .or_insert_with(|| LinkRecord {
-                partner_id: partner_id.to_owned(),
-                version: 1,
-                state: LinkState::Active,
-                created_time: now,
-                updated_time: now,
-            });
-        link.clone()
+        let link = LinkRecord::after_put(self.links.get(&key), partner_id, now);
+        self.store(key, link.clone());
+        link
     }
 
     /// PATCH: re-point an Active link; `None` when there is none.
+    #[cfg(test)]
     pub fn patch_link(
         &mut self,
         key: &IdentityKey,
         partner_id: &str,
         now: DateTime<Utc>,
     ) -> Option<LinkRecord> {
-        let link = self
-            .links
-            .get_mut(key)
-            .filter(|link| link.state == LinkState::Active)?;
-        link.partner_id = partner_id.to_owned();
-        link.version += 1;
-        link.updated_time = now;
-        Some(link.clone())
+        let link = self.links.get(key)?.after_patch(partner_id, now)?;
+        self.store(key.clone(), link.clone());
+        Some(link)
     }
 
     /// DELETE: marks the Active link Deleted if it carries `partner_id`.
     /// Returns whether anything changed.
+    #[cfg(test)]
     pub fn delete_link(&mut self, key: &IdentityKey, partner_id: &str, now: DateTime<Utc>) -> bool {
-        match self.links.get_mut(key) {
-            Some(link) if link.state == LinkState::Active && link.partner_id == partner_id => {
-                link.state = LinkState::Deleted;
-                link.version += 1;
-                link.updated_time = now;
+        match self
+            .links
+            .get(key)
+            .and_then(|link| link.after_delete(partner_id, now))
+        {
+            Some(link) => {
+                self.store(key.clone(), link);
                 true
             }
-            _ => false,
+            None => false,
         }
+    }
+
+    /// Makes `link` the identity's record, visible to reads at once (it
+    /// supersedes the identity's writes that were not yet visible).
+    fn store(&mut self, key: IdentityKey, link: LinkRecord) {
+        self.lagging.remove(&key);
+        self.links.insert(key, link);
+    }
+
+    /// An ARM write's new record: stored, and visible to reads `visible_after`
+    /// from `now` and not before the identity's earlier writes.
+    pub fn write_link(
+        &mut self,
+        key: &IdentityKey,
+        link: LinkRecord,
+        now: DateTime<Utc>,
+        visible_after: TimeDelta,
+    ) {
+        let visible_at = now
+            .checked_add_signed(visible_after)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let pending_since = self.lagging.get(key).and_then(|lag| lag.pending.back());
+        match pending_since {
+            None if visible_at <= now => {}
+            None => {
+                let shown = self.links.get(key).cloned();
+                self.lagging.insert(
+                    key.clone(),
+                    Lag {
+                        shown,
+                        pending: VecDeque::from([(visible_at, link.clone())]),
+                    },
+                );
+            }
+            Some(&(last, _)) => {
+                if let Some(lag) = self.lagging.get_mut(key) {
+                    lag.pending.push_back((visible_at.max(last), link.clone()));
+                }
+            }
+        }
+        self.links.insert(key.clone(), link);
+    }
+
+    /// The identity's record as ARM reads see it at `now`: the stored one,
+    /// or an older one while writes are not yet visible.
+    pub fn visible_link(&mut self, key: &IdentityKey, now: DateTime<Utc>) -> Option<LinkRecord> {
+        if let Some(lag) = self.lagging.get_mut(key) {
+            while let Some((visible_at, _)) = lag.pending.front()
+                && *visible_at <= now
+            {
+                lag.shown = lag.pending.pop_front().map(|(_, link)| link);
+            }
+            if !lag.pending.is_empty() {
+                return lag.shown.clone();
+            }
+            self.lagging.remove(key);
+        }
+        self.links.get(key).cloned()
+    }
+
+    /// The visible record if it is Active.
+    pub fn visible_active_link(
+        &mut self,
+        key: &IdentityKey,
+        now: DateTime<Utc>,
+    ) -> Option<LinkRecord> {
+        self.visible_link(key, now)
+            .filter(|link| link.state == LinkState::Active)
+    }
+
+    /// Removes the service principal `key` from every client that has it,
+    /// as if it were deleted from its tenant; returns those clients' IDs.
+    /// Its links stay; its tenant goes on existing.
+    pub fn delete_identity(&mut self, key: &IdentityKey) -> Vec<String> {
+        let mut removed = Vec::new();
+        for entry in self.clients.values_mut() {
+            let identities = &mut entry.client.identities;
+            if identities.get(&key.tenant_id) == Some(&key.object_id) {
+                identities.remove(&key.tenant_id);
+                removed.push(entry.client.client_id.clone());
+            }
+        }
+        if !removed.is_empty() {
+            self.deleted_identities.insert(key.clone());
+        }
+        removed
     }
 
     pub fn link_view(key: &IdentityKey, link: &LinkRecord) -> LinkView {
@@ -425,6 +580,97 @@ mod tests {
         state.put_link(key(), "123", at(0));
         let patched = state.patch_link(&key(), "7", at(1)).unwrap();
         assert_eq!((patched.partner_id.as_str(), patched.version), ("7", 2));
+    }
+
+    fn seconds(n: i64) -> TimeDelta {
+        TimeDelta::seconds(n)
+    }
+
+    /// What a read at `now` shows: `(partner_id, state)`.
+    fn shown(state: &mut State, now: DateTime<Utc>) -> Option<(String, LinkState)> {
+        state
+            .visible_link(&key(), now)
+            .map(|link| (link.partner_id, link.state))
+    }
+
+    #[test]
+    fn lagging_writes_become_visible_in_order_after_their_delay() {
+        let mut state = State::new(SimConfig::default());
+        let put = LinkRecord::after_put(None, "1", at(0));
+        state.write_link(&key(), put, at(0), seconds(30));
+        assert_eq!(shown(&mut state, at(29)), None, "not yet visible");
+        assert_eq!(state.links[&key()].partner_id, "1", "but stored");
+        let patch = state.links[&key()].after_patch("2", at(10)).unwrap();
+        state.write_link(&key(), patch, at(10), seconds(30));
+        // No delay, but not before the writes made earlier.
+        let delete = state.links[&key()].after_delete("2", at(20)).unwrap();
+        state.write_link(&key(), delete, at(20), TimeDelta::zero());
+        let active = |partner: &str| Some((partner.to_owned(), LinkState::Active));
+        assert_eq!(shown(&mut state, at(30)), active("1"));
+        assert_eq!(shown(&mut state, at(39)), active("1"));
+        assert_eq!(
+            shown(&mut state, at(40)),
+            Some(("2".to_owned(), LinkState::Deleted)),
+            "the DELETE becomes visible with the PATCH it followed"
+        );
+        assert!(state.lagging.is_empty(), "nothing pending is kept");
+        // Without a delay a write is visible at once.
+        let put = LinkRecord::after_put(state.links.get(&key()), "3", at(50));
+        state.write_link(&key(), put, at(50), TimeDelta::zero());
+        assert_eq!(shown(&mut state, at(50)), active("3"));
+        assert!(state.lagging.is_empty());
+    }
+
+    #[test]
+    fn a_change_made_through_the_admin_api_is_visible_at_once() {
+        let mut state = State::new(SimConfig::default());
+        let put = LinkRecord::after_put(None, "1", at(0));
+        state.write_link(&key(), put, at(0), seconds(60));
+        state.put_link(key(), "2", at(1));
+        assert_eq!(
+            shown(&mut state, at(1)),
+            Some(("2".to_owned(), LinkState::Active))
+        );
+        assert_eq!(state.links[&key()].version, 2);
+    }
+
+    #[test]
+    fn a_deleted_identity_leaves_its_client_its_links_and_its_tenant() {
+        let tenant = "11111111-1111-1111-1111-111111111111";
+        let other_tenant = "33333333-3333-3333-3333-333333333333";
+        let object = "22222222-2222-2222-2222-222222222222";
+        let client = SimClient::with_secret("app", "s")
+            .identity(tenant, object)
+            .identity(other_tenant, "44444444-4444-4444-4444-444444444444");
+        let mut state = State::new(SimConfig {
+            clients: vec![client.clone()],
+            ..SimConfig::default()
+        });
+        let identity = IdentityKey::new(&tenant.to_uppercase(), object);
+        state.put_link(identity.clone(), "5", at(0));
+        assert!(
+            state
+                .delete_identity(&IdentityKey::new(tenant, other_tenant))
+                .is_empty()
+        );
+        assert_eq!(state.delete_identity(&identity), vec!["app".to_owned()]);
+        let identities = &state.client("app").unwrap().client.identities;
+        assert!(!identities.contains_key(tenant));
+        assert!(identities.contains_key(other_tenant));
+        assert!(state.active_link(&identity).is_some(), "its link stays");
+        state.links.clear();
+        assert!(state.tenant_exists(tenant), "its tenant stays");
+        assert!(state.delete_identity(&identity).is_empty(), "already gone");
+        state.add_client(client);
+        assert!(state.deleted_identities.is_empty(), "restored");
+        assert!(
+            state
+                .client("app")
+                .unwrap()
+                .client
+                .identities
+                .contains_key(tenant)
+        );
     }
 
     #[test]

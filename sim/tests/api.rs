@@ -833,6 +833,314 @@ async fn latency_delays_answers() {
     assert!(sim.simulator.requests().is_empty(), "still in flight");
 }
 
+/// `(partnerId, etag)` a GET of the identity's link shows, `None` on 404.
+async fn shown_link(sim: &TestSim, token: &str) -> Option<(String, u64)> {
+    let answer = sim.arm(Method::GET, None, token).await;
+    if answer.status == StatusCode::NOT_FOUND {
+        assert_eq!(answer.arm_code(), "ManagementPartnerNotFound");
+        return None;
+    }
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let body = answer.json();
+    Some((
+        body["properties"]["partnerId"].as_str().unwrap().to_owned(),
+        body["etag"].as_u64().unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn writes_become_visible_to_gets_only_after_write_visibility_ms() {
+    let sim = spawn_sim(config()).await;
+    let in_a = sim.token(TENANT_A, APP_ONE, SECRET_ONE).await;
+    let in_b = sim.token(TENANT_B, APP_ONE, SECRET_ONE).await;
+    let set = sim
+        .put_faults(
+            &json!({"per_tenant": {TENANT_A.to_uppercase(): {"write_visibility_ms": 300_000}}}),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    assert_eq!(
+        sim.admin_get("/_sim/faults").await["per_tenant"][TENANT_A]["write_visibility_ms"],
+        300_000
+    );
+
+    // The simulator's clock reveals writes (real time would too, later).
+    // t = 0: the PUT answers the new link, GETs do not see it yet.
+    let put = sim.arm(Method::PUT, Some("1"), &in_a).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    assert_eq!(put.json()["properties"]["partnerId"], "1");
+    assert_eq!(shown_link(&sim, &in_a).await, None);
+    assert_eq!(
+        sim.arm(Method::GET, Some("1"), &in_a).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        sim.simulator.active_link(TENANT_A, ONE_IN_A).is_some(),
+        "stored at once"
+    );
+    assert_eq!(sim.admin_get("/_sim/links").await[0]["partner_id"], "1");
+    // Tenant B has no lag.
+    sim.arm(Method::PUT, Some("9"), &in_b).await;
+    assert_eq!(shown_link(&sim, &in_b).await, Some(("9".into(), 1)));
+
+    // t = 100 s: a PATCH acts on the stored link, which reads do not show yet.
+    sim.advance_clock(100).await;
+    assert_eq!(shown_link(&sim, &in_a).await, None);
+    let patch = sim.arm(Method::PATCH, Some("2"), &in_a).await;
+    assert_eq!(patch.status, StatusCode::OK, "{}", patch.text);
+    assert_eq!(patch.json()["etag"], 2);
+
+    // t = 310 s: the PUT is visible, the PATCH (visible at 400 s) is not.
+    sim.advance_clock(210).await;
+    assert_eq!(shown_link(&sim, &in_a).await, Some(("1".into(), 1)));
+    assert_eq!(
+        sim.arm(Method::GET, Some("2"), &in_a).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let delete = sim.arm(Method::DELETE, Some("2"), &in_a).await;
+    assert_eq!(delete.status, StatusCode::OK);
+    assert!(
+        sim.simulator
+            .links()
+            .iter()
+            .all(|link| link.tenant_id != TENANT_A)
+    );
+
+    // t = 410 s: the PATCH is visible; the DELETE (visible at 610 s) is not.
+    sim.advance_clock(100).await;
+    assert_eq!(shown_link(&sim, &in_a).await, Some(("2".into(), 2)));
+    assert_eq!(
+        sim.arm(Method::GET, Some("2"), &in_a).await.status,
+        StatusCode::OK
+    );
+
+    // t = 610 s: everything is visible.
+    sim.advance_clock(200).await;
+    assert_eq!(shown_link(&sim, &in_a).await, None);
+
+    // Lag off: a write is visible at once again.
+    sim.put_faults(&json!({})).await;
+    sim.arm(Method::PUT, Some("3"), &in_a).await;
+    assert_eq!(shown_link(&sim, &in_a).await, Some(("3".into(), 4)));
+    assert!(sim.simulator.lost_writes().is_empty());
+}
+
+#[tokio::test]
+async fn lost_writes_answer_200_change_nothing_and_are_logged() {
+    let sim = spawn_sim(config()).await;
+    let token = sim.token(TENANT_A, APP_ONE, SECRET_ONE).await;
+    let set = sim
+        .put_faults(&json!({"default": {"rate_lost_write": 1.0}}))
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+
+    let put = sim.arm(Method::PUT, Some("1"), &token).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    let body = put.json();
+    assert_eq!(
+        (
+            body["properties"]["partnerId"].as_str(),
+            body["etag"].as_u64()
+        ),
+        (Some("1"), Some(1)),
+        "answered as if it had worked"
+    );
+    assert_eq!(shown_link(&sim, &token).await, None);
+    assert!(sim.simulator.link(TENANT_A, ONE_IN_A).is_none());
+
+    // A link made by someone else: PATCH and DELETE are lost too.
+    sim.simulator.seed_link(TENANT_A, ONE_IN_A, "5");
+    let patch = sim.arm(Method::PATCH, Some("6"), &token).await;
+    assert_eq!(patch.status, StatusCode::OK, "{}", patch.text);
+    assert_eq!(patch.json()["properties"]["partnerId"], "6");
+    let delete = sim.arm(Method::DELETE, Some("5"), &token).await;
+    assert_eq!(delete.status, StatusCode::OK);
+    assert_eq!(shown_link(&sim, &token).await, Some(("5".into(), 1)));
+    let stored = sim.simulator.active_link(TENANT_A, ONE_IN_A).unwrap();
+    assert_eq!((stored.partner_id.as_str(), stored.version), ("5", 1));
+
+    // A write that fails is answered as usual and is not lost.
+    let refused = sim.arm(Method::PUT, Some("x1"), &token).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+
+    let requests = sim.admin_get("/_sim/requests").await;
+    let lost: Vec<(&str, bool)> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| {
+            (
+                record["method"].as_str().unwrap(),
+                record["lost"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lost,
+        [
+            ("PUT", true),
+            ("GET", false),
+            ("PATCH", true),
+            ("DELETE", true),
+            ("GET", false),
+            ("PUT", false),
+        ]
+    );
+    let counted = sim.simulator.lost_writes();
+    assert_eq!(counted.len(), 3);
+    assert!(
+        counted
+            .iter()
+            .all(|record| record.status == 200 && !record.fault_injected)
+    );
+
+    // Rate 0: writes apply again.
+    sim.put_faults(&json!({"default": {"rate_lost_write": 0.0}}))
+        .await;
+    sim.arm(Method::DELETE, Some("5"), &token).await;
+    assert_eq!(shown_link(&sim, &token).await, None);
+    assert_eq!(sim.simulator.lost_writes().len(), 3);
+}
+
+#[tokio::test]
+async fn lost_writes_follow_the_seed() {
+    async fn lost_pattern() -> Vec<bool> {
+        let sim = spawn_sim(SimConfig {
+            faults: Faults::everywhere(FaultProfile {
+                rate_lost_write: 0.5,
+                ..FaultProfile::default()
+            }),
+            ..config()
+        })
+        .await;
+        let token = sim.token(TENANT_A, APP_ONE, SECRET_ONE).await;
+        for _ in 0..32 {
+            assert_eq!(
+                sim.arm(Method::PUT, Some("1"), &token).await.status,
+                StatusCode::OK
+            );
+        }
+        sim.simulator
+            .requests()
+            .into_iter()
+            .map(|record| record.lost)
+            .collect()
+    }
+    let first = lost_pattern().await;
+    assert!(first.contains(&true) && first.contains(&false), "{first:?}");
+    assert_eq!(first, lost_pattern().await);
+}
+
+#[tokio::test]
+async fn a_deleted_identity_gets_700016_while_its_client_keeps_its_other_tenants() {
+    let sim = spawn_sim(config()).await;
+    // Tenant B's only identity, with a token issued before the deletion.
+    let issued_before = sim.token(TENANT_B, APP_ONE, SECRET_ONE).await;
+    sim.simulator.seed_link(TENANT_A, TWO_IN_A, "4242");
+
+    let deleted = sim
+        .send(sim.http.delete(sim.url(&format!(
+            "/_sim/identities/{}/{}",
+            TENANT_B.to_uppercase(),
+            ONE_IN_B
+        ))))
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    assert_eq!(
+        deleted.json(),
+        json!({"tenant_id": TENANT_B, "object_id": ONE_IN_B, "client_ids": [APP_ONE]})
+    );
+
+    let refused = sim
+        .secret_token_request(TENANT_B, APP_ONE, SECRET_ONE)
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert_eq!(
+        aad_error(&refused),
+        ("unauthorized_client".to_owned(), 700_016),
+        "the tenant still exists: not 90002"
+    );
+    let description = refused.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        description.starts_with(&format!(
+            "AADSTS700016: Application with identifier '{APP_ONE}' was not found in the \
+             directory '{TENANT_B}'."
+        )),
+        "{description}"
+    );
+    // The same application in tenant A still gets tokens.
+    let claims = jwt_claims(&sim.token(TENANT_A, APP_ONE, SECRET_ONE).await);
+    assert_eq!(claims["oid"], ONE_IN_A);
+    let codes: Vec<Option<u32>> = sim
+        .simulator
+        .token_requests()
+        .iter()
+        .map(|record| record.error_code)
+        .collect();
+    assert_eq!(codes, [None, Some(700_016), None]);
+
+    // A token issued before holds until it expires, as issued tokens do.
+    assert_eq!(shown_link(&sim, &issued_before).await, None);
+
+    // In-process, for an identity with a link: the link stays.
+    assert_eq!(
+        sim.simulator.delete_identity(TENANT_A, TWO_IN_A),
+        vec![APP_TWO.to_owned()]
+    );
+    let refused = sim
+        .secret_token_request(TENANT_A, APP_TWO, SECRET_TWO)
+        .await;
+    assert_eq!(
+        aad_error(&refused),
+        ("unauthorized_client".to_owned(), 700_016)
+    );
+    let links = sim.admin_get("/_sim/links").await;
+    assert_eq!(links[0]["object_id"], TWO_IN_A);
+    assert_eq!(links[0]["state"], "Active");
+    let clients = sim.admin_get("/_sim/clients").await;
+    let two = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|client| client["client_id"] == APP_TWO)
+        .unwrap();
+    assert_eq!(two["identities"], json!({}), "gone from its client");
+
+    // Deleting again finds nothing; a malformed identity is refused.
+    let again = sim
+        .send(
+            sim.http
+                .delete(sim.url(&format!("/_sim/identities/{TENANT_B}/{ONE_IN_B}"))),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text);
+    let malformed = sim
+        .send(sim.http.delete(sim.url("/_sim/identities/contoso/x")))
+        .await;
+    assert_eq!(
+        malformed.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        malformed.text
+    );
+
+    sim.advance_clock(3600).await;
+    let expired = sim.arm(Method::GET, None, &issued_before).await;
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(expired.arm_code(), "ExpiredAuthenticationToken");
+
+    // Registering the identity again restores it.
+    sim.simulator.add_client(
+        SimClient::with_secret(APP_ONE, SECRET_ONE)
+            .identity(TENANT_A, ONE_IN_A)
+            .identity(TENANT_B, ONE_IN_B),
+    );
+    sim.token(TENANT_B, APP_ONE, SECRET_ONE).await;
+}
+
 #[tokio::test]
 async fn malformed_or_unknown_partner_ids_are_partner_id_invalid() {
     let sim = spawn_sim(SimConfig {
@@ -908,6 +1216,11 @@ async fn admin_api_seeds_links_and_reports_state() {
     for (path, body) in [
         ("/_sim/faults", json!({"default": {"rate_429": 2.0}})),
         ("/_sim/faults", json!({"default": {"status_5xx": 404}})),
+        ("/_sim/faults", json!({"default": {"rate_lost_write": 1.5}})),
+        (
+            "/_sim/faults",
+            json!({"per_tenant": {TENANT_A: {"write_visibility_ms": 86_400_001u64}}}),
+        ),
     ] {
         let refused = sim.send(sim.http.put(sim.url(path)).json(&body)).await;
         assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");

@@ -21,9 +21,11 @@ use crate::health::Health;
 use crate::http;
 use crate::intake::{Intake, IntakeSettings};
 use crate::ledger::Ledger;
+use crate::ledger::{PauseState, Retention};
 use crate::operators::{Attached, LedgerOperations};
 use crate::pal::PalClient;
-use crate::telemetry::{LedgerGauges, Metrics};
+use crate::sweeper;
+use crate::telemetry::{LedgerGaugesRead, Metrics, WritesPaused};
 
 /// Opens the ledger named by the settings (blocking IO on a worker thread).
 pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<Ledger>> {
@@ -49,6 +51,8 @@ pub struct RunningApp {
     consumer: JoinHandle<()>,
     executor_task: JoinHandle<()>,
     keeper: JoinHandle<()>,
+    gauges: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -59,14 +63,9 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     {
         let ledger = ledger.clone();
         let metrics = metrics.clone();
+        let now = clock.now();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            LedgerGauges {
-                pending_actions: ledger.pending_count(),
-                held_plans: ledger.held_plan_count(),
-                open_events: ledger.open_event_count()?,
-                size_bytes: ledger.size_on_disk(),
-            }
-            .emit(&metrics);
+            availability::read_gauges(&ledger, now)?.emit(&metrics, LedgerGaugesRead::AtOpen);
             Ok(())
         })
         .await??;
@@ -90,6 +89,20 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         clock.clone(),
     )?;
     let control = ExecutorControl::default();
+    // Paused by the configuration, or by an operator before a restart.
+    let paused_by = if settings.worker.paused {
+        Some("worker.paused")
+    } else {
+        let reading = ledger.clone();
+        match tokio::task::spawn_blocking(move || reading.pause_state()).await?? {
+            PauseState::Paused => Some("an operator's pause"),
+            PauseState::Running => None,
+        }
+    };
+    if let Some(by) = paused_by {
+        control.pause();
+        WritesPaused { by }.emit(&metrics);
+    }
     let executor = Executor::new(
         ledger.clone(),
         pal,
@@ -111,7 +124,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     let intake = Intake::new(
         ledger.clone(),
         metrics.clone(),
-        clock,
+        clock.clone(),
         IntakeSettings {
             max_message_bytes: settings.amqp.max_message_bytes,
             max_actions_per_event: settings.limits.max_actions_per_event,
@@ -159,6 +172,28 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         stop_executing.clone(),
         executor.run(stop_executing.clone()),
     );
+    let gauges = health.supervise(
+        "gauges",
+        stop_executing.clone(),
+        availability::refresh_gauges(
+            ledger.clone(),
+            availability.clone(),
+            clock.clone(),
+            stop_executing.clone(),
+        ),
+    );
+    let sweeper = health.supervise(
+        "sweeper",
+        stop_executing.clone(),
+        sweeper::run(
+            ledger.clone(),
+            availability.clone(),
+            retention(&settings),
+            clock.clone(),
+            metrics.clone(),
+            stop_executing.clone(),
+        ),
+    );
     let keeper = health.supervise(
         "ledger keeper",
         stop_executing.clone(),
@@ -182,6 +217,8 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         consumer,
         executor_task,
         keeper,
+        gauges,
+        sweeper,
         http,
     })
 }
@@ -197,6 +234,8 @@ impl RunningApp {
         self.stop_executing.cancel();
         let _ = self.executor_task.await;
         let _ = self.keeper.await;
+        let _ = self.gauges.await;
+        let _ = self.sweeper.await;
         let flushed = if self.health.ledger.is_available() {
             let ledger = self.ledger.clone();
             tokio::task::spawn_blocking(move || ledger.flush())
@@ -226,6 +265,17 @@ pub async fn run(
     let app = start(settings, clock).await?;
     shutdown.await;
     app.stop().await
+}
+
+/// How long records are kept (`ledger.retention`, `ledger.dedup_retention`).
+pub fn retention(settings: &Settings) -> Retention {
+    let days = |duration: std::time::Duration| {
+        chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+    };
+    Retention {
+        records: days(settings.ledger.retention),
+        markers: days(settings.ledger.dedup_retention),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

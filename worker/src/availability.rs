@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::ExecutorControl;
 use crate::ledger::{Ledger, LedgerError};
 use crate::telemetry::{
-    LedgerGauges, LedgerRecovered, LedgerReopenFailed, LedgerUnavailable, Metrics,
+    LedgerGauges, LedgerGaugesRead, LedgerRecovered, LedgerReopenFailed, LedgerUnavailable, Metrics,
 };
 
 /// The first wait before reopening, doubled after each failed attempt.
@@ -125,17 +125,12 @@ pub async fn keep(
             let reopening = ledger.clone();
             let reopened = tokio::task::spawn_blocking(move || {
                 reopening.reopen()?;
-                Ok::<_, LedgerError>(LedgerGauges {
-                    pending_actions: reopening.pending_count(),
-                    held_plans: reopening.held_plan_count(),
-                    open_events: reopening.open_event_count()?,
-                    size_bytes: reopening.size_on_disk(),
-                })
+                read_gauges(&reopening, chrono::Utc::now())
             })
             .await;
             let error = match reopened {
                 Ok(Ok(gauges)) => {
-                    gauges.emit(&availability.metrics);
+                    gauges.emit(&availability.metrics, LedgerGaugesRead::Periodically);
                     LedgerRecovered { attempts: attempt }.emit(&availability.metrics);
                     availability.set_available();
                     executor.wake();
@@ -151,6 +146,56 @@ pub async fn keep(
                 retry_in: delay,
             }
             .emit(&availability.metrics);
+        }
+    }
+}
+
+/// The ledger's counts, as of `now`. Blocking.
+pub fn read_gauges(
+    ledger: &Ledger,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<LedgerGauges, LedgerError> {
+    Ok(LedgerGauges {
+        open_actions: ledger.pending_count(),
+        scheduled_actions: ledger.scheduled_count(now)?,
+        held_plans: ledger.held_plan_count(),
+        open_events: ledger.open_event_count()?,
+        size_bytes: ledger.size_on_disk(),
+        disk_free_bytes: ledger.disk_free(),
+    })
+}
+
+/// How often the gauges are read again from the ledger.
+const GAUGES_EVERY: Duration = Duration::from_secs(15);
+
+/// Sets the ledger's gauges from the ledger every [`GAUGES_EVERY`] while it
+/// is available: the happenings keep them current in between, and this puts
+/// a scheduled action whose `effective_at` passed among the pending ones and
+/// reports the ledger's size and free disk. Runs until `shutdown`.
+pub async fn refresh_gauges(
+    ledger: Arc<Ledger>,
+    availability: LedgerAvailability,
+    clock: Arc<dyn crate::clock::Clock>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(GAUGES_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if !availability.is_available() {
+            continue;
+        }
+        let reading = ledger.clone();
+        let now = clock.now();
+        match tokio::task::spawn_blocking(move || read_gauges(&reading, now)).await {
+            Ok(Ok(gauges)) => gauges.emit(&availability.metrics, LedgerGaugesRead::Periodically),
+            Ok(Err(error)) => {
+                availability.report(&error);
+            }
+            Err(panicked) => {
+                tracing::warn!(error = %panicked, "Reading the ledger's gauges failed.")
+            }
         }
     }
 }

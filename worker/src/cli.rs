@@ -2,7 +2,8 @@
 //!
 //! Operator commands open the ledger directly when no worker holds it, and
 //! otherwise go through the running worker's admin API on `http.listen`, so
-//! nothing ever requires stopping the worker.
+//! nothing ever requires stopping the worker — except `ledger check`, which
+//! recounts a ledger nobody writes meanwhile (see `ledger::check`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use palworker_core::{
 };
 
 use crate::clock::SystemClock;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{CheckMode, Ledger, LedgerError};
 use crate::logging::LogFormat;
 use crate::operators::{
     AdminApiClient, Attached, Decision, EventRef, LedgerOperations, Operations, OperatorError,
@@ -71,6 +72,24 @@ pub enum Command {
     },
     /// End-to-end demo: simulator in-process, local RabbitMQ, sample events, summary.
     Demo,
+    /// Maintenance of the ledger itself (the worker stopped).
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute every counter and index from the records and print each
+    /// difference (exit 1 if any). Needs the worker stopped.
+    Check {
+        /// Rewrite each difference from the records, then check again
+        /// (exit 0 when the ledger is consistent afterwards).
+        #[arg(long)]
+        repair: bool,
+        /// JSON Lines, one object per difference.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The commands that work on the ledger, whether the worker runs or not.
@@ -136,6 +155,12 @@ pub struct StatusArgs {
     failed: bool,
     #[arg(long)]
     manual: bool,
+    /// Only actions updated at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// At most this many actions (the first in creation order).
+    #[arg(long)]
+    limit: Option<u64>,
     /// JSON Lines, one object per action.
     #[arg(long)]
     json: bool,
@@ -259,6 +284,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let settings = load_settings(cli.config.as_deref())?;
             publish(&settings, &file, user_id.as_deref(), no_validate).await
         }
+        Command::Ledger(LedgerCommand::Check { repair, json }) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let mode = if repair {
+                CheckMode::Repair
+            } else {
+                CheckMode::Report
+            };
+            let output = if json {
+                CheckOutput::Json
+            } else {
+                CheckOutput::Text
+            };
+            check_ledger(&settings, mode, output).await
+        }
         Command::Operator(command) => {
             let settings = load_settings(cli.config.as_deref())?;
             match Target::connect(&settings).await? {
@@ -347,6 +386,116 @@ impl Target {
     }
 }
 
+/// How `ledger check` prints differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckOutput {
+    /// One sentence per line.
+    Text,
+    /// JSON Lines, one object per difference (with `repaired`).
+    Json,
+}
+
+/// `ledger check [--repair]`: on the ledger itself, never through a running
+/// worker, whose writes would show as differences while the counts are
+/// recounted (and a repair would overwrite them). A held ledger is a usage
+/// error (exit 2); differences exit 1 — with `--repair`, only those a
+/// second check still finds.
+async fn check_ledger(
+    settings: &Settings,
+    mode: CheckMode,
+    output: CheckOutput,
+) -> anyhow::Result<()> {
+    let path = settings.ledger.path.clone();
+    let cache = settings.ledger.cache_capacity_bytes.min(16 * 1024 * 1024);
+    tokio::task::spawn_blocking(move || {
+        let ledger = match Ledger::open(&path, cache) {
+            Ok(ledger) => ledger,
+            Err(LedgerError::Locked(_)) => {
+                return Err(UsageError(format!(
+                    "the ledger at `{}` is in use by a running worker: stop the worker first \
+                     (`ledger check` recounts a ledger nobody writes meanwhile)",
+                    path.display()
+                ))
+                .into());
+            }
+            Err(error) => {
+                return Err(anyhow::Error::from(error))
+                    .with_context(|| format!("opening the ledger at `{}`", path.display()));
+            }
+        };
+        let progress = crate::progress::spinner("checking the ledger");
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        // The first write error (a closed pipe) ends the command after the check.
+        let mut unwritten: Option<anyhow::Error> = None;
+        let repaired = mode == CheckMode::Repair;
+        let found = ledger.check(mode, &mut |difference| {
+            if unwritten.is_none() {
+                unwritten = print_difference(&mut out, difference, output, repaired).err();
+            }
+        })?;
+        if let Some(error) = unwritten.take() {
+            return Err(error);
+        }
+        if found == 0 {
+            progress.finish_and_clear();
+            if output == CheckOutput::Text {
+                writeln!(out, "the ledger is consistent: no difference")?;
+            }
+            out.flush()?;
+            return Ok(());
+        }
+        if mode == CheckMode::Report {
+            progress.finish_and_clear();
+            out.flush()?;
+            anyhow::bail!(
+                "{found} difference(s) between the ledger's records and its counters or indexes; \
+                 `palworker ledger check --repair` rewrites them"
+            );
+        }
+        tracing::info!(differences = found, "Ledger counters and indexes repaired.");
+        let remaining = ledger.check(CheckMode::Report, &mut |difference| {
+            if unwritten.is_none() {
+                unwritten = print_difference(&mut out, difference, output, false).err();
+            }
+        })?;
+        if let Some(error) = unwritten.take() {
+            return Err(error);
+        }
+        progress.finish_and_clear();
+        if remaining > 0 {
+            out.flush()?;
+            anyhow::bail!("{found} difference(s) repaired, but {remaining} remain");
+        }
+        if output == CheckOutput::Text {
+            writeln!(
+                out,
+                "repaired {found} difference(s); the ledger is consistent"
+            )?;
+        }
+        out.flush()?;
+        Ok(())
+    })
+    .await?
+}
+
+fn print_difference(
+    out: &mut impl Write,
+    difference: &crate::ledger::Difference,
+    output: CheckOutput,
+    repaired: bool,
+) -> anyhow::Result<()> {
+    match output {
+        CheckOutput::Json => {
+            let mut line = serde_json::to_value(difference)?;
+            line["repaired"] = repaired.into();
+            writeln!(out, "{line}")?;
+        }
+        CheckOutput::Text if repaired => writeln!(out, "repaired: {difference}")?,
+        CheckOutput::Text => writeln!(out, "{difference}")?,
+    }
+    Ok(())
+}
+
 fn read_event(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?;
     Event::from_json_slice(&bytes).map_err(|e| UsageError(format!("`{}`: {e}", path.display())))?;
@@ -363,8 +512,13 @@ async fn operate(target: &impl Operations, command: OperatorCommand) -> anyhow::
         OperatorCommand::Inventory(InventoryCommand::Import { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading `{}`", file.display()))?;
+            // The whole file is validated here first: a bad row anywhere
+            // imports nothing, whether the worker runs or not.
+            let accounts = palworker_events::parse_import(&text)
+                .map_err(|error| UsageError(format!("`{}`: {error}", file.display())))?;
+            drop(text);
             let progress = crate::progress::spinner("importing accounts");
-            let imported = target.import(text).await.map_err(|error| match error {
+            let imported = target.import(accounts).await.map_err(|error| match error {
                 OperatorError::Refused(message) => {
                     UsageError(format!("`{}`: {message}", file.display())).into()
                 }
@@ -391,6 +545,8 @@ async fn operate(target: &impl Operations, command: OperatorCommand) -> anyhow::
                 tenant_id: args.tenant,
                 failed: args.failed,
                 manual: args.manual,
+                since: args.since,
+                limit: args.limit,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if !args.json {

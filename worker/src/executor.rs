@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use palworker_config::RetrySettings;
-use palworker_events::{AccountKey, PartnerId};
+use palworker_events::{AccountKey, Escaped, PartnerId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,9 +28,12 @@ use crate::clock::Clock;
 use crate::health::panic_message;
 use crate::ledger::{Ledger, LedgerError};
 use crate::pal::{
-    Checkpoint, PalClient, PalError, Reconcile, ReconcileError, Reconciled, Transient, WriteMode,
+    Checkpoint, PalClient, PalError, Proceed, Reconcile, ReconcileError, Reconciled, Transient,
+    WriteMode,
 };
-use crate::telemetry::{ActionFinished, ActionRetryScheduled, EventCompleted, Metrics};
+use crate::telemetry::{
+    ActionFinished, ActionRetryScheduled, EventCompleted, Metrics, ScheduledActionsDue,
+};
 use palworker_core::retry::{self, RetryDecision};
 use palworker_core::{ActionId, ActionRecord, ActionState, Completion, Rescheduled};
 
@@ -103,6 +106,8 @@ enum Attempt {
     Terminal(Terminal),
     /// It failed transiently: the retry schedule decides what next.
     Retry(Transient),
+    /// Writes are paused: it goes back to pending, the attempt not counted.
+    PutBack,
 }
 
 /// A terminal attempt: the action's new state and what it saw and did.
@@ -112,6 +117,7 @@ struct Terminal {
     after: Option<PartnerId>,
     detail: Option<String>,
     error: Option<String>,
+    verified_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Terminal {
@@ -122,19 +128,36 @@ impl Terminal {
             after: None,
             detail: None,
             error: Some(error),
+            verified_at: None,
         }
     }
 
     /// How PAL's answer ends the action.
     fn of(reconciled: Reconciled) -> Self {
+        let mut verified_at = None;
         let (state, before, after, detail) = match reconciled {
-            Reconciled::AlreadyAsDesired { link } => (ActionState::Noop, link.clone(), link, None),
+            Reconciled::AlreadyAsDesired {
+                link,
+                verified_at: at,
+            } => {
+                verified_at = Some(at);
+                (ActionState::Noop, link.clone(), link, None)
+            }
             Reconciled::Written {
                 before,
                 after,
                 write,
-            } => (ActionState::Done, before, after, Some(write.to_string())),
-            Reconciled::AlreadyRemoved { before, write } => {
+                verified_at: at,
+            } => {
+                verified_at = at;
+                (ActionState::Done, before, after, Some(write.to_string()))
+            }
+            Reconciled::AlreadyRemoved {
+                before,
+                write,
+                verified_at: at,
+            } => {
+                verified_at = at;
                 (ActionState::Noop, before, None, Some(write.to_string()))
             }
             Reconciled::WouldWrite {
@@ -142,7 +165,7 @@ impl Terminal {
                 after,
                 write,
             } => (
-                ActionState::Done,
+                ActionState::Skipped,
                 before,
                 after,
                 Some(format!("dry run: would {write}; nothing was written")),
@@ -153,6 +176,13 @@ impl Terminal {
                 link,
                 Some("superseded by a later event for the same account".to_owned()),
             ),
+            // Not an end: the executor puts such an attempt back (`Attempt::PutBack`).
+            Reconciled::Paused { link } => (
+                ActionState::Pending,
+                link.clone(),
+                link,
+                Some("writes are paused".to_owned()),
+            ),
         };
         Terminal {
             state,
@@ -160,21 +190,31 @@ impl Terminal {
             after,
             detail,
             error: None,
+            verified_at,
         }
     }
 }
 
-/// The executor's checkpoint: whether an action is still its account's latest.
+/// The executor's checkpoint: whether an action is still its account's
+/// latest, and writes are not paused.
 struct StillCurrent<'a> {
     ledger: &'a Ledger,
     action: &'a ActionRecord,
+    control: &'a ExecutorControl,
 }
 
 impl Checkpoint for StillCurrent<'_> {
     type Error = LedgerError;
 
-    fn still_current(&self) -> Result<bool, LedgerError> {
-        self.ledger.is_current(self.action)
+    fn before_write(&self) -> Result<Proceed, LedgerError> {
+        if !self.ledger.is_current(self.action)? {
+            return Ok(Proceed::Superseded);
+        }
+        Ok(if self.control.is_paused() {
+            Proceed::Paused
+        } else {
+            Proceed::Write
+        })
     }
 }
 
@@ -236,6 +276,14 @@ impl Executor {
                 }
             }
             let claimed = this.commit(std::mem::take(&mut ended), &ids, now);
+            // Claimed for the first time after waiting for their event's
+            // effective_at: from scheduled to pending.
+            let due = claimed
+                .iter()
+                .flatten()
+                .filter(|action| action.attempts == 1 && action.not_before.is_some())
+                .count();
+            ScheduledActionsDue { count: due }.emit(&this.metrics);
             for (key, action) in keys.into_iter().zip(claimed) {
                 let Some(action) = action else {
                     busy.remove(&key);
@@ -429,9 +477,31 @@ impl Executor {
                 action.next_attempt_at = None;
                 action.completed_at = Some(now);
                 action.dry_run = self.settings.dry_run;
+                action.verified_at = terminal.verified_at;
                 return Some(action);
             }
             Attempt::Retry(error) => error,
+            Attempt::PutBack => {
+                // Writes were paused while it read PAL: it waits for
+                // `resume` as if it had not started.
+                action.state = ActionState::Pending;
+                action.attempts = action.attempts.saturating_sub(1);
+                if action.attempts == 0 {
+                    action.first_attempt_at = None;
+                }
+                match self.ledger.reschedule(&action) {
+                    Ok(Rescheduled::Scheduled) => {
+                        tracing::info!("Writes are paused: the action waits for resume.");
+                    }
+                    Ok(Rescheduled::Superseded(completion)) => self.report(*completion),
+                    Err(e) => {
+                        if !self.availability.report(&e) {
+                            tracing::error!(error = %e, "Putting an action back failed; it resumes at the next start.");
+                        }
+                    }
+                }
+                return None;
+            }
         };
         let decision = retry::decide(
             &self.settings.retry,
@@ -509,6 +579,7 @@ impl Executor {
                     action.tenant_id, action.object_id
                 )),
                 error: None,
+                verified_at: None,
             });
         };
         let request = Reconcile {
@@ -525,8 +596,10 @@ impl Executor {
         let checkpoint = StillCurrent {
             ledger: &self.ledger,
             action,
+            control: &self.control,
         };
         match self.pal.reconcile(&request, &checkpoint).await {
+            Ok(Reconciled::Paused { .. }) => Attempt::PutBack,
             Ok(reconciled) => Attempt::Terminal(Terminal::of(reconciled)),
             Err(ReconcileError::Pal(PalError::Transient(error))) => Attempt::Retry(error),
             Err(ReconcileError::Pal(PalError::Permanent { code, message })) => {
@@ -572,7 +645,7 @@ fn action_span(action: &ActionRecord) -> tracing::Span {
     tracing::info_span!(
         "action",
         action_id = action.action_id.get(),
-        event_id = %action.event_id,
+        event_id = %Escaped::new(&action.event_id),
         tenant_id = %action.tenant_id,
         employee_id = %action.employee_id,
     )
@@ -624,6 +697,7 @@ mod tests {
             dry_run: false,
             detail: None,
             completed_at: None,
+            verified_at: None,
         }
     }
 

@@ -3,16 +3,25 @@
 //! constant time), which runs the operator commands of
 //! [`LedgerOperations`] on the worker's ledger. Its client is
 //! `operators::AdminApiClient`.
+//!
+//! `/admin/status` and `/admin/audit` stream JSON Lines
+//! (`application/x-ndjson`): a blocking task reads the ledger a page at a
+//! time and queues the lines, a chunk at a time, in a bounded channel that
+//! the response body drains — a slow client makes the reader wait, never
+//! the worker hold the whole answer. A failure before the first line is
+//! the answer's status; after it, a last `{"error": …}` line
+//! (`operators::StreamFailure`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use palworker_events::Event;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -21,7 +30,10 @@ use subtle::ConstantTimeEq;
 use palworker_core::{ActionId, StatusFilter};
 
 use crate::health::Health;
-use crate::operators::{Decision, EventRef, LedgerOperations, OperatorError, RetryTarget};
+use crate::operators::{
+    Decision, EventRef, IMPORT_REQUEST_LIMIT, LedgerOperations, OperatorError, RetryTarget,
+    StreamFailure,
+};
 use crate::telemetry::{LedgerSizeMeasured, Metrics};
 
 #[derive(Clone)]
@@ -53,7 +65,9 @@ pub fn router(
         .route("/admin/audit", get(audit))
         .route(
             "/admin/inventory",
-            get(inventory_list).post(inventory_import),
+            get(inventory_list)
+                .post(inventory_import)
+                .layer(DefaultBodyLimit::max(IMPORT_REQUEST_LIMIT)),
         )
         .route("/admin/plan", post(plan))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -68,17 +82,129 @@ pub fn router(
         .with_state(state)
 }
 
-/// Binds `listen` and serves until `shutdown` resolves.
+/// What the HTTP server lets one client hold (SPEC §11.1): axum's own
+/// `serve` has no bound on either, so a client that opens connections and
+/// never finishes a request could hold sockets and tasks without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// A connection that has not sent a whole request header this long
+    /// after it opened, or after its previous response, is closed (so an
+    /// idle keep-alive connection too: Prometheus reconnects per scrape).
+    pub header_read_timeout: std::time::Duration,
+    /// Connections served at once. The next waits unaccepted in the listen
+    /// backlog (the kernel's, not palworker's memory) until one closes.
+    pub max_connections: usize,
+}
+
+impl ServerLimits {
+    /// The worker's limits: ample for a scraper, probes and operators.
+    pub const WORKER: ServerLimits = ServerLimits {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        max_connections: 256,
+    };
+}
+
+/// Serves `router` on `listener` within [`ServerLimits::WORKER`] until
+/// `shutdown` resolves (see [`serve_with_limits`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with_limits(listener, router, ServerLimits::WORKER, shutdown).await
 }
 
+/// Serves `router` on `listener` over HTTP/1.1 within `limits` until
+/// `shutdown` resolves: then no connection is accepted any more, requests
+/// in flight finish, idle connections close, and it returns once every
+/// connection has closed.
+///
+/// hyper's connection builder directly, because `axum::serve` offers
+/// neither a header-read timeout nor a connection limit. A connection
+/// holds a permit of a semaphore from before it is accepted until it
+/// closes.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    // Whether the limit was reached since a connection was last admitted at
+    // once: logged when it starts, not once per waiting connection.
+    let mut saturated = false;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                saturated = false;
+                permit
+            }
+            Err(_) => {
+                if !saturated {
+                    saturated = true;
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "The HTTP server has as many connections as it serves at once; new ones wait until one closes."
+                    );
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        // Never closed: nothing to wait for.
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    if !matches!(
+                        error.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        // Out of file descriptors (EMFILE) and the like
+                        // fail again at once: wait rather than spin.
+                        tracing::error!(error = %error, "Accepting an HTTP connection failed; trying again in a second.");
+                        tokio::select! {
+                            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            () = &mut shutdown => break,
+                        }
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = connections
+            .watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A header-read timeout or a client gone away: the client's
+            // problem, and one line per connection would let any client
+            // flood the log.
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "An HTTP connection ended with an error.");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Binds `listen` (the listener is handed to [`serve`]).
 pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(listen)
         .await
@@ -188,13 +314,148 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-async fn status(
-    State(state): State<AppState>,
-    Query(filter): Query<StatusFilter>,
-) -> Result<Response, ApiError> {
+/// Bytes of JSON Lines gathered before they are queued for the client:
+/// rows are a few hundred bytes, and a channel message and an HTTP chunk
+/// per row would cost more than the row.
+const STREAM_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Room for the row that takes a chunk past [`STREAM_CHUNK_BYTES`], so the
+/// chunk's buffer is allocated once (a row is a few hundred bytes).
+const STREAM_ROW_SLACK: usize = 4 * 1024;
+
+/// Chunks queued between the ledger reader and the client at most: with
+/// [`STREAM_CHUNK_BYTES`], what one streamed answer makes the worker hold
+/// besides the reader's page of records.
+const STREAM_QUEUE_CHUNKS: usize = 8;
+
+/// What the ledger reader hands the response body.
+enum Streamed {
+    Lines(axum::body::Bytes),
+    Failed(OperatorError),
+}
+
+/// The ledger reader's end of a streamed answer.
+struct LineSink {
+    sender: tokio::sync::mpsc::Sender<Streamed>,
+    buffer: Vec<u8>,
+}
+
+/// The client went away: the reader stops.
+struct ClientGone;
+
+impl LineSink {
+    /// Appends one row as a line; queues the buffer once it holds
+    /// [`STREAM_CHUNK_BYTES`], waiting while the queue is full.
+    fn push(&mut self, row: &impl serde::Serialize) -> Result<(), ClientGone> {
+        serde_json::to_writer(&mut self.buffer, row).expect("operator rows serialise");
+        self.buffer.push(b'\n');
+        if self.buffer.len() >= STREAM_CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ClientGone> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(STREAM_CHUNK_BYTES + STREAM_ROW_SLACK),
+        );
+        self.sender
+            .blocking_send(Streamed::Lines(chunk.into()))
+            .map_err(|_| ClientGone)
+    }
+
+    /// Queues what is left, then the failure, if any.
+    fn finish(mut self, outcome: Result<(), OperatorError>) {
+        if self.flush().is_err() {
+            return;
+        }
+        if let Err(error) = outcome {
+            let _ = self.sender.blocking_send(Streamed::Failed(error));
+        }
+    }
+}
+
+/// Streams the rows of `rows` as JSON Lines: `rows` runs on a blocking
+/// thread and pushes each row into the sink, stopping when the sink says
+/// the client went away.
+async fn stream_lines(
+    rows: impl FnOnce(&mut LineSink) -> Result<(), OperatorError> + Send + 'static,
+) -> Response {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let mut sink = LineSink {
+            sender,
+            buffer: Vec::with_capacity(STREAM_CHUNK_BYTES + STREAM_ROW_SLACK),
+        };
+        // A panic is a failure the client must see, not a short answer.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rows(&mut sink)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                Err(OperatorError::Failed(anyhow::anyhow!(
+                    "internal: reading the ledger panicked: {what}"
+                )))
+            });
+        sink.finish(outcome);
+    });
+    // Until the first chunk, a failure can still be the answer's status.
+    let first = match receiver.recv().await {
+        Some(Streamed::Failed(error)) => return ApiError::from(error).into_response(),
+        Some(Streamed::Lines(chunk)) => Some(chunk),
+        None => None,
+    };
+    let rest =
+        futures::stream::poll_fn(move |context| receiver.poll_recv(context)).map(|streamed| {
+            match streamed {
+                Streamed::Lines(chunk) => chunk,
+                Streamed::Failed(error) => failure_line(&error),
+            }
+        });
+    let body = futures::stream::iter(first)
+        .chain(rest)
+        .map(Ok::<_, std::convert::Infallible>);
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The last line of an answer that failed after its first line.
+fn failure_line(error: &OperatorError) -> axum::body::Bytes {
+    let error = match error {
+        OperatorError::Refused(message) => message.clone(),
+        OperatorError::Failed(error) => format!("{error:#}"),
+    };
+    let mut line = serde_json::to_vec(&StreamFailure { error }).expect("failures serialise");
+    line.push(b'\n');
+    line.into()
+}
+
+/// Pushes every item of `rows` into `sink` until the rows end, one fails,
+/// or the client goes away.
+fn push_all<T: serde::Serialize>(
+    sink: &mut LineSink,
+    rows: impl Iterator<Item = Result<T, OperatorError>>,
+) -> Result<(), OperatorError> {
+    for row in rows {
+        if sink.push(&row?).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn status(State(state): State<AppState>, Query(filter): Query<StatusFilter>) -> Response {
     let admin = state.admin.clone();
-    let rows = blocking(move || admin.status_rows(&filter)).await?;
-    Ok(axum::Json(rows).into_response())
+    stream_lines(move |sink| push_all(sink, admin.status_iter(filter))).await
 }
 
 #[derive(Deserialize)]
@@ -246,21 +507,9 @@ struct AuditQuery {
     since: Option<DateTime<Utc>>,
 }
 
-async fn audit(
-    State(state): State<AppState>,
-    Query(query): Query<AuditQuery>,
-) -> Result<Response, ApiError> {
+async fn audit(State(state): State<AppState>, Query(query): Query<AuditQuery>) -> Response {
     let admin = state.admin.clone();
-    let body = blocking(move || {
-        let mut out = String::new();
-        admin.audit_records(query.since, |record| {
-            out.push_str(&serde_json::to_string(&record).expect("audit records serialise"));
-            out.push('\n');
-        })?;
-        Ok(out)
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    stream_lines(move |sink| push_all(sink, admin.audit_iter(query.since))).await
 }
 
 #[derive(Deserialize)]
@@ -281,6 +530,9 @@ async fn inventory_list(
     Ok(axum::Json(entries).into_response())
 }
 
+/// One batch of an import (JSON Lines or CSV, at most
+/// [`IMPORT_REQUEST_LIMIT`] bytes): the CLI validates the whole file first
+/// and sends it a batch per request.
 async fn inventory_import(
     State(state): State<AppState>,
     body: String,
@@ -299,4 +551,276 @@ async fn plan(
     let admin = state.admin.clone();
     let plan = blocking(move || admin.plan_event(&event)).await?;
     Ok(axum::Json(plan).into_response())
+}
+
+#[cfg(test)]
+mod serve_tests {
+    //! The server's limits and its graceful shutdown, over real sockets.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::{Notify, oneshot};
+
+    use super::{ServerLimits, serve_with_limits};
+
+    const PING: &[u8] = b"GET /ping HTTP/1.1\r\nHost: local\r\n\r\n";
+
+    /// Serves `router` on a local port within `limits` until the returned
+    /// sender is used or dropped.
+    async fn spawn(
+        router: Router,
+        limits: ServerLimits,
+    ) -> (
+        std::net::SocketAddr,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with_limits(listener, router, limits, async move {
+            let _ = stopped.await;
+        }));
+        (address, stop, server)
+    }
+
+    fn ping_router() -> Router {
+        Router::new().route("/ping", get(|| async { "pong" }))
+    }
+
+    /// Reads one response whose body ends with `end`.
+    async fn read_response(stream: &mut TcpStream, end: &str) -> String {
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !response.ends_with(end.as_bytes()) {
+            let read = stream.read(&mut buffer).await.expect("reading a response");
+            assert!(read > 0, "closed mid-response: {response:?}");
+            response.extend_from_slice(&buffer[..read]);
+        }
+        String::from_utf8(response).expect("a UTF-8 response")
+    }
+
+    async fn ping(stream: &mut TcpStream) -> String {
+        stream.write_all(PING).await.expect("sending a request");
+        read_response(stream, "pong").await
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_finishes_its_headers_is_closed() {
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_millis(100),
+            max_connections: 4,
+        };
+        let (address, _stop, _server) = spawn(ping_router(), limits).await;
+        let mut slow = TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"GET /ping HTTP/1.1\r\nHost: local\r\n")
+            .await
+            .unwrap();
+        // Whatever the server says before closing, the request is never answered.
+        let mut said = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut said))
+            .await
+            .expect("the server closed the connection");
+        assert!(
+            closed.is_ok()
+                || closed.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+        );
+        assert!(!String::from_utf8_lossy(&said).contains("pong"), "{said:?}");
+        // The server itself serves on.
+        let mut fresh = TcpStream::connect(address).await.unwrap();
+        assert!(ping(&mut fresh).await.starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn the_connection_over_the_limit_waits_until_one_closes() {
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_secs(600),
+            max_connections: 1,
+        };
+        let (address, _stop, _server) = spawn(ping_router(), limits).await;
+        let mut first = TcpStream::connect(address).await.unwrap();
+        assert!(ping(&mut first).await.starts_with("HTTP/1.1 200"));
+        // The kernel completes the second connection (listen backlog); its
+        // request waits.
+        let mut second = TcpStream::connect(address).await.unwrap();
+        second.write_all(PING).await.unwrap();
+        // The first connection is served on, after the second's request was sent…
+        assert!(ping(&mut first).await.starts_with("HTTP/1.1 200"));
+        // …and the second has had no answer.
+        let mut buffer = [0u8; 64];
+        match second.try_read(&mut buffer) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the connection over the limit was served: {other:?}"),
+        }
+        // Once the first closes, the second is served.
+        drop(first);
+        assert!(
+            read_response(&mut second, "pong")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_the_request_in_flight_finish_then_returns() {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let router = {
+            let (started, release) = (started.clone(), release.clone());
+            Router::new().route(
+                "/slow",
+                get(move || async move {
+                    started.notify_one();
+                    release.notified().await;
+                    "done"
+                }),
+            )
+        };
+        let (address, stop, server) = spawn(router, ServerLimits::WORKER).await;
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: local\r\n\r\n")
+            .await
+            .unwrap();
+        started.notified().await;
+        stop.send(()).unwrap();
+        // Once the server stopped accepting (its listener is closed)…
+        loop {
+            match TcpStream::connect(address).await {
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                // Accepted by the kernel before the listener closed.
+                _ => tokio::task::yield_now().await,
+            }
+        }
+        // …it still waits for the request in flight, which finishes.
+        assert!(
+            !server.is_finished(),
+            "serve returned with a request in flight"
+        );
+        release.notify_one();
+        assert!(
+            read_response(&mut client, "done")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        server.await.unwrap().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `router` on a free loopback port; its base URL.
+    async fn serve_test(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{address}")
+    }
+
+    /// `rows` rows (several chunks' worth), then `end`.
+    fn rows_then(
+        rows: u64,
+        end: fn() -> Result<(), OperatorError>,
+    ) -> impl FnOnce(&mut LineSink) -> Result<(), OperatorError> + Send + 'static {
+        move |sink| {
+            for row in 0..rows {
+                if sink.push(&serde_json::json!({ "row": row })).is_err() {
+                    return Ok(());
+                }
+            }
+            end()
+        }
+    }
+
+    async fn read_all(url: &str) -> (StatusCode, u64, Result<(), OperatorError>) {
+        let response = reqwest::get(url).await.unwrap();
+        let status = response.status();
+        let mut seen = 0;
+        let read = crate::operators::read_lines(response, &mut |_: serde_json::Value| {
+            seen += 1;
+            Ok(())
+        })
+        .await;
+        (status, seen, read)
+    }
+
+    #[tokio::test]
+    async fn every_row_arrives_in_order_over_many_chunks() {
+        let base = serve_test(
+            Router::new().route("/rows", get(|| stream_lines(rows_then(5_000, || Ok(()))))),
+        )
+        .await;
+        let response = reqwest::get(format!("{base}/rows")).await.unwrap();
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/x-ndjson"
+        );
+        let mut next = 0;
+        crate::operators::read_lines(response, &mut |row: serde_json::Value| {
+            assert_eq!(row["row"], next);
+            next += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(next, 5_000);
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_first_line_reaches_the_client_as_an_error() {
+        let base = serve_test(Router::new().route(
+            "/rows",
+            get(|| {
+                stream_lines(rows_then(3_000, || {
+                    Err(OperatorError::Failed(anyhow::anyhow!(
+                        "the disk is on fire"
+                    )))
+                }))
+            }),
+        ))
+        .await;
+        let (status, seen, read) = read_all(&format!("{base}/rows")).await;
+        assert_eq!(status, StatusCode::OK, "the first lines were sent");
+        assert_eq!(seen, 3_000);
+        let error = read.unwrap_err().to_string();
+        assert!(error.contains("the disk is on fire"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_first_line_is_the_answers_status() {
+        let base = serve_test(Router::new().route(
+            "/rows",
+            get(|| {
+                stream_lines(rows_then(0, || {
+                    Err(OperatorError::Refused("no such event".into()))
+                }))
+            }),
+        ))
+        .await;
+        let response = reqwest::get(format!("{base}/rows")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "no such event");
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_streaming_reaches_the_client_as_an_error() {
+        let base = serve_test(Router::new().route(
+            "/rows",
+            get(|| stream_lines(rows_then(3_000, || panic!("a bug in a query")))),
+        ))
+        .await;
+        let (status, seen, read) = read_all(&format!("{base}/rows")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(seen, 3_000);
+        let error = read.unwrap_err().to_string();
+        assert!(error.contains("a bug in a query"), "{error}");
+    }
 }

@@ -27,4 +27,5 @@ pub mod logging;
 pub mod operators;
 pub mod pal;
 pub mod progress;
+pub mod sweeper;
 pub mod telemetry;

@@ -169,18 +169,24 @@ pub fn parse_import_jsonl(text: &str) -> Result<Vec<ImportedAccount>, ImportErro
 /// Blank lines are skipped; an empty file is an empty inventory.
 pub fn parse_import_csv(text: &str) -> Result<Vec<ImportedAccount>, ImportError> {
     let text = strip_bom(text);
+    parse_csv(text, &mut LineNumbers::new(text))
+}
+
+/// [`parse_import_csv`] of a text without byte order mark, numbering lines
+/// with `lines` (a parameter so a test can see how much of the text it read).
+fn parse_csv(text: &str, lines: &mut LineNumbers<'_>) -> Result<Vec<ImportedAccount>, ImportError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
     let headers = reader
         .headers()
-        .map_err(|error| csv_error(text, error))?
+        .map_err(|error| csv_error(lines, error))?
         .clone();
     if headers.iter().all(str::is_empty) {
         return Ok(Vec::new());
     }
-    let header_line = line_of(text, headers.position());
+    let header_line = lines.line_of(headers.position());
 
     // columns[i] = index of FIELDS[i] in each record, if the header has it.
     let mut columns: [Option<usize>; FIELDS.len()] = [None; FIELDS.len()];
@@ -210,8 +216,8 @@ pub fn parse_import_csv(text: &str) -> Result<Vec<ImportedAccount>, ImportError>
 
     let mut accounts = Accounts::default();
     for record in reader.records() {
-        let record = record.map_err(|error| csv_error(text, error))?;
-        let line = line_of(text, record.position());
+        let record = record.map_err(|error| csv_error(lines, error))?;
+        let line = lines.line_of(record.position());
         // The record as a JSON object of its non-empty cells, so CSV and JSON
         // Lines share one set of field rules and messages.
         let mut object = Map::new();
@@ -320,29 +326,74 @@ fn json_message(error: &serde_json::Error) -> String {
     }
 }
 
-/// The 1-based line on which the record at `position` starts.
+/// The 1-based lines on which csv records start, from the reader's byte
+/// positions.
 ///
 /// csv 1.4's own `Position::line()` is wrong for CRLF files and after blank
 /// lines (it counts terminators, not lines), and `Position::byte()` points
 /// at the end of the previous record's terminator, before any blank lines
 /// the reader skipped. So: start at that byte, skip line breaks (a record
 /// never starts with one; blank lines are skipped), count the `\n`s before.
-fn line_of(text: &str, position: Option<&csv::Position>) -> usize {
-    let Some(position) = position else {
-        return 1;
-    };
-    let offset = usize::try_from(position.byte()).map_or(text.len(), |byte| byte.min(text.len()));
-    let bytes = text.as_bytes();
-    let start = offset
-        + bytes[offset..]
-            .iter()
-            .take_while(|byte| matches!(byte, b'\r' | b'\n'))
-            .count();
-    1 + bytes[..start].iter().filter(|byte| **byte == b'\n').count()
+///
+/// The reader's positions only grow (records and errors come in file
+/// order), so each lookup counts only the line breaks since the previous
+/// one: numbering a whole file reads it once. (Counting from the file's
+/// start for every record made importing quadratic in the file's size.)
+struct LineNumbers<'a> {
+    text: &'a [u8],
+    /// Where the previous lookup stopped: the start of its record.
+    offset: usize,
+    /// The line `offset` is on.
+    line: usize,
+    /// Bytes of `text` whose line breaks were counted, over all lookups.
+    scanned: usize,
 }
 
-fn csv_error(text: &str, error: csv::Error) -> ImportError {
-    let line = line_of(text, error.position());
+impl<'a> LineNumbers<'a> {
+    fn new(text: &'a str) -> Self {
+        LineNumbers {
+            text: text.as_bytes(),
+            offset: 0,
+            line: 1,
+            scanned: 0,
+        }
+    }
+
+    /// The line on which the record at `position` starts (1 without one).
+    fn line_of(&mut self, position: Option<&csv::Position>) -> usize {
+        let Some(position) = position else {
+            return 1;
+        };
+        let bytes = self.text;
+        let offset =
+            usize::try_from(position.byte()).map_or(bytes.len(), |byte| byte.min(bytes.len()));
+        let start = offset
+            + bytes[offset..]
+                .iter()
+                .take_while(|byte| matches!(byte, b'\r' | b'\n'))
+                .count();
+        if start < self.offset {
+            // Not expected from the reader; correct, if slower, all the same.
+            self.offset = 0;
+            self.line = 1;
+        }
+        let counted = &bytes[self.offset..start];
+        self.scanned += counted.len();
+        self.line += counted.iter().filter(|byte| **byte == b'\n').count();
+        self.offset = start;
+        self.line
+    }
+
+    /// Bytes of the text whose line breaks were counted so far: at most its
+    /// length when every byte is counted once.
+    #[cfg(test)]
+    fn bytes_scanned(&self) -> usize {
+        self.scanned
+    }
+}
+
+fn csv_error(lines: &mut LineNumbers<'_>, error: csv::Error) -> ImportError {
+    let line = lines.line_of(error.position());
     let message = match error.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
@@ -352,5 +403,50 @@ fn csv_error(text: &str, error: csv::Error) -> ImportError {
     ImportError::InvalidCsv {
         line,
         message: echo_at_most(&message, MAX_MESSAGE_CHARS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    /// `rows` distinct accounts, every third one with quoted cells spanning
+    /// lines (the line breaks are trimmed away), with CRLF line ends.
+    fn inventory_with_multi_line_cells(rows: usize) -> String {
+        let mut text = String::from("tenant_id,object_id,employee_id,contract_id\r\n");
+        for row in 0..rows {
+            let cells = if row % 3 == 0 {
+                format!("\"E-{row}\r\n\",\"\r\nC-{row}\r\n\r\n\"")
+            } else {
+                format!("E-{row},C-{row}")
+            };
+            write!(
+                text,
+                "72f988bf-86f1-41af-91ab-2d7cd011db47,{row:08x}-0000-4000-8000-000000000001,{cells}\r\n"
+            )
+            .unwrap();
+        }
+        text
+    }
+
+    /// Numbering lines must not re-read the file from its start for every
+    /// record (which made importing quadratic in the file's size): over a
+    /// whole import the line counter reads each byte at most once.
+    #[test]
+    fn numbering_the_lines_of_a_csv_import_reads_each_byte_at_most_once() {
+        let text = inventory_with_multi_line_cells(2_000);
+        let mut lines = LineNumbers::new(&text);
+
+        let accounts = parse_csv(&text, &mut lines).unwrap();
+
+        assert_eq!(accounts.len(), 2_000);
+        assert!(
+            lines.bytes_scanned() <= text.len(),
+            "scanned {} bytes of a {}-byte file",
+            lines.bytes_scanned(),
+            text.len()
+        );
     }
 }

@@ -65,6 +65,7 @@ struct AcceptTx<'a> {
     event_actions: &'a TransactionalTree,
     due: &'a TransactionalTree,
     open_events: &'a TransactionalTree,
+    audit: &'a TransactionalTree,
 }
 
 /// The trees of [`AcceptTx`] as sled hands them to a transaction.
@@ -76,11 +77,12 @@ type AcceptTrees = (
     TransactionalTree,
     TransactionalTree,
     TransactionalTree,
+    TransactionalTree,
 );
 
 impl<'a> AcceptTx<'a> {
     fn of(
-        (inventory, index, events, actions, event_actions, due, open_events): &'a AcceptTrees,
+        (inventory, index, events, actions, event_actions, due, open_events, audit): &'a AcceptTrees,
     ) -> Self {
         AcceptTx {
             inventory,
@@ -90,6 +92,7 @@ impl<'a> AcceptTx<'a> {
             event_actions,
             due,
             open_events,
+            audit,
         }
     }
 }
@@ -148,6 +151,7 @@ impl Ledger {
         now: DateTime<Utc>,
         max_actions_per_event: usize,
     ) -> Result<AcceptOutcome> {
+        let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
         if self.is_duplicate(&event.source, &event.id)? {
@@ -213,7 +217,7 @@ impl Ledger {
                 })
                 .map_err(tx_error)?;
             return Ok(accept_outcome(
-                seq, total, release, unassigned, cancelled, None,
+                seq, total, state, release, unassigned, cancelled, None,
             ));
         }
 
@@ -275,7 +279,7 @@ impl Ledger {
             })
             .map_err(tx_error)?;
         Ok(accept_outcome(
-            seq, total, release, unassigned, cancelled, completed,
+            seq, total, state, release, unassigned, cancelled, completed,
         ))
     }
 
@@ -289,6 +293,7 @@ impl Ledger {
         now: DateTime<Utc>,
         max_actions_per_event: usize,
     ) -> Result<Vec<AcceptOutcome>> {
+        let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
         // Two ids per event (sequence, action), drawn outside the closure,
@@ -354,6 +359,7 @@ impl Ledger {
                     outcomes.push(accept_outcome(
                         *seq,
                         1,
+                        state,
                         release,
                         Vec::new(),
                         written.superseded,
@@ -380,6 +386,7 @@ impl Store {
         &sled::Tree,
         &sled::Tree,
         &sled::Tree,
+        &sled::Tree,
     ) {
         (
             &self.inventory,
@@ -389,6 +396,7 @@ impl Store {
             &self.event_actions,
             &self.due,
             &self.open_events,
+            &self.audit,
         )
     }
 }
@@ -469,6 +477,7 @@ fn new_action(
         dry_run: false,
         detail: None,
         completed_at: None,
+        verified_at: None,
     }
 }
 
@@ -523,6 +532,7 @@ fn write_changes(
                 tx.due,
                 tx.open_events,
                 tx.events,
+                tx.audit,
                 previous_action,
                 now,
             )?
@@ -562,6 +572,7 @@ fn write_event_marker(
 fn accept_outcome(
     seq: EventSeq,
     total: usize,
+    state: ActionState,
     release: Release,
     unassigned: Vec<TenantId>,
     cancelled: Vec<Superseded>,
@@ -573,6 +584,11 @@ fn accept_outcome(
         Release::Now => AcceptOutcome::Accepted {
             seq,
             actions,
+            scheduled: if state == ActionState::Scheduled {
+                actions
+            } else {
+                0
+            },
             unassigned,
             cancelled,
             completed: completed.map(Box::new),

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use palworker_core::{ActionId, ActionRecord, ActionState, EventRecord, EventSeq, Superseded};
 use sled::transaction::TransactionalTree;
 
+use super::audit;
 use super::codec::{
     OPEN_COUNT_KEY, TxResult, add_to_counter, due_key, encode, read_u64, tx_decode,
 };
@@ -18,6 +19,7 @@ pub(super) fn supersede(
     due: &TransactionalTree,
     open_events: &TransactionalTree,
     events: &TransactionalTree,
+    audit: &TransactionalTree,
     previous: ActionId,
     now: DateTime<Utc>,
 ) -> TxResult<Option<Superseded>> {
@@ -39,6 +41,7 @@ pub(super) fn supersede(
     action.updated_at = now;
     action.completed_at = Some(now);
     actions.insert(&key, encode(&action))?;
+    audit::append(audit, audit::WORKER, [audit::outcome(&action)])?;
     // A held action was never counted among its event's open actions.
     let event_completed = if previous_state == ActionState::Held {
         None

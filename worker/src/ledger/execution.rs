@@ -7,6 +7,7 @@ use palworker_core::{
 };
 use sled::Transactional;
 
+use super::audit;
 use super::bookkeeping::decrement_open;
 use super::codec::{
     account_key_bytes, due_key, encode, millis_ceil, pair_key, read_u64, tx_decode, tx_error,
@@ -124,6 +125,7 @@ impl Ledger {
         claim: &[ActionId],
         now: DateTime<Utc>,
     ) -> Result<Pass> {
+        let _writing = self.writing();
         let store = self.store()?;
         debug_assert!(finished.iter().all(|action| action.state.is_terminal()));
         if finished.is_empty() && claim.is_empty() {
@@ -135,8 +137,10 @@ impl Ledger {
             &store.in_flight,
             &store.open_events,
             &store.events,
+            &store.audit,
         )
-            .transaction(|(actions, due, in_flight, open_events, events)| {
+            .transaction(|(actions, due, in_flight, open_events, events, audit)| {
+                audit::append(audit, audit::WORKER, finished.iter().map(audit::outcome))?;
                 let mut completions = Vec::with_capacity(finished.len());
                 for action in finished {
                     let key = action.action_id.to_be_bytes();
@@ -184,6 +188,7 @@ impl Ledger {
     /// a superseding plan writes the inventory in, so no retry of a
     /// superseded action is ever scheduled).
     pub fn reschedule(&self, action: &ActionRecord) -> Result<Rescheduled> {
+        let _writing = self.writing();
         let store = self.store()?;
         let id = action.action_id;
         let account = account_key_bytes(&action.tenant_id, &action.object_id);
@@ -194,9 +199,10 @@ impl Ledger {
             &store.inventory,
             &store.open_events,
             &store.events,
+            &store.audit,
         )
             .transaction(
-                |(actions, in_flight, due, inventory, open_events, events)| {
+                |(actions, in_flight, due, inventory, open_events, events, audit)| {
                     let superseded = match inventory.get(&account)? {
                         Some(bytes) => {
                             let entry: InventoryEntry = tx_decode(&account, &bytes)?;
@@ -213,6 +219,7 @@ impl Ledger {
                         cancelled.next_attempt_at = None;
                         cancelled.completed_at = Some(action.updated_at);
                         actions.insert(&id.to_be_bytes(), encode(&cancelled))?;
+                        audit::append(audit, audit::WORKER, [audit::outcome(&cancelled)])?;
                         let event_completed = decrement_open(
                             open_events,
                             events,

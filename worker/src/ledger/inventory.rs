@@ -39,6 +39,7 @@ impl Ledger {
         rows: impl IntoIterator<Item = (Account, Option<PartnerId>)>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
+        let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
         let mut count = 0;

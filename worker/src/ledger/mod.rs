@@ -24,6 +24,7 @@
 //! - `open_events`: seq → remaining non-terminal actions (large and approved
 //!   plans, older ledgers); `open_events` → u64, the number of open events
 //!   wherever their count is kept
+//! - `audit`: the audit trail (see `audit.rs`)
 //!
 //! # Files
 //!
@@ -37,23 +38,30 @@
 //! | `bookkeeping.rs` | what every transition keeps in step: supersession, open-action counts |
 //! | `execution.rs` | the executor's side: due actions, claims, outcomes, durable retries |
 //! | `operators.rs` | approve, reject, retry — operator transitions |
+//! | `retention.rs` | pruning what ended long ago, in bounded steps |
+//! | `export.rs` | every record as JSON Lines, and back: backup, restore, migration |
+//! | `audit.rs` | the hash-chained audit trail, appended in the transactions it records |
 //! | `events.rs`, `queries.rs` | reading events and actions back |
 
 mod accept;
+mod audit;
 mod bookkeeping;
+mod check;
 mod chunks;
 mod codec;
 mod events;
 mod execution;
+mod export;
 mod inventory;
 mod operators;
 mod queries;
+mod retention;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 #[cfg(doc)]
@@ -63,13 +71,17 @@ use palworker_core::{EventRecord, InventoryEntry};
 use sled::Transactional;
 
 pub use accept::ACCEPT_CHUNK;
+pub use audit::{AuditBreak, AuditVerified, WORKER};
 pub use bookkeeping::EventOpening;
+pub use check::{CheckMode, Difference};
 use codec::{
     INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, due_key, encode, read_counter, read_u64,
     recount_if_missing, tx_decode, tx_error,
 };
 pub use execution::Pass;
-pub use operators::Requeued;
+pub use export::Transferred;
+pub use operators::{PauseState, Requeued};
+pub use retention::{Retention, SweepCursor, Swept};
 
 /// How long opening waits for a file lock this process may still hold (a
 /// ledger it just closed); a running worker's lock is held for good.
@@ -135,6 +147,9 @@ pub struct Ledger {
     /// Set while a plan larger than one chunk is being written (see
     /// [`Ledger::is_storing_large_plan`]).
     storing_large_plan: AtomicBool,
+    /// Every writer holds it shared; an export holds it alone, so what it
+    /// reads is one consistent state.
+    writes: RwLock<()>,
 }
 
 /// The trees of one open database (see the module docs for their keys).
@@ -148,6 +163,7 @@ struct Store {
     due: sled::Tree,
     in_flight: sled::Tree,
     open_events: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl Store {
@@ -177,6 +193,7 @@ impl Store {
             due: db.open_tree("due")?,
             in_flight: db.open_tree("in_flight")?,
             open_events: db.open_tree("open_events")?,
+            audit: db.open_tree("audit")?,
             db,
         };
         store.recover_in_flight()?;
@@ -258,6 +275,7 @@ impl Ledger {
             store: RwLock::new(Some(Arc::new(store))),
             planning: Mutex::new(()),
             storing_large_plan: AtomicBool::new(false),
+            writes: RwLock::new(()),
         })
     }
 
@@ -315,6 +333,17 @@ impl Ledger {
         Ok(())
     }
 
+    /// The write gate, shared: held by every method that writes (never by
+    /// one that calls another writer: std's lock is not re-entrant).
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.writes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The write gate, alone: no transaction runs while it is held.
+    fn snapshot(&self) -> RwLockWriteGuard<'_, ()> {
+        self.writes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The planning lock: plans read the inventory outside the transaction
     /// that writes them, so one plan at a time. A panic while it was held
     /// leaves nothing half-written (every write is a transaction), so a
@@ -358,6 +387,34 @@ impl Ledger {
     pub fn pending_count(&self) -> u64 {
         self.store()
             .map_or(0, |store| (store.due.len() + store.in_flight.len()) as u64)
+    }
+
+    /// Actions waiting for their event's future `effective_at` at `now`:
+    /// never claimed, with a due time after `now`. Reads only the actions
+    /// due after `now`.
+    pub fn scheduled_count(&self, now: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let store = self.store()?;
+        let mut count = 0;
+        let after = codec::pair_key(codec::millis_ceil(now).saturating_add(1), 0);
+        for item in store.due.range(after..) {
+            let (key, _) = item?;
+            let id = ActionId::new(read_u64(&key[8..]));
+            let Some(bytes) = store.actions.get(id.to_be_bytes())? else {
+                continue;
+            };
+            let action: ActionRecord = codec::decode(&key, &bytes)?;
+            if action.attempts == 0 && action.not_before.is_some_and(|at| at > now) {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Free space of the file system the ledger is on, for an unprivileged
+    /// writer (`None` when it cannot be read).
+    pub fn disk_free(&self) -> Option<u64> {
+        let stats = rustix::fs::statvfs(&self.path).ok()?;
+        Some(stats.f_bavail.saturating_mul(stats.f_frsize))
     }
 
     /// Plans held for approval.

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, ActionRecord, ActionState, Approval, EventSeq, EventState, InventoryEntry,
+    ActionId, ActionRecord, ActionState, Approval, AuditWhat, EventSeq, EventState, InventoryEntry,
     StatusFilter, Superseded,
 };
 use palworker_events::{Account, DesiredLink, EventType};
@@ -11,6 +11,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 use super::accept::ACCEPT_CHUNK;
+use super::audit;
 use super::bookkeeping::{EventOpening, decrement_open, increment_open, supersede};
 use super::codec::{
     account_key_bytes, add_inventory_size, approving_key, due_key, encode, held_key, tx_decode,
@@ -39,6 +40,7 @@ impl Ledger {
     /// already targeted end `cancelled`; the rest become pending.
     /// Returns the actions released and the ones cancelled.
     pub fn approve(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<Approval> {
+        let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
         let mut record = self
@@ -53,6 +55,9 @@ impl Ledger {
         }
         let not_before = record.event.effective_at().filter(|at| *at > now);
         let mut released = 0u64;
+        // Released actions share the event's `effective_at`: all wait for it or none.
+        let scheduled_share = u64::from(not_before.is_some());
+        let mut scheduled = 0u64;
         let mut cancelled = Vec::new();
         let mut superseded = Vec::new();
         // The approval's own share of the event's open-action count: released
@@ -76,6 +81,7 @@ impl Ledger {
                 // interrupted; already counted.
                 if action.state != ActionState::Cancelled {
                     released += 1;
+                    scheduled += scheduled_share;
                 }
                 continue;
             }
@@ -87,36 +93,38 @@ impl Ledger {
                 &store.due,
                 &store.open_events,
                 &store.events,
+                &store.audit,
             )
-                .transaction(|(inventory, index, actions, due, open_events, events)| {
-                    let before: Option<InventoryEntry> = match inventory.get(&key)? {
-                        Some(bytes) => Some(tx_decode(&key, &bytes)?),
-                        None => None,
-                    };
-                    let mut action = action.clone();
-                    action.updated_at = now;
-                    if before
-                        .as_ref()
-                        .and_then(|entry| entry.last_event_seq)
-                        .is_some_and(|later| later > seq)
-                    {
-                        action.state = ActionState::Cancelled;
-                        action.detail = Some(
-                            "superseded: a later event targeted this account before approval"
-                                .into(),
-                        );
-                        action.completed_at = Some(now);
-                        actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                        return Ok(HeldAction::Cancelled(Box::new(action)));
-                    }
-                    let superseded = match before.as_ref().and_then(|e| e.current_action) {
-                        Some(previous) => {
-                            supersede(actions, due, open_events, events, previous, now)?
+                .transaction(
+                    |(inventory, index, actions, due, open_events, events, audit)| {
+                        let before: Option<InventoryEntry> = match inventory.get(&key)? {
+                            Some(bytes) => Some(tx_decode(&key, &bytes)?),
+                            None => None,
+                        };
+                        let mut action = action.clone();
+                        action.updated_at = now;
+                        if before
+                            .as_ref()
+                            .and_then(|entry| entry.last_event_seq)
+                            .is_some_and(|later| later > seq)
+                        {
+                            action.state = ActionState::Cancelled;
+                            action.detail = Some(
+                                "superseded: a later event targeted this account before approval"
+                                    .into(),
+                            );
+                            action.completed_at = Some(now);
+                            actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
+                            audit::append(audit, audit::WORKER, [audit::outcome(&action)])?;
+                            return Ok(HeldAction::Cancelled(Box::new(action)));
                         }
-                        None => None,
-                    };
-                    let mut account =
-                        before
+                        let superseded = match before.as_ref().and_then(|e| e.current_action) {
+                            Some(previous) => {
+                                supersede(actions, due, open_events, events, audit, previous, now)?
+                            }
+                            None => None,
+                        };
+                        let mut account = before
                             .as_ref()
                             .map(|e| e.account.clone())
                             .unwrap_or_else(|| Account {
@@ -126,54 +134,56 @@ impl Ledger {
                                 credential: action.credential.clone(),
                                 contract_id: action.contract_id.clone(),
                             });
-                    if record.event.event_type == EventType::AssignmentStarted {
-                        account.employee_id = action.employee_id.clone();
-                        account.credential = action.credential.clone();
-                        account.contract_id = action.contract_id.clone();
-                    }
-                    let entry = InventoryEntry {
-                        account,
-                        desired: action.desired.clone(),
-                        assignment_active: match action.desired {
-                            DesiredLink::Absent => {
-                                // A successor link keeps the assignment; removals end it.
-                                false
-                            }
-                            DesiredLink::Linked(_) => true,
-                        },
-                        last_event_seq: Some(seq),
-                        current_action: Some(action.action_id),
-                        updated_at: now,
-                    };
-                    let added = write_inventory(
-                        inventory,
-                        index,
-                        before.as_ref().map(|b| &b.account.employee_id),
-                        &entry,
-                    )?;
-                    add_inventory_size(index, u64::from(added))?;
-                    action.state = if not_before.is_some() {
-                        ActionState::Scheduled
-                    } else {
-                        ActionState::Pending
-                    };
-                    action.not_before = not_before;
-                    actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                    increment_open(open_events, events, seq, 1)?;
-                    due.insert(
-                        &due_key(action.due_at(), action.action_id),
-                        action.tenant_id.as_str().as_bytes(),
-                    )?;
-                    Ok(HeldAction::Released {
-                        superseded: superseded.map(Box::new),
-                    })
-                })
+                        if record.event.event_type == EventType::AssignmentStarted {
+                            account.employee_id = action.employee_id.clone();
+                            account.credential = action.credential.clone();
+                            account.contract_id = action.contract_id.clone();
+                        }
+                        let entry = InventoryEntry {
+                            account,
+                            desired: action.desired.clone(),
+                            assignment_active: match action.desired {
+                                DesiredLink::Absent => {
+                                    // A successor link keeps the assignment; removals end it.
+                                    false
+                                }
+                                DesiredLink::Linked(_) => true,
+                            },
+                            last_event_seq: Some(seq),
+                            current_action: Some(action.action_id),
+                            updated_at: now,
+                        };
+                        let added = write_inventory(
+                            inventory,
+                            index,
+                            before.as_ref().map(|b| &b.account.employee_id),
+                            &entry,
+                        )?;
+                        add_inventory_size(index, u64::from(added))?;
+                        action.state = if not_before.is_some() {
+                            ActionState::Scheduled
+                        } else {
+                            ActionState::Pending
+                        };
+                        action.not_before = not_before;
+                        actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
+                        increment_open(open_events, events, seq, 1)?;
+                        due.insert(
+                            &due_key(action.due_at(), action.action_id),
+                            action.tenant_id.as_str().as_bytes(),
+                        )?;
+                        Ok(HeldAction::Released {
+                            superseded: superseded.map(Box::new),
+                        })
+                    },
+                )
                 .map_err(tx_error)?;
             match result {
                 HeldAction::Released {
                     superseded: previous,
                 } => {
                     released += 1;
+                    scheduled += scheduled_share;
                     superseded.extend(previous.map(|boxed| *boxed));
                 }
                 HeldAction::Cancelled(action) => cancelled.push(*action),
@@ -192,6 +202,7 @@ impl Ledger {
             .map_err(tx_error)?;
         Ok(Approval {
             released,
+            scheduled,
             cancelled,
             superseded,
             completed,
@@ -204,6 +215,7 @@ impl Ledger {
     /// whole; repeating a rejection that a crash interrupted finishes it.
     /// Returns how many actions this call cancelled.
     pub fn reject(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<u64> {
+        let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
         let mut record = self
@@ -227,9 +239,8 @@ impl Ledger {
             if batch.is_empty() {
                 break;
             }
-            cancelled += store
-                .actions
-                .transaction(|actions| {
+            cancelled += (&store.actions, &store.audit)
+                .transaction(|(actions, audit)| {
                     let mut count = 0u64;
                     for id in &batch {
                         let key = id.to_be_bytes();
@@ -245,6 +256,7 @@ impl Ledger {
                         action.updated_at = now;
                         action.completed_at = Some(now);
                         actions.insert(&key, encode(&action))?;
+                        audit::append(audit, audit::WORKER, [audit::outcome(&action)])?;
                         count += 1;
                     }
                     Ok(count)
@@ -267,6 +279,7 @@ impl Ledger {
     /// The check (failed, and still its account's latest) and the write are
     /// one transaction, so concurrent retries of one action queue it once.
     pub fn retry_action(&self, id: ActionId, now: DateTime<Utc>) -> Result<Requeued> {
+        let _writing = self.writing();
         let store = self.store()?;
         let key = id.to_be_bytes();
         (
@@ -327,5 +340,57 @@ impl Ledger {
             .into_iter()
             .map(|a| a.action_id)
             .collect())
+    }
+}
+
+/// Index key of the operators' pause (`palworker pause` survives a restart).
+const PAUSED_KEY: &[u8] = b"meta:paused";
+
+/// Whether writes to PAL are paused by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseState {
+    Paused,
+    Running,
+}
+
+impl Ledger {
+    /// Records that an operator paused or resumed writes to PAL, with who
+    /// did it, in the audit trail; returns the state before.
+    pub fn set_pause(
+        &self,
+        state: PauseState,
+        who: &str,
+        now: DateTime<Utc>,
+    ) -> Result<PauseState> {
+        let _writing = self.writing();
+        let store = self.store()?;
+        (&store.index, &store.audit)
+            .transaction(|(index, audit)| {
+                let before = match index.get(PAUSED_KEY)? {
+                    Some(_) => PauseState::Paused,
+                    None => PauseState::Running,
+                };
+                match state {
+                    PauseState::Paused => {
+                        index.insert(PAUSED_KEY, &[1u8])?;
+                        audit::append(audit, who, [(now, AuditWhat::Pause)])?;
+                    }
+                    PauseState::Running => {
+                        index.remove(PAUSED_KEY)?;
+                        audit::append(audit, who, [(now, AuditWhat::Resume)])?;
+                    }
+                }
+                Ok(before)
+            })
+            .map_err(tx_error)
+    }
+
+    /// Whether an operator's pause is in force.
+    pub fn pause_state(&self) -> Result<PauseState> {
+        Ok(if self.store()?.index.contains_key(PAUSED_KEY)? {
+            PauseState::Paused
+        } else {
+            PauseState::Running
+        })
     }
 }

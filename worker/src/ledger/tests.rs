@@ -600,3 +600,192 @@ fn a_run_of_assignments_in_one_transaction_behaves_like_accepting_them_in_order(
         AcceptOutcome::Duplicate
     );
 }
+
+#[test]
+fn every_outcome_is_in_the_audit_trail_and_an_edited_byte_breaks_the_chain_there() {
+    let (_dir, ledger) = ledger();
+    let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+    for (id, partner) in [("one", "111"), ("two", "222"), ("three", "333")] {
+        accept_pending(&ledger, &assignment_for(id, partner), now);
+    }
+    // "two" superseded "one" (cancelled), "three" superseded "two": two
+    // outcomes so far; ending "three" makes the third.
+    end_due_action(&ledger, now, ActionState::Done);
+    let mut entries = Vec::new();
+    ledger
+        .for_each_audit_entry(None, None, |entry| {
+            entries.push(entry);
+            true
+        })
+        .unwrap();
+    let outcomes: Vec<(String, ActionState)> = entries
+        .iter()
+        .map(|entry| match &entry.what {
+            palworker_core::AuditWhat::ActionOutcome(record) => {
+                (record.action.event_id.clone(), record.outcome)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("one".to_owned(), ActionState::Cancelled),
+            ("two".to_owned(), ActionState::Cancelled),
+            ("three".to_owned(), ActionState::Done)
+        ]
+    );
+    assert!(entries.iter().all(|entry| entry.who == WORKER));
+    let verified = ledger.verify_audit().unwrap();
+    assert_eq!((verified.records, verified.broken), (3, None));
+
+    // One byte of the middle record changed: the chain breaks there.
+    let audit = ledger.store().unwrap().audit.clone();
+    let key = 1u64.to_be_bytes();
+    let mut bytes = audit.get(key).unwrap().unwrap().to_vec();
+    let at = bytes.iter().position(|b| *b == b'c').unwrap();
+    bytes[at] = b'C';
+    audit.insert(key, bytes).unwrap();
+    let verified = ledger.verify_audit().unwrap();
+    assert_eq!(
+        verified.broken.as_ref().map(|b| b.seq),
+        Some(1),
+        "{verified:?}"
+    );
+
+    // The last record edited: the head says so.
+    let (_dir, ledger) = self::ledger();
+    accept_pending(&ledger, &assignment_for("only", "111"), now);
+    end_due_action(&ledger, now, ActionState::Done);
+    let audit = ledger.store().unwrap().audit.clone();
+    let key = 0u64.to_be_bytes();
+    let mut bytes = audit.get(key).unwrap().unwrap().to_vec();
+    bytes.push(b' ');
+    audit.insert(key, bytes).unwrap();
+    assert_eq!(
+        ledger.verify_audit().unwrap().broken.map(|b| b.seq),
+        Some(0)
+    );
+}
+
+#[test]
+fn retention_prunes_ended_events_in_bounded_steps_and_keeps_their_dedup_markers() {
+    let (_dir, ledger) = ledger();
+    let then = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+    let count = ACCEPT_CHUNK + 10;
+    import_linked(&ledger, count);
+    ledger
+        .accept(&partner_change("big"), None, then, usize::MAX)
+        .unwrap();
+    accept_pending(&ledger, &assignment("small"), then);
+    // Everything ends, at `then`.
+    loop {
+        let due = ledger.due_actions(then, 64, |_| false).unwrap();
+        if due.is_empty() {
+            break;
+        }
+        for action in due {
+            let mut action = ledger.claim(action.action_id, then).unwrap().unwrap();
+            action.state = ActionState::Done;
+            action.completed_at = Some(then);
+            action.updated_at = then;
+            ledger.finish(&action).unwrap();
+        }
+    }
+    // A fresh event stays: not ended long enough ago.
+    let later = then + chrono::Duration::days(100);
+    accept_pending(&ledger, &assignment_for("fresh", "999"), later);
+    let actions_before = ledger.store().unwrap().actions.len();
+    assert_eq!(actions_before, count + 2);
+
+    let retention = Retention {
+        records: chrono::Duration::days(90),
+        markers: chrono::Duration::days(400),
+    };
+    let mut cursor = SweepCursor::default();
+    let mut total = Swept::default();
+    let mut steps = 0;
+    while !cursor.is_done() {
+        let swept = ledger.sweep(later, retention, 100, &mut cursor).unwrap();
+        assert!(
+            swept.actions <= 100 && swept.events <= 100,
+            "a bounded step: {swept:?}"
+        );
+        total.events += swept.events;
+        total.actions += swept.actions;
+        steps += 1;
+        assert!(steps < 100, "the sweep ends");
+    }
+    assert_eq!((total.events, total.actions), (2, count as u64 + 1));
+    assert_eq!(
+        ledger.store().unwrap().actions.len(),
+        1,
+        "the fresh action stays"
+    );
+    assert!(ledger.find_events("big", None).unwrap().is_empty());
+    assert!(
+        ledger.is_duplicate("urn:test", "big").unwrap(),
+        "still a duplicate"
+    );
+    assert_eq!(
+        ledger
+            .accept(&partner_change("big"), None, later, usize::MAX)
+            .unwrap(),
+        AcceptOutcome::Duplicate
+    );
+    // The outcomes stay in the audit trail.
+    let mut outcomes = 0;
+    ledger
+        .for_each_audit_entry(None, None, |_| {
+            outcomes += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(outcomes, count + 1);
+
+    // After the dedup retention the marker goes too.
+    let much_later = then + chrono::Duration::days(401);
+    let mut cursor = SweepCursor::default();
+    let mut markers = 0;
+    while !cursor.is_done() {
+        markers += ledger
+            .sweep(much_later, retention, 100, &mut cursor)
+            .unwrap()
+            .markers;
+    }
+    assert_eq!(markers, 2);
+    assert!(!ledger.is_duplicate("urn:test", "big").unwrap());
+}
+
+#[test]
+fn an_export_imported_into_an_empty_ledger_is_the_same_ledger() {
+    let (_dir, ledger) = ledger();
+    let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+    import_linked(&ledger, 20);
+    accept_pending(&ledger, &assignment_for("one", "111"), now);
+    accept_pending(&ledger, &assignment_for("two", "222"), now);
+    end_due_action(&ledger, now, ActionState::Done);
+    let mut export = Vec::new();
+    let exported = ledger.export(&mut export).unwrap();
+    assert!(exported.records > 20);
+
+    let (_other_dir, copy) = self::ledger();
+    let imported = copy.import(export.as_slice()).unwrap();
+    assert_eq!(imported, exported);
+    let dump = |ledger: &Ledger| {
+        let mut out = Vec::new();
+        ledger.export(&mut out).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(dump(&ledger), dump(&copy));
+    assert_eq!(copy.verify_audit().unwrap().broken, None);
+    assert!(matches!(
+        copy.import(export.as_slice()),
+        Err(LedgerError::Rejected(message)) if message.contains("not empty")
+    ));
+}

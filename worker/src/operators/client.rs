@@ -1,6 +1,10 @@
 //! The CLI's client of a running worker's admin API (`/admin/…` on
 //! `http.listen`): the operator commands, sent to the worker that holds the
 //! ledger. It talks to palworker itself, not to PAL.
+//!
+//! Long answers (`status`, `audit export`) arrive as JSON Lines and are read
+//! a chunk at a time, each row handed on as soon as its line is complete; an
+//! import is sent a batch of accounts per request.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,11 +13,25 @@ use chrono::{DateTime, Utc};
 use palworker_core::{
     ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
 };
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use palworker_events::{Account, ImportedAccount, PartnerId};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Decision, EventRef, Operations, OperatorError, RetryTarget};
+use super::{
+    Decision, EventRef, IMPORT_BATCH_ACCOUNTS, IMPORT_BATCH_BYTES, Operations, OperatorError,
+    RetryTarget, StreamFailure,
+};
+
+/// How long the client waits for the next bytes of an answer. Not a bound
+/// on the whole answer: a long `status` stream may take minutes, but it
+/// never stalls this long.
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How much of an error answer that is not the API's JSON (a proxy's page,
+/// a body-limit refusal) is quoted.
+const QUOTED_ERROR_CHARS: usize = 200;
 
 /// A running worker's admin API.
 pub struct AdminApiClient {
@@ -33,7 +51,7 @@ impl AdminApiClient {
         Ok(AdminApiClient {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(300))
+                .read_timeout(READ_TIMEOUT)
                 .build()?,
             base: format!("http://{host}"),
             token,
@@ -49,7 +67,7 @@ impl AdminApiClient {
     }
 
     /// Sends a request; an answer other than 2xx is an error with the API's
-    /// `{"error": …}` text (400: [`OperatorError::Refused`]).
+    /// reason (400: [`OperatorError::Refused`]).
     async fn send(&self, request: RequestBuilder) -> Result<Response, OperatorError> {
         let response = request.send().await.map_err(|e| {
             anyhow::anyhow!(
@@ -61,14 +79,11 @@ impl AdminApiClient {
             return Ok(response);
         }
         let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let message = body
-            .get("error")
-            .and_then(|e| e.as_str())
-            .unwrap_or("no detail");
+        let body = response.bytes().await.unwrap_or_default();
         let text = format!(
-            "the worker's admin API answered {}: {message}",
-            status.as_u16()
+            "the worker's admin API answered {}: {}",
+            status.as_u16(),
+            error_reason(status, &body)
         );
         Err(if status == StatusCode::BAD_REQUEST {
             OperatorError::Refused(text)
@@ -86,19 +101,129 @@ impl AdminApiClient {
     }
 }
 
+/// Why the admin API refused: its `{"error": …}` text, else the start of
+/// whatever body came (axum's body-limit refusal is plain text), else the
+/// status's own name — never nothing.
+fn error_reason(status: StatusCode, body: &[u8]) -> String {
+    if let Ok(failure) = serde_json::from_slice::<StreamFailure>(body) {
+        return failure.error;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if !text.is_empty() {
+        let mut quoted: String = text
+            .chars()
+            .take(QUOTED_ERROR_CHARS)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if text.chars().count() > QUOTED_ERROR_CHARS {
+            quoted.push('…');
+        }
+        return quoted;
+    }
+    status
+        .canonical_reason()
+        .unwrap_or("no reason given")
+        .to_owned()
+}
+
+/// Reads a JSON Lines answer as it arrives, handing each row to `visit`. A
+/// failure line ([`StreamFailure`]: the worker failed after it began to
+/// answer) is an error, and so is an answer cut off mid-way.
+pub(crate) async fn read_lines<T: DeserializeOwned>(
+    mut response: Response,
+    visit: &mut dyn FnMut(T) -> anyhow::Result<()>,
+) -> Result<(), OperatorError> {
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let chunk = response.chunk().await.map_err(|e| {
+            OperatorError::Failed(anyhow::anyhow!(
+                "the worker's answer broke off: {e} (the rows printed so far are incomplete)"
+            ))
+        })?;
+        let Some(chunk) = chunk else {
+            break;
+        };
+        pending.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+            read_line(&pending[start..start + end], visit)?;
+            start += end + 1;
+        }
+        pending.drain(..start);
+    }
+    read_line(&pending, visit)
+}
+
+/// One line of a JSON Lines answer (blank: nothing).
+fn read_line<T: DeserializeOwned>(
+    line: &[u8],
+    visit: &mut dyn FnMut(T) -> anyhow::Result<()>,
+) -> Result<(), OperatorError> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    if line.starts_with(StreamFailure::LINE_START) {
+        let reason = serde_json::from_slice::<StreamFailure>(line)
+            .map(|failure| failure.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(line).into_owned());
+        return Err(OperatorError::Failed(anyhow::anyhow!(
+            "the worker failed while answering: {reason} (the rows printed so far are incomplete)"
+        )));
+    }
+    let row = serde_json::from_slice(line)
+        .map_err(|e| OperatorError::Failed(anyhow::anyhow!("unreadable admin API line: {e}")))?;
+    visit(row)?;
+    Ok(())
+}
+
+/// One account as a line of a JSON Lines import file.
+#[derive(Serialize)]
+struct ImportLine<'a> {
+    #[serde(flatten)]
+    account: &'a Account,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partner_id: Option<&'a PartnerId>,
+}
+
+/// The accounts as JSON Lines bodies of at most [`IMPORT_BATCH_ACCOUNTS`]
+/// accounts and (unless one account alone is longer) [`IMPORT_BATCH_BYTES`].
+fn import_batches(accounts: &[ImportedAccount]) -> impl Iterator<Item = (usize, Vec<u8>)> + '_ {
+    let mut rest = accounts;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut body = Vec::new();
+        let mut count = 0;
+        for row in rest.iter().take(IMPORT_BATCH_ACCOUNTS) {
+            let mut line = serde_json::to_vec(&ImportLine {
+                account: &row.account,
+                partner_id: row.partner_id.as_ref(),
+            })
+            .expect("accounts serialise");
+            line.push(b'\n');
+            if count > 0 && body.len() + line.len() > IMPORT_BATCH_BYTES {
+                break;
+            }
+            body.extend_from_slice(&line);
+            count += 1;
+        }
+        rest = &rest[count..];
+        Some((count, body))
+    })
+}
+
 impl Operations for AdminApiClient {
     async fn status(
         &self,
         filter: &StatusFilter,
         visit: &mut dyn FnMut(StatusRow) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError> {
-        let rows: Vec<StatusRow> = self
-            .json(self.request(Method::GET, "/admin/status").query(filter))
+        let response = self
+            .send(self.request(Method::GET, "/admin/status").query(filter))
             .await?;
-        for row in rows {
-            visit(row)?;
-        }
-        Ok(())
+        read_lines(response, visit).await
     }
 
     async fn retry(&self, target: RetryTarget) -> Result<Vec<ActionId>, OperatorError> {
@@ -132,19 +257,8 @@ impl Operations for AdminApiClient {
         if let Some(since) = since {
             request = request.query(&[("since", since.to_rfc3339())]);
         }
-        let text = self
-            .send(request)
-            .await?
-            .text()
-            .await
-            .map_err(|e| OperatorError::Failed(e.into()))?;
-        for line in text.lines().filter(|line| !line.trim().is_empty()) {
-            let record: AuditRecord = serde_json::from_str(line).map_err(|e| {
-                OperatorError::Failed(anyhow::anyhow!("unreadable audit line: {e}"))
-            })?;
-            visit(record)?;
-        }
-        Ok(())
+        let response = self.send(request).await?;
+        read_lines(response, visit).await
     }
 
     async fn inventory(
@@ -163,15 +277,104 @@ impl Operations for AdminApiClient {
             .await
     }
 
-    async fn import(&self, text: String) -> Result<u64, OperatorError> {
-        let answer: serde_json::Value = self
-            .json(self.request(Method::POST, "/admin/inventory").body(text))
-            .await?;
-        Ok(answer["imported"].as_u64().unwrap_or(0))
+    /// Sends the accounts a batch per request, in file order. Importing is
+    /// an upsert, so after a failure the whole file can simply be sent again;
+    /// the error says how far the import got.
+    async fn import(&self, accounts: Vec<ImportedAccount>) -> Result<u64, OperatorError> {
+        let total = accounts.len();
+        let mut sent = 0usize;
+        let mut imported = 0u64;
+        for (count, body) in import_batches(&accounts) {
+            let answer: Result<serde_json::Value, _> = self
+                .json(
+                    self.request(Method::POST, "/admin/inventory")
+                        .header(header::CONTENT_TYPE, "application/x-ndjson")
+                        .body(body),
+                )
+                .await;
+            let answer = answer.map_err(|error| {
+                let progress = format!(
+                    "{sent} of {total} account(s) were imported before; importing the file again is safe"
+                );
+                match error {
+                    OperatorError::Refused(message) => {
+                        OperatorError::Refused(format!("{message} ({progress})"))
+                    }
+                    OperatorError::Failed(error) => {
+                        OperatorError::Failed(anyhow::anyhow!("{error:#} ({progress})"))
+                    }
+                }
+            })?;
+            imported += answer["imported"].as_u64().unwrap_or(0);
+            sent += count;
+        }
+        Ok(imported)
     }
 
     async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError> {
         self.json(self.request(Method::POST, "/admin/plan").body(event))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounts(count: usize, employee_len: usize) -> Vec<ImportedAccount> {
+        let text: String = (0..count)
+            .map(|i| {
+                format!(
+                    "{{\"tenant_id\":\"11111111-1111-4111-8111-111111111111\",\"object_id\":\"{:08x}-0000-4000-8000-000000000000\",\"employee_id\":\"E-{}{}\",\"credential\":\"sp\",\"partner_id\":\"123\"}}\n",
+                    i,
+                    "x".repeat(employee_len),
+                    i
+                )
+            })
+            .collect();
+        palworker_events::parse_import(&text).expect("valid accounts")
+    }
+
+    #[test]
+    fn import_batches_respect_both_limits_and_reparse_to_the_same_accounts() {
+        for (count, employee_len) in [(12_345, 0), (3_000, 60), (1, 0)] {
+            let rows = accounts(count, employee_len);
+            let mut reparsed = Vec::new();
+            let mut batches = 0;
+            for (batch_count, body) in import_batches(&rows) {
+                batches += 1;
+                assert!(batch_count <= IMPORT_BATCH_ACCOUNTS);
+                assert!(body.len() <= IMPORT_BATCH_BYTES, "{} bytes", body.len());
+                let text = String::from_utf8(body).unwrap();
+                let batch = palworker_events::parse_import(&text).expect("a batch re-parses");
+                assert_eq!(batch.len(), batch_count);
+                reparsed.extend(batch);
+            }
+            assert_eq!(reparsed, rows);
+            assert!(batches >= count.div_ceil(IMPORT_BATCH_ACCOUNTS));
+        }
+        assert_eq!(import_batches(&[]).count(), 0);
+    }
+
+    #[test]
+    fn an_error_answer_always_gives_a_reason() {
+        assert_eq!(
+            error_reason(StatusCode::BAD_REQUEST, br#"{"error":"no accepted event"}"#),
+            "no accepted event"
+        );
+        assert_eq!(
+            error_reason(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                b"Failed to buffer the request body: length limit exceeded"
+            ),
+            "Failed to buffer the request body: length limit exceeded"
+        );
+        assert_eq!(
+            error_reason(StatusCode::PAYLOAD_TOO_LARGE, b""),
+            "Payload Too Large"
+        );
+        let long = "y".repeat(1_000);
+        let quoted = error_reason(StatusCode::BAD_GATEWAY, long.as_bytes());
+        assert_eq!(quoted.chars().count(), QUOTED_ERROR_CHARS + 1);
     }
 }

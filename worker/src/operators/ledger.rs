@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use palworker_core::{
     ActionId, ActionState, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
 };
-use palworker_events::Event;
+use palworker_events::{Event, ImportedAccount};
 
 use super::{Decision, EventRef, Operations, OperatorError, RetryTarget};
 use crate::executor::ExecutorControl;
@@ -67,13 +67,22 @@ impl LedgerOperations {
         }
     }
 
+    /// Every action matching `filter` as a status row, one at a time (the
+    /// ledger reads a page of actions at a time): what the CLI prints and
+    /// the admin API streams.
+    pub fn status_iter(
+        &self,
+        filter: StatusFilter,
+    ) -> impl Iterator<Item = Result<StatusRow, OperatorError>> + '_ {
+        self.ledger
+            .iter_actions(filter)
+            .map(|action| Ok(StatusRow::from(&action?)))
+    }
+
+    /// [`LedgerOperations::status_iter`], collected: for tests and answers
+    /// known to be small.
     pub fn status_rows(&self, filter: &StatusFilter) -> Result<Vec<StatusRow>, OperatorError> {
-        Ok(self
-            .ledger
-            .actions(filter)?
-            .iter()
-            .map(StatusRow::from)
-            .collect())
+        self.status_iter(filter.clone()).collect()
     }
 
     pub fn retry_now(&self, target: RetryTarget) -> Result<Vec<ActionId>, OperatorError> {
@@ -175,22 +184,25 @@ impl LedgerOperations {
         })
     }
 
-    /// Every terminal action outcome completed at or after `since`.
-    pub fn audit_records(
+    /// Every terminal action outcome completed at or after `since`, one at a
+    /// time, in creation order.
+    pub fn audit_iter(
         &self,
         since: Option<DateTime<Utc>>,
-        mut visit: impl FnMut(AuditRecord),
-    ) -> Result<(), OperatorError> {
-        self.ledger.for_each_action(|action| {
-            if !action.state.is_terminal() {
-                return;
-            }
-            if since.is_some_and(|since| action.completed_at.is_none_or(|at| at < since)) {
-                return;
-            }
-            visit(AuditRecord::from(&action));
-        })?;
-        Ok(())
+    ) -> impl Iterator<Item = Result<AuditRecord, OperatorError>> + '_ {
+        self.ledger
+            .iter_actions(StatusFilter::default())
+            .filter_map(move |action| match action {
+                Err(error) => Some(Err(error.into())),
+                Ok(action) if !action.state.is_terminal() => None,
+                Ok(action)
+                    if since
+                        .is_some_and(|since| action.completed_at.is_none_or(|at| at < since)) =>
+                {
+                    None
+                }
+                Ok(action) => Some(Ok(AuditRecord::from(&action))),
+            })
     }
 
     pub fn inventory_entries(
@@ -201,9 +213,16 @@ impl LedgerOperations {
         Ok(self.ledger.inventory_list(employee, tenant)?)
     }
 
+    /// Parses an import file's text (JSON Lines or CSV) and loads it: the
+    /// admin API's import of one batch, and the demo's.
     pub fn import_text(&self, text: &str) -> Result<u64, OperatorError> {
         let rows = palworker_events::parse_import(text)
             .map_err(|e| OperatorError::Refused(e.to_string()))?;
+        self.import_accounts(rows)
+    }
+
+    /// Loads parsed accounts (in transactions of 256) and flushes.
+    pub fn import_accounts(&self, rows: Vec<ImportedAccount>) -> Result<u64, OperatorError> {
         let count = self.ledger.import_accounts(
             rows.into_iter().map(|row| (row.account, row.partner_id)),
             Utc::now(),
@@ -241,8 +260,8 @@ impl Operations for LedgerOperations {
         filter: &StatusFilter,
         visit: &mut dyn FnMut(StatusRow) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError> {
-        for row in self.status_rows(filter)? {
-            visit(row)?;
+        for row in self.status_iter(filter.clone()) {
+            visit(row?)?;
         }
         Ok(())
     }
@@ -264,18 +283,10 @@ impl Operations for LedgerOperations {
         since: Option<DateTime<Utc>>,
         visit: &mut dyn FnMut(AuditRecord) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError> {
-        let mut failure = None;
-        self.audit_records(since, |record| {
-            if failure.is_none()
-                && let Err(error) = visit(record)
-            {
-                failure = Some(error);
-            }
-        })?;
-        match failure {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
+        for record in self.audit_iter(since) {
+            visit(record?)?;
         }
+        Ok(())
     }
 
     async fn inventory(
@@ -286,8 +297,8 @@ impl Operations for LedgerOperations {
         self.inventory_entries(employee, tenant)
     }
 
-    async fn import(&self, text: String) -> Result<u64, OperatorError> {
-        self.import_text(&text)
+    async fn import(&self, accounts: Vec<ImportedAccount>) -> Result<u64, OperatorError> {
+        self.import_accounts(accounts)
     }
 
     async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError> {

@@ -6,6 +6,12 @@
 //! inside a running worker — behind its admin API), and [`AdminApiClient`]
 //! sends the same commands to a running worker's admin API. Both answer with
 //! the same types, so a local and a remote answer are the same output.
+//!
+//! Nothing here holds a whole answer in memory: `status` and `audit export`
+//! hand their rows to a visitor one at a time (the ledger reads them a page
+//! at a time; the admin API streams them as JSON Lines, which the client
+//! reads line by line), and `inventory import` sends a running worker the
+//! accounts a batch at a time ([`IMPORT_BATCH_ACCOUNTS`]).
 
 mod client;
 mod ledger;
@@ -14,10 +20,42 @@ use chrono::{DateTime, Utc};
 use palworker_core::{
     ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
 };
+use palworker_events::ImportedAccount;
 use serde::{Deserialize, Serialize};
 
 pub use client::AdminApiClient;
+#[cfg(test)]
+pub(crate) use client::read_lines;
 pub use ledger::{Attached, LedgerOperations};
+
+/// Accounts per admin API request of `inventory import`: one request
+/// imports them in transactions of 256 (`Ledger::import_accounts`) and
+/// answers within seconds, and a large file never meets a body limit.
+pub const IMPORT_BATCH_ACCOUNTS: usize = 5_000;
+
+/// Bytes per admin API request of `inventory import` at most (a batch ends
+/// early when its accounts are long): well inside
+/// [`IMPORT_REQUEST_LIMIT`].
+pub const IMPORT_BATCH_BYTES: usize = 1024 * 1024;
+
+/// The largest body the admin API's import takes. Twice a batch: room for a
+/// client with other batch sizes, and a bound on what one request makes the
+/// worker hold.
+pub const IMPORT_REQUEST_LIMIT: usize = 2 * IMPORT_BATCH_BYTES;
+
+/// The last line of a streamed admin API answer (JSON Lines) that failed
+/// after its first line was sent, when the status code can no longer say
+/// so: `{"error":"…"}`. Rows never start this way (their first field is
+/// another), so the client tells the two apart by the line's start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFailure {
+    pub error: String,
+}
+
+impl StreamFailure {
+    /// How a failure line starts.
+    pub const LINE_START: &'static [u8] = b"{\"error\":";
+}
 
 /// Which actions `retry` queues again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,8 +138,9 @@ pub trait Operations {
         tenant: Option<&str>,
     ) -> Result<Vec<InventoryEntry>, OperatorError>;
 
-    /// Loads accounts (JSON Lines or CSV); how many.
-    async fn import(&self, text: String) -> Result<u64, OperatorError>;
+    /// Loads accounts parsed and validated from an import file (JSON Lines
+    /// or CSV, `palworker_events::parse_import`); how many.
+    async fn import(&self, accounts: Vec<ImportedAccount>) -> Result<u64, OperatorError>;
 
     /// The plan an event (its JSON bytes) would produce; changes nothing.
     async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError>;

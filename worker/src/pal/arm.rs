@@ -13,7 +13,8 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::PalClient;
-use super::error::{PalError, retry_after, transport_message, transport_reason};
+use super::body::{BodyError, read_body, redirect_refused};
+use super::error::{PalError, one_line, retry_after, transport_message, transport_reason};
 use super::token::AccessToken;
 use crate::telemetry::ApiRequestCompleted;
 
@@ -194,16 +195,30 @@ impl PalClient {
         {
             self.throttle(token, wait);
         }
-        let body = response.bytes().await;
+        // A redirect is refused unread (body.rs); any other body is read
+        // within the bound.
+        let body = if status.is_redirection() {
+            Ok(Vec::new())
+        } else {
+            read_body(response).await
+        };
         ApiRequestCompleted {
             method: method_label,
             status: Some(status.as_u16()),
             elapsed: started.elapsed(),
         }
         .emit(&self.inner.metrics);
+        if status.is_redirection() {
+            return Err(redirect_refused(
+                &format!("{method} {path}"),
+                status,
+                &headers,
+            ));
+        }
         let body = match body {
-            Ok(body) => body.to_vec(),
-            Err(error) => {
+            Ok(body) => Ok(body),
+            Err(BodyError::TooLarge(too_large)) => Err(too_large),
+            Err(BodyError::Transport(error)) => {
                 return Err(PalError::transient(
                     transport_reason(&error),
                     format!(
@@ -214,11 +229,21 @@ impl PalClient {
             }
         };
         match status {
-            StatusCode::OK => return Ok(Answer::Ok(body)),
+            StatusCode::OK => {
+                return body.map(Answer::Ok).map_err(|too_large| {
+                    too_large.into_error(&format!("{method} {path} answered 200"))
+                });
+            }
+            // The status says it all; the body is not looked at.
             StatusCode::NOT_FOUND => return Ok(Answer::NotFound),
             _ => {}
         }
-        let (code, message) = arm_error(&body);
+        // Elsewhere the body is only the error's detail: an oversized one
+        // leaves the classification to the status.
+        let (code, message) = match &body {
+            Ok(body) => arm_error(body),
+            Err(too_large) => (String::new(), too_large.to_string()),
+        };
         let request_id = header(&headers, "x-ms-request-id");
         let correlation_id = header(&headers, "x-ms-correlation-request-id");
         tracing::debug!(
@@ -311,7 +336,9 @@ pub(super) fn tenant_quota(per_tenant_rps: f64) -> Quota {
         .allow_burst(burst)
 }
 
-fn arm_error(body: &[u8]) -> (String, String) {
+/// The code and message of an ARM error body (either shape), each one
+/// bounded line (see [`one_line`]); without them, the body's start.
+pub(super) fn arm_error(body: &[u8]) -> (String, String) {
     let parsed: ArmErrorBody = serde_json::from_slice(body).unwrap_or_default();
     let code = parsed
         .error
@@ -324,12 +351,12 @@ fn arm_error(body: &[u8]) -> (String, String) {
         .and_then(|e| e.message)
         .or(parsed.message)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-    (code, message)
+    (one_line(&code, 100), one_line(&message, 300))
 }
 
 /// A `PartnerResponse`, its identifiers parsed: an answer PAL could not
 /// have meant is an `invalid_response`, never a silently dropped field.
-fn parse_link(body: &[u8]) -> Result<Link, PalError> {
+pub(super) fn parse_link(body: &[u8]) -> Result<Link, PalError> {
     let invalid = |detail: String| {
         PalError::permanent(
             "invalid_response",

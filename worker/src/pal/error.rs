@@ -96,6 +96,24 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> 
     (at - now).to_std().ok()
 }
 
+/// Text from an answer (an error code, a message), made fit for a log line
+/// and the action's `last_error`: its first line, control characters
+/// replaced, at most `max_chars` characters. An answer's text is PAL's or
+/// whatever stands in between, so it may be as long as the body and may
+/// try to forge log lines.
+pub(super) fn one_line(text: &str, max_chars: usize) -> String {
+    let first = text.lines().next().unwrap_or("");
+    let mut out: String = first
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if first.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A transport error with its causes, on one line.
 pub(super) fn transport_message(error: &reqwest::Error) -> String {
     // reqwest's Display includes the URL, which carries no secret here

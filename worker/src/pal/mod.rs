@@ -12,11 +12,17 @@
 //! | `session.rs` | [`PalClient::reconcile`]: token → identity check → GET → write or not, a 401 refreshing the token once |
 //! | `token.rs` | client credentials (secret or certificate assertion), the token cache |
 //! | `arm.rs` | the partner calls, the per-tenant rate limit, `Retry-After` memory |
+//! | `body.rs` | what is accepted of an answer: no redirect, no body over [`MAX_RESPONSE_BYTES`] |
 //! | `error.rs` | [`PalError`], `Retry-After` parsing |
 
 mod arm;
+mod body;
 mod error;
+#[cfg(test)]
+mod proptests;
 mod session;
+#[cfg(test)]
+mod tests;
 mod token;
 
 use std::collections::HashMap;
@@ -29,8 +35,9 @@ use palworker_config::{CredentialSettings, PalSettings};
 use palworker_events::{ObjectId, TenantId};
 
 pub use arm::Link;
+pub use body::MAX_RESPONSE_BYTES;
 pub use error::{PalError, Transient, retry_after};
-pub use session::{Checkpoint, Reconcile, ReconcileError, Reconciled, Write, WriteMode};
+pub use session::{Checkpoint, Proceed, Reconcile, ReconcileError, Reconciled, Write, WriteMode};
 pub use token::{AccessToken, SECRET_ROTATION_GRACE, TOKEN_CACHE_BYTES, TOKEN_RENEWAL_MARGIN};
 
 use crate::clock::Clock;
@@ -57,6 +64,8 @@ struct Inner {
     /// One async lock per (credential, tenant): concurrent misses fetch one token.
     token_fetch: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
     limiter: DefaultKeyedRateLimiter<TenantId>,
+    /// `pal.verify_writes`: read each write back.
+    verify_writes: bool,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
 }
@@ -74,6 +83,9 @@ impl PalClient {
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("palworker/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(256)
+            // PAL and the token endpoint never redirect: a redirect could
+            // carry the bearer token or the secret's form elsewhere (body.rs).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let mut resolved = HashMap::new();
         for (name, settings) in credentials {
@@ -94,6 +106,7 @@ impl PalClient {
                 throttled: Mutex::new(HashMap::new()),
                 token_fetch: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::keyed(arm::tenant_quota(per_tenant_rps)),
+                verify_writes: settings.verify_writes,
                 metrics,
                 clock,
             }),

@@ -4,6 +4,10 @@
 //! 401 refreshes the token once per attempt, wherever it comes.
 
 use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use palworker_core::RetryReason;
 
 use palworker_events::{CredentialName, DesiredLink, ObjectId, PartnerId, TenantId};
 
@@ -11,7 +15,7 @@ use super::PalClient;
 use super::arm::{Deleted, Link};
 use super::error::PalError;
 use super::token::AccessToken;
-use crate::telemetry::TokenRefreshed;
+use crate::telemetry::{TokenRefreshed, Verification, VerificationFinished};
 
 /// What the executor asks of PAL for one action.
 #[derive(Debug, Clone, Copy)]
@@ -57,19 +61,25 @@ impl fmt::Display for Write {
 /// desired one (`None`: no link).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {
-    /// PAL already showed the desired state: nothing was written.
-    AlreadyAsDesired { link: Option<PartnerId> },
-    /// The write was made.
+    /// PAL already showed the desired state: nothing was written (the read
+    /// itself confirmed the state, at `verified_at`).
+    AlreadyAsDesired {
+        link: Option<PartnerId>,
+        verified_at: DateTime<Utc>,
+    },
+    /// The write was made (and, with `pal.verify_writes`, read back).
     Written {
         before: Option<PartnerId>,
         after: Option<PartnerId>,
         write: Write,
+        verified_at: Option<DateTime<Utc>>,
     },
     /// The DELETE answered 404: the link went away between the read and the
     /// write.
     AlreadyRemoved {
         before: Option<PartnerId>,
         write: Write,
+        verified_at: Option<DateTime<Utc>>,
     },
     /// Dry run: what would have been written.
     WouldWrite {
@@ -79,14 +89,27 @@ pub enum Reconciled {
     },
     /// The checkpoint said a later event superseded the action: nothing was written.
     Superseded { link: Option<PartnerId> },
+    /// The checkpoint said writes are paused: nothing was written, the
+    /// action waits for `resume`.
+    Paused { link: Option<PartnerId> },
+}
+
+/// Whether an attempt may write, asked after PAL was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proceed {
+    Write,
+    /// A later event superseded the action.
+    Superseded,
+    /// An operator paused writes to PAL.
+    Paused,
 }
 
 /// Asked once per attempt, after PAL was read and before anything is written.
 pub trait Checkpoint {
     /// Why the question could not be answered.
     type Error;
-    /// Whether the action is still the latest for its account.
-    fn still_current(&self) -> Result<bool, Self::Error>;
+    /// Whether the attempt may write.
+    fn before_write(&self) -> Result<Proceed, Self::Error>;
 }
 
 /// Why a reconciliation stopped without an answer.
@@ -166,7 +189,10 @@ impl PalClient {
             (DesiredLink::Linked(p), None) => Some(Write::Put(p.clone())),
         };
         let Some(write) = write else {
-            return Ok(Reconciled::AlreadyAsDesired { link: current });
+            return Ok(Reconciled::AlreadyAsDesired {
+                link: current,
+                verified_at: self.inner.clock.now(),
+            });
         };
         if request.mode == WriteMode::DryRun {
             return Ok(Reconciled::WouldWrite {
@@ -175,12 +201,15 @@ impl PalClient {
                 write,
             });
         }
-        // A later event may have superseded this action while it read PAL.
-        if !checkpoint
-            .still_current()
+        // A later event may have superseded this action while it read PAL,
+        // or an operator paused writes.
+        match checkpoint
+            .before_write()
             .map_err(ReconcileError::Checkpoint)?
         {
-            return Ok(Reconciled::Superseded { link: current });
+            Proceed::Write => {}
+            Proceed::Superseded => return Ok(Reconciled::Superseded { link: current }),
+            Proceed::Paused => return Ok(Reconciled::Paused { link: current }),
         }
         let answer = loop {
             let answer = match &write {
@@ -206,31 +235,93 @@ impl PalClient {
                 answer => break answer?,
             }
         };
-        match answer {
-            Applied::AlreadyGone => Ok(Reconciled::AlreadyRemoved {
+        if let Applied::Yes(Some(link)) = &answer {
+            check_identity(
+                &session.token,
+                Some(link),
+                request.tenant_id,
+                request.object_id,
+            )?;
+        }
+        let verified_at = if self.inner.verify_writes {
+            Some(session.verify(request.desired).await?)
+        } else {
+            None
+        };
+        Ok(match answer {
+            Applied::AlreadyGone => Reconciled::AlreadyRemoved {
                 before: current,
                 write,
-            }),
-            Applied::Yes(link) => {
-                if let Some(link) = &link {
-                    check_identity(
-                        &session.token,
-                        Some(link),
-                        request.tenant_id,
-                        request.object_id,
-                    )?;
-                }
-                Ok(Reconciled::Written {
-                    before: current,
-                    after,
-                    write,
-                })
-            }
-        }
+                verified_at,
+            },
+            Applied::Yes(_) => Reconciled::Written {
+                before: current,
+                after,
+                write,
+                verified_at,
+            },
+        })
     }
 }
 
+/// Reads after a write until PAL shows it: ARM is eventually consistent.
+const VERIFY_PAUSES: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(900),
+];
+
 impl Session<'_> {
+    /// Reads the link back until it is `desired` (a few short tries), and
+    /// returns when it was; a link still otherwise after the last try is a
+    /// transient failure, so the action is tried again from its first step.
+    async fn verify(&mut self, desired: &DesiredLink) -> Result<DateTime<Utc>, PalError> {
+        let request = self.request;
+        let mut seen = None;
+        for pause in VERIFY_PAUSES {
+            tokio::time::sleep(pause).await;
+            let link = loop {
+                match self.client.get_link(&self.token).await {
+                    Err(error) if error.is_unauthorized() => self.refresh(error).await?,
+                    answer => break answer?,
+                }
+            };
+            check_identity(
+                &self.token,
+                link.as_ref(),
+                request.tenant_id,
+                request.object_id,
+            )?;
+            let current = link.filter(Link::is_active).map(|link| link.partner_id);
+            if current.as_ref() == desired.partner_id() {
+                VerificationFinished {
+                    result: Verification::Confirmed,
+                    tenant_id: request.tenant_id,
+                }
+                .emit(&self.client.inner.metrics);
+                return Ok(self.client.inner.clock.now());
+            }
+            seen = Some(current);
+        }
+        VerificationFinished {
+            result: Verification::Mismatch,
+            tenant_id: request.tenant_id,
+        }
+        .emit(&self.client.inner.metrics);
+        let shown = match seen.flatten() {
+            Some(partner) => format!("a link to {partner}"),
+            None => "no link".to_owned(),
+        };
+        Err(PalError::transient(
+            RetryReason::Unverified,
+            format!(
+                "the write was not confirmed: PAL still shows {shown} after {} reads",
+                VERIFY_PAUSES.len()
+            ),
+        ))
+    }
+
     /// After a 401: drop the cached token and fetch a new one, once per attempt.
     async fn refresh(&mut self, error: PalError) -> Result<(), PalError> {
         if self.refresh == Refresh::Spent {

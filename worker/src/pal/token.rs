@@ -18,7 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::PalClient;
-use super::error::{PalError, Transient, retry_after, transport_message};
+use super::body::{BodyError, read_body, redirect_refused};
+use super::error::{PalError, Transient, one_line, retry_after, transport_message};
 
 /// Tokens are renewed this long before they expire (SPEC §5).
 pub const TOKEN_RENEWAL_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -73,7 +74,7 @@ struct TokenResponse {
 }
 
 #[derive(Deserialize, Default)]
-struct TokenErrorBody {
+pub(super) struct TokenErrorBody {
     error: Option<String>,
     error_description: Option<String>,
     #[serde(default)]
@@ -81,7 +82,7 @@ struct TokenErrorBody {
 }
 
 #[derive(Deserialize)]
-struct TokenClaims {
+pub(super) struct TokenClaims {
     tid: Option<String>,
     oid: Option<String>,
 }
@@ -341,18 +342,46 @@ impl PalClient {
             }
         };
         let status = response.status();
-        let retry_after = retry_after(response.headers(), received_at);
-        let body = response.bytes().await.unwrap_or_default();
-        if status.is_success() {
-            return issued_token(&body, received_at);
+        if status.is_redirection() {
+            // Not followed (body.rs): a 307 would re-send the secret's form.
+            return Err(redirect_refused(
+                "the token request",
+                status,
+                response.headers(),
+            ));
         }
-        let error: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        let retry_after = retry_after(response.headers(), received_at);
+        let body = read_body(response).await;
+        if status.is_success() {
+            return match body {
+                Ok(body) => issued_token(&body, received_at),
+                Err(BodyError::TooLarge(too_large)) => Err(too_large
+                    .into_error(&format!("the token endpoint answered {}", status.as_u16()))),
+                // The token was issued but did not arrive whole: asking again helps.
+                Err(BodyError::Transport(error)) => Err(PalError::transient(
+                    RetryReason::Token,
+                    format!(
+                        "reading the token response failed: {}",
+                        transport_message(&error)
+                    ),
+                )),
+            };
+        }
+        // An error's body only refines the status; without one (unreadable,
+        // oversized, not JSON) the status decides.
+        let error: TokenErrorBody = body
+            .ok()
+            .and_then(|body| serde_json::from_slice(&body).ok())
+            .unwrap_or_default();
         Err(classify_token_error(status, &error, retry_after))
     }
 }
 
 /// The token of a 200 answer of the token endpoint, received at `received_at`.
-fn issued_token(body: &[u8], received_at: DateTime<Utc>) -> Result<AccessToken, PalError> {
+pub(super) fn issued_token(
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<AccessToken, PalError> {
     let parsed: TokenResponse = serde_json::from_slice(body).map_err(|e| {
         PalError::permanent(
             "invalid_token_response",
@@ -386,14 +415,19 @@ fn issued_token(body: &[u8], received_at: DateTime<Utc>) -> Result<AccessToken, 
         secret: SecretString::from(parsed.access_token),
         tenant_id,
         object_id,
+        // Saturating: `received_at` is the clock's, but no answer should
+        // be able to make a panic out of it.
         expires_at: received_at
-            + chrono::Duration::seconds(expires_in.min(MAX_LIFETIME_SECS) as i64),
+            .checked_add_signed(chrono::Duration::seconds(
+                expires_in.min(MAX_LIFETIME_SECS) as i64
+            ))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
     })
 }
 
 /// The `tid` and `oid` claims of an access token (read, not verified: the
 /// token is verified by ARM; palworker only checks it names the expected identity).
-fn token_claims(token: &str) -> Result<TokenClaims, PalError> {
+pub(super) fn token_claims(token: &str) -> Result<TokenClaims, PalError> {
     let payload = token
         .split('.')
         .nth(1)
@@ -409,26 +443,21 @@ fn token_claims(token: &str) -> Result<TokenClaims, PalError> {
 }
 
 /// Decides retry vs failure from the identity platform's error codes, never from the description.
-fn classify_token_error(
+pub(super) fn classify_token_error(
     status: StatusCode,
     body: &TokenErrorBody,
     retry_after: Option<Duration>,
 ) -> PalError {
     const TRANSIENT: [u64; 7] = [50033, 90006, 90024, 90033, 90090, 50196, 90055];
     let code = body.error_codes.first().copied();
+    // The error becomes the failure's code when there is no numeric one.
     let error = body
         .error
-        .clone()
+        .as_deref()
+        .map(|error| one_line(error, 100))
         .unwrap_or_else(|| format!("http_{}", status.as_u16()));
     // The description starts with "AADSTSnnnn: text"; keep its first line only.
-    let description = body
-        .error_description
-        .as_deref()
-        .and_then(|d| d.lines().next())
-        .unwrap_or("")
-        .chars()
-        .take(300)
-        .collect::<String>();
+    let description = one_line(body.error_description.as_deref().unwrap_or(""), 300);
     let message = format!(
         "token request answered {}: {error}: {description}",
         status.as_u16()

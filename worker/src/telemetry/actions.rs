@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use palworker_core::{ActionRecord, ActionState, Approval, EventRecord, RetryReason, Superseded};
-use palworker_events::TenantId;
+use palworker_events::{Escaped, TenantId};
 
 use super::{EventCompleted, Metrics};
 
@@ -36,7 +36,7 @@ impl ActionFinished<'_> {
         match action.state {
             ActionState::Failed => tracing::error!(
                 action_id = action.action_id.get(),
-                event_id = %action.event_id,
+                event_id = %Escaped::new(&action.event_id),
                 tenant_id = %action.tenant_id,
                 employee_id = %action.employee_id,
                 op = action.op.as_str(),
@@ -45,7 +45,7 @@ impl ActionFinished<'_> {
             ),
             ActionState::Manual => tracing::warn!(
                 action_id = action.action_id.get(),
-                event_id = %action.event_id,
+                event_id = %Escaped::new(&action.event_id),
                 tenant_id = %action.tenant_id,
                 employee_id = %action.employee_id,
                 op = action.op.as_str(),
@@ -54,7 +54,7 @@ impl ActionFinished<'_> {
             ),
             outcome => tracing::info!(
                 action_id = action.action_id.get(),
-                event_id = %action.event_id,
+                event_id = %Escaped::new(&action.event_id),
                 tenant_id = %action.tenant_id,
                 employee_id = %action.employee_id,
                 op = action.op.as_str(),
@@ -67,8 +67,47 @@ impl ActionFinished<'_> {
             .actions_total
             .with_label_values(&[action.op.as_str(), action.state.as_str()])
             .inc();
-        if self.left != ActionState::Held {
-            metrics.actions_pending.dec();
+        match Counted::as_left(action, self.left) {
+            Counted::Pending => metrics.actions_pending.dec(),
+            Counted::Scheduled => metrics.actions_scheduled.dec(),
+            Counted::Neither => {}
+        }
+    }
+}
+
+/// Which gauge an action was counted in before it ended.
+enum Counted {
+    Pending,
+    Scheduled,
+    Neither,
+}
+
+impl Counted {
+    fn as_left(action: &ActionRecord, left: ActionState) -> Self {
+        match left {
+            ActionState::Held => Counted::Neither,
+            // Never claimed yet, waiting for its event's effective_at (a
+            // scheduled retry has been claimed before: it is pending).
+            ActionState::Scheduled if action.attempts == 0 && action.not_before.is_some() => {
+                Counted::Scheduled
+            }
+            _ => Counted::Pending,
+        }
+    }
+}
+
+/// Actions that waited for their event's `effective_at` were claimed: they
+/// count as pending from now on.
+pub struct ScheduledActionsDue {
+    pub count: usize,
+}
+
+impl ScheduledActionsDue {
+    pub fn emit(&self, metrics: &Metrics) {
+        if self.count > 0 {
+            tracing::debug!(actions = self.count, "Scheduled actions are due.");
+            metrics.actions_scheduled.sub(self.count as i64);
+            metrics.actions_pending.add(self.count as i64);
         }
     }
 }
@@ -97,7 +136,7 @@ impl ActionRetryScheduled<'_> {
         let action = self.action;
         tracing::warn!(
             action_id = action.action_id.get(),
-            event_id = %action.event_id,
+            event_id = %Escaped::new(&action.event_id),
             tenant_id = %action.tenant_id,
             employee_id = %action.employee_id,
             reason = self.reason.as_str(),
@@ -184,13 +223,16 @@ impl PlanApproved<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         let approval = self.approval;
         tracing::info!(
-            event_id = %self.record.event.id,
+            event_id = %self.record.event.escaped_id(),
             released = approval.released,
             cancelled = approval.cancelled.len(),
             "Held plan approved by an operator."
         );
         metrics.held_plans.dec();
-        metrics.actions_pending.add(approval.released as i64);
+        metrics
+            .actions_pending
+            .add(approval.released.saturating_sub(approval.scheduled) as i64);
+        metrics.actions_scheduled.add(approval.scheduled as i64);
         // The event is open from its approval until its last action ends
         // (at once when nothing was released).
         metrics.events_in_flight.inc();
@@ -214,10 +256,49 @@ pub struct PlanRejected<'a> {
 impl PlanRejected<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         tracing::info!(
-            event_id = %self.record.event.id,
+            event_id = %self.record.event.escaped_id(),
             cancelled = self.cancelled,
             "Held plan rejected by an operator."
         );
         metrics.held_plans.dec();
+    }
+}
+
+/// How reading a write back ended (`palworker_verifications_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Confirmed,
+    Mismatch,
+}
+
+impl Verification {
+    pub const ALL: [Verification; 2] = [Verification::Confirmed, Verification::Mismatch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verification::Confirmed => "confirmed",
+            Verification::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// A write was read back (SPEC §11.3).
+pub struct VerificationFinished<'a> {
+    pub result: Verification,
+    pub tenant_id: &'a TenantId,
+}
+
+impl VerificationFinished<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        if self.result == Verification::Mismatch {
+            tracing::warn!(
+                tenant_id = %self.tenant_id,
+                "A write was not confirmed by reading it back; the action will be tried again."
+            );
+        }
+        metrics
+            .verifications_total
+            .with_label_values(&[self.result.as_str()])
+            .inc();
     }
 }

@@ -1,7 +1,7 @@
 //! Happenings of deliveries and events.
 
 use palworker_core::{EventOutcome, EventRecord};
-use palworker_events::{Event, EventType, RejectReason};
+use palworker_events::{Escaped, Event, EventType, RejectReason};
 
 use super::Metrics;
 
@@ -9,6 +9,8 @@ use super::Metrics;
 pub struct EventAccepted<'a> {
     pub event: &'a Event,
     pub actions: u64,
+    /// How many of them wait for a future `effective_at`.
+    pub scheduled: u64,
     pub unassigned: usize,
 }
 
@@ -16,10 +18,11 @@ impl EventAccepted<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         let event = self.event;
         tracing::info!(
-            event_id = %event.id,
+            event_id = %event.escaped_id(),
             event_source = %event.source,
             event_type = event.event_type.as_str(),
             actions = self.actions,
+            scheduled = self.scheduled,
             unassigned_tenants = self.unassigned,
             "Plan stored."
         );
@@ -27,7 +30,10 @@ impl EventAccepted<'_> {
             .events_total
             .with_label_values(&[event.event_type.as_str(), EventOutcome::Accepted.as_str()])
             .inc();
-        metrics.actions_pending.add(self.actions as i64);
+        metrics
+            .actions_pending
+            .add(self.actions.saturating_sub(self.scheduled) as i64);
+        metrics.actions_scheduled.add(self.scheduled as i64);
         if self.actions > 0 {
             metrics.events_in_flight.inc();
         }
@@ -43,7 +49,7 @@ impl EventDuplicate<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         let event = self.event;
         tracing::info!(
-            event_id = %event.id,
+            event_id = %event.escaped_id(),
             event_source = %event.source,
             event_type = event.event_type.as_str(),
             "Duplicate event ignored."
@@ -66,15 +72,15 @@ impl EventHeld<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         let event = self.event;
         tracing::warn!(
-            event_id = %event.id,
+            event_id = %event.escaped_id(),
             event_source = %event.source,
             event_type = event.event_type.as_str(),
             actions = self.actions,
             limit = self.limit,
             "Plan held for approval: it has more actions than limits.max_actions_per_event. \
              Run `palworker approve {}` or `palworker reject {}`.",
-            event.id,
-            event.id
+            event.escaped_id(),
+            event.escaped_id()
         );
         metrics
             .events_total
@@ -96,7 +102,7 @@ pub struct EventDeadLettered<'a> {
 impl EventDeadLettered<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         tracing::warn!(
-            event_id = self.event_id.unwrap_or(""),
+            event_id = %Escaped::new(self.event_id.unwrap_or("")),
             reason = self.reason.as_str(),
             detail = %self.detail,
             "Message dead-lettered."
@@ -121,14 +127,23 @@ pub struct EventCompleted<'a> {
 impl EventCompleted<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         let completed_at = self.record.completed_at.unwrap_or_else(chrono::Utc::now);
-        let seconds = (completed_at - self.record.accepted_at)
+        // From when the event's work was due: a departure announced a month
+        // ahead completes in minutes, not in a month.
+        let due = self
+            .record
+            .event
+            .effective_at()
+            .map_or(self.record.accepted_at, |at| {
+                at.max(self.record.accepted_at)
+            });
+        let seconds = (completed_at - due)
             .to_std()
             .unwrap_or_default()
             .as_secs_f64();
         metrics.event_completion_seconds.observe(seconds);
         metrics.events_in_flight.dec();
         tracing::info!(
-            event_id = %self.record.event.id,
+            event_id = %self.record.event.escaped_id(),
             event_source = %self.record.event.source,
             seconds,
             "Event completed: every action is terminal."

@@ -22,12 +22,14 @@ mod system;
 
 pub use actions::{
     ActionFinished, ActionRetryScheduled, ActionsRequeued, ApiRequestCompleted, PlanApproved,
-    PlanRejected, TokenRefreshed, emit_superseded,
+    PlanRejected, ScheduledActionsDue, TokenRefreshed, Verification, VerificationFinished,
+    emit_superseded,
 };
 pub use intake::{EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld};
 pub use system::{
-    BrokerConnectionChanged, ConsumerStopped, LedgerGauges, LedgerRecovered, LedgerReopenFailed,
-    LedgerSizeMeasured, LedgerUnavailable, LoopEnded,
+    BrokerConnectionChanged, ConsumerStopped, LedgerGauges, LedgerGaugesRead, LedgerRecovered,
+    LedgerReopenFailed, LedgerSizeMeasured, LedgerSwept, LedgerUnavailable, LoopEnded,
+    WritesPaused, WritesResumed,
 };
 
 use palworker_core::{ActionState, EventOutcome, Op, RetryReason};
@@ -54,18 +56,25 @@ pub struct Metrics {
     ledger_size_bytes: Gauge,
     events_in_flight: IntGauge,
     ledger_available: IntGauge,
+    actions_scheduled: IntGauge,
+    ledger_disk_free_bytes: Gauge,
+    ledger_pruned_total: IntCounterVec,
+    paused: IntGauge,
+    verifications_total: IntCounterVec,
     ledger_errors_total: IntCounter,
 }
 
 /// HTTP methods palworker sends to PAL (the `method` label).
 pub const API_METHODS: [&str; 4] = ["GET", "PUT", "PATCH", "DELETE"];
 
-const TERMINAL_OUTCOMES: [ActionState; 5] = [
+const TERMINAL_OUTCOMES: [ActionState; 7] = [
     ActionState::Done,
     ActionState::Noop,
     ActionState::Failed,
     ActionState::Cancelled,
     ActionState::Manual,
+    ActionState::Skipped,
+    ActionState::Orphaned,
 ];
 
 impl Metrics {
@@ -97,7 +106,7 @@ impl Metrics {
         .expect("valid metric");
         let actions_pending = IntGauge::new(
             "palworker_actions_pending",
-            "Actions not yet terminal (pending, scheduled or in flight).",
+            "Actions due now or in flight (retries waiting included; those waiting for a future effective_at are palworker_actions_scheduled).",
         )
         .expect("valid metric");
         let api_requests_total = IntCounterVec::new(
@@ -171,6 +180,47 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let actions_scheduled = IntGauge::new(
+            "palworker_actions_scheduled",
+            "Actions waiting for their event's future effective_at (not yet due).",
+        )
+        .expect("valid metric");
+        let ledger_disk_free_bytes = Gauge::new(
+            "palworker_ledger_disk_free_bytes",
+            "Free space of the file system the ledger is on, for unprivileged writers.",
+        )
+        .expect("valid metric");
+
+        let ledger_pruned_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_ledger_pruned_total",
+                "Records removed by retention: events, actions, deduplication markers.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for kind in ["event", "action", "marker"] {
+            ledger_pruned_total.with_label_values(&[kind]);
+        }
+
+        let paused = IntGauge::new(
+            "palworker_paused",
+            "1 while writes to PAL are paused (palworker pause, worker.paused), else 0.",
+        )
+        .expect("valid metric");
+
+        let verifications_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_verifications_total",
+                "Writes read back: confirmed, or still not as written after a few reads (mismatch).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in actions::Verification::ALL {
+            verifications_total.with_label_values(&[result.as_str()]);
+        }
+
         for collector in [
             Box::new(events_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(actions_total.clone()),
@@ -185,6 +235,11 @@ impl Metrics {
             Box::new(ledger_size_bytes.clone()),
             Box::new(events_in_flight.clone()),
             Box::new(ledger_available.clone()),
+            Box::new(actions_scheduled.clone()),
+            Box::new(ledger_disk_free_bytes.clone()),
+            Box::new(ledger_pruned_total.clone()),
+            Box::new(paused.clone()),
+            Box::new(verifications_total.clone()),
             Box::new(ledger_errors_total.clone()),
         ] {
             registry
@@ -240,6 +295,11 @@ impl Metrics {
             ledger_size_bytes,
             events_in_flight,
             ledger_available,
+            actions_scheduled,
+            ledger_disk_free_bytes,
+            ledger_pruned_total,
+            paused,
+            verifications_total,
             ledger_errors_total,
         }
     }
@@ -280,6 +340,11 @@ impl Metrics {
     /// `palworker_actions_pending` now.
     pub fn actions_pending(&self) -> i64 {
         self.actions_pending.get()
+    }
+
+    /// `palworker_actions_scheduled` now.
+    pub fn actions_scheduled(&self) -> i64 {
+        self.actions_scheduled.get()
     }
 
     /// `palworker_amqp_connected` now.

@@ -35,28 +35,53 @@ impl ConsumerStopped {
     }
 }
 
-/// The ledger's counts, read when the worker starts.
+/// The ledger's counts, read when it is opened and every few seconds after
+/// (they set the gauges the happenings keep up to date in between, so a
+/// scheduled action whose `effective_at` passed counts as pending).
 pub struct LedgerGauges {
-    pub pending_actions: u64,
+    /// Non-terminal, non-held actions (scheduled ones included).
+    pub open_actions: u64,
+    /// Of those, the ones waiting for a future `effective_at`.
+    pub scheduled_actions: u64,
     pub held_plans: u64,
     pub open_events: u64,
     pub size_bytes: u64,
+    /// Free space of the ledger's file system, when it could be read.
+    pub disk_free_bytes: Option<u64>,
 }
 
 impl LedgerGauges {
-    pub fn emit(&self, metrics: &Metrics) {
-        tracing::info!(
-            pending_actions = self.pending_actions,
-            held_plans = self.held_plans,
-            open_events = self.open_events,
-            size_bytes = self.size_bytes,
-            "Ledger opened."
-        );
-        metrics.actions_pending.set(self.pending_actions as i64);
+    /// Sets the gauges and logs them (`opened`: at `info`, as the ledger is
+    /// opened; otherwise quietly).
+    pub fn emit(&self, metrics: &Metrics, opened: LedgerGaugesRead) {
+        let pending = self.open_actions.saturating_sub(self.scheduled_actions);
+        if opened == LedgerGaugesRead::AtOpen {
+            tracing::info!(
+                pending_actions = pending,
+                scheduled_actions = self.scheduled_actions,
+                held_plans = self.held_plans,
+                open_events = self.open_events,
+                size_bytes = self.size_bytes,
+                disk_free_bytes = self.disk_free_bytes,
+                "Ledger opened."
+            );
+        }
+        metrics.actions_pending.set(pending as i64);
+        metrics.actions_scheduled.set(self.scheduled_actions as i64);
         metrics.held_plans.set(self.held_plans as i64);
         metrics.events_in_flight.set(self.open_events as i64);
         metrics.ledger_size_bytes.set(self.size_bytes as f64);
+        if let Some(free) = self.disk_free_bytes {
+            metrics.ledger_disk_free_bytes.set(free as f64);
+        }
     }
+}
+
+/// When [`LedgerGauges`] were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerGaugesRead {
+    AtOpen,
+    Periodically,
 }
 
 /// The ledger's size on disk, measured for a scrape.
@@ -136,5 +161,65 @@ impl LoopEnded<'_> {
             error = %self.detail,
             "A worker loop ended unexpectedly; /healthz now answers 503."
         );
+    }
+}
+
+/// A retention sweep removed what ended long ago.
+pub struct LedgerSwept {
+    pub swept: crate::ledger::Swept,
+}
+
+impl LedgerSwept {
+    pub fn emit(&self, metrics: &Metrics) {
+        let swept = self.swept;
+        if swept.events + swept.actions + swept.markers == 0 {
+            return;
+        }
+        tracing::info!(
+            events = swept.events,
+            actions = swept.actions,
+            markers = swept.markers,
+            "Retention: removed what ended longer ago than ledger.retention."
+        );
+        metrics
+            .ledger_pruned_total
+            .with_label_values(&["event"])
+            .inc_by(swept.events);
+        metrics
+            .ledger_pruned_total
+            .with_label_values(&["action"])
+            .inc_by(swept.actions);
+        metrics
+            .ledger_pruned_total
+            .with_label_values(&["marker"])
+            .inc_by(swept.markers);
+    }
+}
+
+/// Writes to PAL are paused: nothing is claimed, actions stay pending.
+pub struct WritesPaused<'a> {
+    /// Who or what paused them.
+    pub by: &'a str,
+}
+
+impl WritesPaused<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::warn!(
+            by = %self.by,
+            "Writes to PAL are paused: events are accepted and planned, no action runs until `palworker resume`."
+        );
+        metrics.paused.set(1);
+    }
+}
+
+/// Writes to PAL resumed.
+pub struct WritesResumed<'a> {
+    pub by: &'a str,
+}
+
+impl WritesResumed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::info!(by = %self.by, "Writes to PAL resumed.");
+        metrics.paused.set(0);
     }
 }

@@ -465,20 +465,28 @@ async fn metrics_export_every_contract_name_and_count_what_happened() {
     assert_eq!(actions("remove", "noop"), Some(0.0));
     assert_eq!(sample(&metrics, "palworker_actions_pending"), Some(0.0));
     assert_eq!(sample(&metrics, "palworker_amqp_connected"), Some(1.0));
-    // Each action: one GET and one write, one token per (credential, tenant).
+    // Each action: one GET, one write and one GET reading it back; one
+    // token per (credential, tenant).
     assert_eq!(
         sample(
             &metrics,
             r#"palworker_api_requests_total{method="GET",status="404"}"#
         ),
-        Some(2.0)
+        Some(4.0)
     );
     assert_eq!(
         sample(
             &metrics,
             r#"palworker_api_requests_total{method="GET",status="200"}"#
         ),
-        Some(2.0)
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"palworker_verifications_total{result="confirmed"}"#
+        ),
+        Some(4.0)
     );
     assert_eq!(
         sample(
@@ -499,13 +507,13 @@ async fn metrics_export_every_contract_name_and_count_what_happened() {
             &metrics,
             r#"palworker_api_request_duration_seconds_count{method="GET"}"#
         ),
-        Some(4.0)
+        Some(8.0)
     );
     assert_eq!(
         sample(&metrics, "palworker_event_completion_seconds_count"),
         Some(3.0)
     );
-    assert_eq!(h.simulator.requests().len(), 8);
+    assert_eq!(h.simulator.requests().len(), 12);
     assert!(metrics.contains("process_resident_memory_bytes"));
     h.shutdown().await.unwrap();
 }

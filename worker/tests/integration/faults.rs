@@ -262,9 +262,11 @@ async fn a_newer_event_cancels_an_older_action_still_scheduled_for_the_same_acco
             ("GET", None),
             ("PUT", Some("111111")),
             ("GET", None),
+            ("GET", None),
             ("PATCH", Some("333333")),
+            ("GET", None),
         ],
-        "no request ever carried the superseded partner ID"
+        "no request ever carried the superseded partner ID (each write is read back)"
     );
     assert_eq!(h.linked(0, 0).as_deref(), Some("333333"));
     // The superseded event completed through its cancellation: nothing is
@@ -405,6 +407,7 @@ async fn an_action_superseded_while_in_flight_ends_cancelled_instead_of_retrying
             ("GET".to_owned(), 503, None),
             ("GET".to_owned(), 404, None),
             ("PUT".to_owned(), 200, Some("222222".to_owned())),
+            ("GET".to_owned(), 200, None),
         ]
     );
     assert_eq!(h.linked(0, 0).as_deref(), Some("222222"));
@@ -479,7 +482,11 @@ async fn an_effective_at_in_the_future_holds_the_action_until_that_instant_acros
         .iter()
         .map(|r| r.method.clone())
         .collect();
-    assert_eq!(after, vec!["GET", "DELETE"]);
+    assert_eq!(
+        after,
+        vec!["GET", "DELETE", "GET"],
+        "the removal is read back"
+    );
     h.shutdown().await.unwrap();
 }
 
@@ -743,7 +750,8 @@ async fn a_pending_retry_survives_a_restart_and_fires_at_its_due_time() {
         vec![
             ("GET".to_owned(), 503),
             ("GET".to_owned(), 404),
-            ("PUT".to_owned(), 200)
+            ("PUT".to_owned(), 200),
+            ("GET".to_owned(), 200)
         ]
     );
     assert_eq!(h.linked(0, 0).as_deref(), Some("111111"));

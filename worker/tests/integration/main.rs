@@ -7,21 +7,27 @@
 //!
 //! | module | covers |
 //! | --- | --- |
+//! | `bounded` | operator commands at any size: streamed `status`/`audit`, large imports, `ledger check` |
 //! | `end_to_end` | the main path: each event type, duplicates, malformed messages, metrics |
 //! | `failures` | a full disk under the ledger, an unparsable frame, operators racing (SPEC §11.1) |
 //! | `faults` | PAL faults, supersession, `effective_at`, identity checks, retry budget, restarts |
+//! | `months` | months unattended (SPEC §11.2): scheduled vs pending, … |
 //! | `operators` | held plans, dry run, the publisher allow-list, the CLI and admin API, certificates |
 //! | `crash` | `kill -9` of a worker process mid-flight, then a restart |
+//! | `proof` | verified writes, drift, orphans (SPEC §11.3) |
 //! | `process` | a worker process's JSON logs and secret hygiene |
 //! | `cli` | the command line's exit codes and messages |
 
+mod bounded;
 mod cli;
 mod crash;
 mod end_to_end;
 mod failures;
 mod faults;
+mod months;
 mod operators;
 mod process;
+mod proof;
 
 use std::path::Path;
 

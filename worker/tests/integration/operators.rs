@@ -185,7 +185,11 @@ async fn dry_run_reads_pal_records_what_it_would_do_and_writes_nothing() {
     assert_eq!(actions.len(), 3);
     for action in &actions {
         assert!(action.dry_run);
-        assert_eq!(action.state, ActionState::Done);
+        assert_eq!(
+            action.state,
+            ActionState::Skipped,
+            "never done (SPEC §11.2)"
+        );
         let detail = action.detail.as_deref().unwrap();
         assert!(detail.starts_with("dry run: would"), "{detail}");
     }
@@ -203,6 +207,8 @@ async fn dry_run_reads_pal_records_what_it_would_do_and_writes_nothing() {
     );
     assert_eq!(h.linked(0, 0).as_deref(), Some("999999"));
     assert_eq!(h.linked(1, 0), None);
+    assert_eq!(h.app().metrics.actions_ended(ActionState::Skipped), 3);
+    assert_eq!(h.app().metrics.actions_ended(ActionState::Done), 0);
     h.shutdown().await.unwrap();
 }
 

@@ -1,0 +1,184 @@
+//! `ledger export` / `ledger import` (SPEC §11.2): every record of every
+//! tree as JSON Lines — the backup, the restore, and the way off sled.
+//!
+//! Format (documented in the README): a first line
+//! `{"palworker_ledger":1,"exported_at":"…","trees":["inventory",…]}`, then
+//! one line per record `{"tree":"actions","key":K,"value":V}`, trees in the
+//! order of the header, keys in order. `K` and `V` are the stored bytes:
+//! UTF-8 text as a JSON string when they are text (records are JSON text:
+//! `jq '.value | fromjson'` reads them), else `{"b64": "…"}`. Bytes are kept
+//! exactly, so the audit trail's hash chain survives a round trip.
+//!
+//! An export is a consistent snapshot: it holds the ledger's write gate, so
+//! no transaction runs while it reads.
+
+use std::io::{BufRead, Write};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::{Ledger, LedgerError, Result};
+
+/// The export format's version.
+const FORMAT: u32 = 1;
+
+/// Every tree, in export order.
+const TREES: [&str; 9] = [
+    "inventory",
+    "index",
+    "events",
+    "actions",
+    "event_actions",
+    "due",
+    "in_flight",
+    "open_events",
+    "audit",
+];
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    palworker_ledger: u32,
+    exported_at: chrono::DateTime<Utc>,
+    trees: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Bytes {
+    Text(String),
+    Binary { b64: String },
+}
+
+impl Bytes {
+    fn of(bytes: &[u8]) -> Bytes {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Bytes::Text(text.to_owned()),
+            Err(_) => Bytes::Binary {
+                b64: STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    fn into_bytes(self) -> std::result::Result<Vec<u8>, String> {
+        match self {
+            Bytes::Text(text) => Ok(text.into_bytes()),
+            Bytes::Binary { b64 } => STANDARD.decode(b64).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    tree: String,
+    key: Bytes,
+    value: Bytes,
+}
+
+/// What an export or import went through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    pub records: u64,
+}
+
+impl Ledger {
+    /// Writes every record to `out` as JSON Lines (see the module docs),
+    /// a consistent snapshot. Blocking; writes wait meanwhile.
+    pub fn export(&self, out: &mut impl Write) -> Result<Transferred> {
+        let _snapshot = self.snapshot();
+        let store = self.store()?;
+        let io =
+            |error: std::io::Error| LedgerError::Rejected(format!("writing the export: {error}"));
+        let header = Header {
+            palworker_ledger: FORMAT,
+            exported_at: Utc::now(),
+            trees: TREES.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        serde_json::to_writer(&mut *out, &header).map_err(|e| io(e.into()))?;
+        out.write_all(b"\n").map_err(io)?;
+        let mut records = 0u64;
+        for name in TREES {
+            for item in store.tree(name).iter() {
+                let (key, value) = item?;
+                let line = Line {
+                    tree: name.to_owned(),
+                    key: Bytes::of(&key),
+                    value: Bytes::of(&value),
+                };
+                serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
+                out.write_all(b"\n").map_err(io)?;
+                records += 1;
+            }
+        }
+        out.flush().map_err(io)?;
+        Ok(Transferred { records })
+    }
+
+    /// Loads an export into this ledger, which must be empty, and flushes
+    /// it. A line that does not parse stops the import, naming the line.
+    pub fn import(&self, input: impl BufRead) -> Result<Transferred> {
+        let _snapshot = self.snapshot();
+        let store = self.store()?;
+        // An opened ledger holds its counters already; records it must not.
+        let data_trees = ["inventory", "events", "actions", "audit"];
+        if data_trees.iter().any(|name| !store.tree(name).is_empty()) {
+            return Err(LedgerError::Rejected(
+                "the ledger is not empty: import into a new directory".into(),
+            ));
+        }
+        let mut lines = input.lines();
+        let refuse =
+            |line: usize, why: String| LedgerError::Rejected(format!("line {line}: {why}"));
+        let header = lines
+            .next()
+            .ok_or_else(|| refuse(1, "empty file, not a ledger export".into()))?
+            .map_err(|e| refuse(1, e.to_string()))?;
+        let header: Header = serde_json::from_str(&header)
+            .map_err(|e| refuse(1, format!("not a palworker ledger export: {e}")))?;
+        if header.palworker_ledger != FORMAT {
+            return Err(refuse(
+                1,
+                format!(
+                    "export format {} is not supported (this version reads {FORMAT})",
+                    header.palworker_ledger
+                ),
+            ));
+        }
+        let mut records = 0u64;
+        for (index, line) in lines.enumerate() {
+            let number = index + 2;
+            let line = line.map_err(|e| refuse(number, e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let line: Line =
+                serde_json::from_str(&line).map_err(|e| refuse(number, e.to_string()))?;
+            if !TREES.contains(&line.tree.as_str()) {
+                return Err(refuse(number, format!("unknown tree `{}`", line.tree)));
+            }
+            let key = line.key.into_bytes().map_err(|e| refuse(number, e))?;
+            let value = line.value.into_bytes().map_err(|e| refuse(number, e))?;
+            store.tree(&line.tree).insert(key, value)?;
+            records += 1;
+        }
+        store.db.flush()?;
+        Ok(Transferred { records })
+    }
+}
+
+impl super::Store {
+    fn tree(&self, name: &str) -> &sled::Tree {
+        match name {
+            "inventory" => &self.inventory,
+            "index" => &self.index,
+            "events" => &self.events,
+            "actions" => &self.actions,
+            "event_actions" => &self.event_actions,
+            "due" => &self.due,
+            "in_flight" => &self.in_flight,
+            "open_events" => &self.open_events,
+            _ => &self.audit,
+        }
+    }
+}
