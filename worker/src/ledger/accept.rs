@@ -15,7 +15,7 @@ use super::bookkeeping::{count_open_events, decrement_open, increment_open, supe
 use super::chunks::PlanChunks;
 use super::codec::{
     TxResult, account_key_bytes, add_inventory_size, due_key, encode, event_id_key, held_key,
-    pair_key, tx_decode, tx_error,
+    pair_key, storing_key, tx_decode, tx_error,
 };
 use super::inventory::{LedgerView, write_inventory};
 use super::{Ledger, Result, Store, StoringLargePlan};
@@ -240,7 +240,12 @@ impl Ledger {
                 .transaction(|trees| {
                     let tx = AcceptTx::of(trees);
                     if release == Release::Now {
-                        // The first chunk also adds the marker's share.
+                        // The first chunk also adds the marker's share, and
+                        // notes it for the next open should this plan be cut
+                        // off (see `storing_key`).
+                        if marker_share == 1 {
+                            tx.index.insert(storing_key(seq), &[])?;
+                        }
                         increment_open(
                             tx.open_events,
                             tx.events,
@@ -266,12 +271,15 @@ impl Ledger {
             if chunks.is_done() {
                 break;
             }
+            #[cfg(test)]
+            tests::cut_off_point()?;
             chunk = chunks.next_chunk(self)?;
         }
         let record = template.record(total, None);
         let completed = (&store.index, &store.events, &store.open_events)
             .transaction(|(index, events, open_events)| {
                 write_event_marker(index, events, event, &record)?;
+                index.remove(storing_key(seq))?;
                 match release {
                     Release::Held => Ok(None),
                     Release::Now => decrement_open(open_events, events, seq, now),
@@ -593,5 +601,34 @@ fn accept_outcome(
             cancelled,
             completed: completed.map(Box::new),
         },
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::cell::Cell;
+
+    use super::super::LedgerError;
+
+    thread_local! {
+        /// Chunks a large plan may still write on this thread before its
+        /// accept fails as a crash would cut it off; `None`: never.
+        static CUT_OFF_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Makes the next large plans on this thread stop after `chunks` chunks.
+    pub fn cut_off_after(chunks: Option<usize>) {
+        CUT_OFF_AFTER.with(|cell| cell.set(chunks));
+    }
+
+    pub(super) fn cut_off_point() -> Result<(), LedgerError> {
+        CUT_OFF_AFTER.with(|cell| match cell.get() {
+            Some(0) | Some(1) => Err(LedgerError::Unavailable("cut off by a test".into())),
+            Some(n) => {
+                cell.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })
     }
 }

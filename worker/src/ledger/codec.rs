@@ -71,6 +71,18 @@ pub(super) fn approving_key(seq: EventSeq) -> Vec<u8> {
     key
 }
 
+/// Present while a large plan is being written a chunk at a time: its
+/// event's open-action count holds one share for the event marker that is
+/// written last. Left behind by a crash, it tells the next open to give that
+/// share back (the event is redelivered and planned under a new sequence).
+pub(super) fn storing_key(seq: EventSeq) -> Vec<u8> {
+    let mut key = STORING_PREFIX.to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(super) const STORING_PREFIX: &[u8] = b"storing:";
+
 pub(super) fn pair_key(a: u64, b: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&a.to_be_bytes());

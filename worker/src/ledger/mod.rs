@@ -12,6 +12,7 @@
 //!   (a source holds no NUL, so the last NUL separates the two; older ledgers
 //!   also hold `key:{source}\0{id}` → seq, no longer read); `held:{seq}` → ();
 //!   `approving:{seq}` → () while a held plan is being released;
+//!   `storing:{seq}` → () while a large plan is being written in chunks;
 //!   `meta:inventory_accounts` → u64, the number of accounts in `inventory`
 //!   (kept in the transactions that add one)
 //! - `events`: seq → [`EventRecord`]; a plan written in one transaction (every
@@ -30,7 +31,7 @@
 //!
 //! | file | holds |
 //! | --- | --- |
-//! | `mod.rs` | [`Ledger`]: opening (and recovering in-flight actions), flushing, sizes and counts |
+//! | `mod.rs` | [`Ledger`]: opening (and recovering in-flight actions and cut-off plans), flushing, sizes and counts |
 //! | `codec.rs` | record encoding, key layouts, stored counters |
 //! | `inventory.rs` | accounts: import, lookups, the planner's [`InventoryView`] |
 //! | `accept.rs` | accepting an event: dedup, plan, store (one transaction, or chunks) |
@@ -41,6 +42,7 @@
 //! | `retention.rs` | pruning what ended long ago, in bounded steps |
 //! | `export.rs` | every record as JSON Lines, and back: backup, restore, migration |
 //! | `audit.rs` | the hash-chained audit trail, appended in the transactions it records |
+//! | `check.rs` | `ledger check`: every counter and index recomputed from the records |
 //! | `events.rs`, `queries.rs` | reading events and actions back |
 
 mod accept;
@@ -73,9 +75,10 @@ use sled::Transactional;
 pub use accept::ACCEPT_CHUNK;
 pub use audit::{AuditBreak, AuditVerified, WORKER};
 pub use bookkeeping::EventOpening;
+use bookkeeping::decrement_open;
 pub use check::{CheckMode, Difference};
 use codec::{
-    INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, due_key, encode, read_counter, read_u64,
+    INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, STORING_PREFIX, due_key, encode, read_counter, read_u64,
     recount_if_missing, tx_decode, tx_error,
 };
 pub use execution::Pass;
@@ -91,7 +94,7 @@ const LOCK_WAIT_AT_REOPEN: Duration = Duration::from_secs(30);
 
 /// Index key the ledger writes and flushes to prove it can, after reopening.
 const PROBE_KEY: &[u8] = b"meta:probe";
-use palworker_core::{ActionId, ActionRecord, ActionState};
+use palworker_core::{ActionId, ActionRecord, ActionState, EventSeq};
 
 /// Errors of the ledger. All of them are internal failures (disk, corruption)
 /// but [`LedgerError::Rejected`]: a delivery that meets one is not acked and
@@ -197,6 +200,7 @@ impl Store {
             db,
         };
         store.recover_in_flight()?;
+        store.release_cut_off_plans()?;
         // A ledger from before these counts were kept is counted once (in
         // such a ledger every open event has an `open_events` entry).
         recount_if_missing(&store.index, INVENTORY_SIZE_KEY, || store.inventory.len())?;
@@ -219,6 +223,26 @@ impl Store {
                 opened => return opened,
             }
         }
+    }
+
+    /// Gives back the event-marker share of every large plan a crash cut
+    /// off between chunks (see `codec::storing_key`): the event was not
+    /// acknowledged and is planned again under a new sequence number, while
+    /// the actions already written run as stored and can now end it.
+    fn release_cut_off_plans(&self) -> Result<()> {
+        for entry in self.index.scan_prefix(STORING_PREFIX) {
+            let (key, _) = entry?;
+            let seq = EventSeq::new(read_u64(&key[STORING_PREFIX.len()..]));
+            let now = chrono::Utc::now();
+            (&self.index, &self.open_events, &self.events)
+                .transaction(|(index, open_events, events)| {
+                    index.remove(&key)?;
+                    decrement_open(open_events, events, seq, now)?;
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+        }
+        Ok(())
     }
 
     fn recover_in_flight(&self) -> Result<()> {

@@ -228,6 +228,14 @@ impl Ledger {
                 record.state.as_str()
             )));
         }
+        if store.index.contains_key(approving_key(seq))? {
+            // Part of the plan may be released and written already: a
+            // rejection cannot take that back. Approving again finishes it.
+            return Err(LedgerError::Rejected(format!(
+                "event `{}` was being approved when the worker stopped; approve it again to finish the approval",
+                record.event.id
+            )));
+        }
         let mut cancelled = 0u64;
         let mut ids = self.event_action_ids(seq);
         let mut batch: Vec<ActionId> = Vec::with_capacity(ACCEPT_CHUNK);

@@ -789,3 +789,75 @@ fn an_export_imported_into_an_empty_ledger_is_the_same_ledger() {
         Err(LedgerError::Rejected(message)) if message.contains("not empty")
     ));
 }
+
+#[test]
+fn a_large_plan_cut_off_between_chunks_lets_its_written_actions_end_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ledger");
+    let count = ACCEPT_CHUNK * 2 + 10;
+    let now = Utc::now();
+    {
+        let ledger = Ledger::open(&path, 1 << 20).unwrap();
+        import_linked(&ledger, count);
+        super::accept::tests::cut_off_after(Some(1));
+        let cut_off = ledger.accept(&partner_change("big"), None, now, count);
+        super::accept::tests::cut_off_after(None);
+        assert!(cut_off.is_err(), "{cut_off:?}");
+        assert!(!ledger.is_duplicate("urn:test", "big").unwrap());
+        ledger.flush().unwrap();
+    }
+    // The worker restarts; the event is redelivered and planned again.
+    let ledger = Ledger::open(&path, 1 << 20).unwrap();
+    ledger
+        .accept(&partner_change("big"), None, now, count)
+        .unwrap();
+    let due = ledger.due_actions(now, count * 4, |_| false).unwrap();
+    // The written chunk's actions, and the re-plan of the accounts it had
+    // not reached yet.
+    assert_eq!(due.len(), count);
+    for action in due {
+        let Some(mut action) = ledger.claim(action.action_id, now).unwrap() else {
+            continue;
+        };
+        action.state = ActionState::Done;
+        ledger.finish(&action).unwrap();
+    }
+    assert_eq!(ledger.pending_count(), 0);
+    assert_eq!(ledger.open_event_count().unwrap(), 0);
+    let mut differences = Vec::new();
+    ledger
+        .check(CheckMode::Report, &mut |d| differences.push(d.to_string()))
+        .unwrap();
+    assert_eq!(differences, Vec::<String>::new());
+}
+
+#[test]
+fn a_plan_whose_approval_was_interrupted_cannot_be_rejected_only_approved_again() {
+    let (_dir, ledger) = ledger();
+    let count = ACCEPT_CHUNK + 5;
+    import_linked(&ledger, count);
+    let now = Utc::now();
+    let seq = accept_held(&ledger, &partner_change("half-approved"), now, 10);
+    // As an approval a crash interrupted leaves it: marked, its share taken.
+    let store = ledger.store().unwrap();
+    (&store.index, &store.open_events, &store.events)
+        .transaction(|(index, open_events, events)| {
+            index.insert(approving_key(seq), &[])?;
+            super::bookkeeping::increment_open(open_events, events, seq, 1)?;
+            Ok(())
+        })
+        .map_err(super::codec::tx_error)
+        .unwrap();
+    drop(store);
+    let refused = ledger.reject(seq, now).unwrap_err().to_string();
+    assert!(refused.contains("approve it again"), "{refused}");
+    let approval = ledger.approve(seq, now).unwrap();
+    assert_eq!(approval.released, count as u64);
+    for action in ledger.due_actions(now, count * 2, |_| false).unwrap() {
+        let mut action = ledger.claim(action.action_id, now).unwrap().unwrap();
+        action.state = ActionState::Done;
+        ledger.finish(&action).unwrap();
+    }
+    assert_eq!(ledger.open_event_count().unwrap(), 0);
+    assert!(ledger.event(seq).unwrap().unwrap().completed_at.is_some());
+}
