@@ -22,7 +22,7 @@ use crate::http;
 use crate::intake::{Intake, IntakeSettings};
 use crate::ledger::Ledger;
 use crate::ledger::{PauseState, Retention};
-use crate::operators::{Attached, LedgerOperations};
+use crate::operators::{Attached, LedgerOperations, Operator};
 use crate::pal::PalClient;
 use crate::sweeper;
 use crate::telemetry::{LedgerGaugesRead, Metrics, WritesPaused};
@@ -151,8 +151,9 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
                 metrics: metrics.clone(),
                 executor: control.clone(),
             },
+            Operator::worker(),
         ),
-        settings.http.admin_token.clone(),
+        settings.http.admin_tokens.clone(),
     );
     let stop_http = CancellationToken::new();
     let stop_consuming = CancellationToken::new();

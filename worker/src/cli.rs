@@ -1,9 +1,12 @@
 //! The command line (SPEC §8). `main.rs` only calls [`main`].
 //!
 //! Operator commands open the ledger directly when no worker holds it, and
-//! otherwise go through the running worker's admin API on `http.listen`, so
-//! nothing ever requires stopping the worker — except `ledger check`, which
-//! recounts a ledger nobody writes meanwhile (see `ledger::check`).
+//! otherwise — or when there is no ledger on this machine — go through the
+//! running worker's admin API on `http.listen`, so nothing ever requires
+//! stopping the worker — except `ledger check`, which recounts a ledger
+//! nobody writes meanwhile (see `ledger::check`), and `ledger import`, which
+//! makes a new ledger. The audit trail records who ran a command: the admin
+//! token's name over the API (`--operator`), the OS user on the ledger.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,15 +21,15 @@ use palworker_config::Settings;
 use palworker_events::Event;
 
 use palworker_core::{
-    ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
 };
 
 use crate::clock::SystemClock;
 use crate::ledger::{CheckMode, Ledger, LedgerError};
 use crate::logging::LogFormat;
 use crate::operators::{
-    AdminApiClient, Attached, Decision, EventRef, LedgerOperations, Operations, OperatorError,
-    RetryTarget,
+    AdminApiClient, Attached, Decision, EventRef, LedgerOperations, Operations, Operator,
+    OperatorError, Reached, RetryTarget,
 };
 
 #[derive(Debug, Parser)]
@@ -42,6 +45,11 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The admin token (by its name in `http.admin_tokens`) operator
+    /// commands present to a running worker; the audit trail records the
+    /// name. Default: `admin`, or the only token configured.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub operator: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,13 +80,22 @@ pub enum Command {
     },
     /// End-to-end demo: simulator in-process, local RabbitMQ, sample events, summary.
     Demo,
-    /// Maintenance of the ledger itself (the worker stopped).
+    /// The ledger itself: consistency check, export (backup), import (restore).
     #[command(subcommand)]
     Ledger(LedgerCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
+    /// Write a consistent snapshot of the whole ledger as JSON Lines (the
+    /// backup; see the README for the format). Works while the worker runs.
+    Export {
+        /// The file to write (`-`: standard output). Written whole or not at all.
+        file: PathBuf,
+    },
+    /// Load an export into a new ledger at `ledger.path` (which must not
+    /// exist yet, or be empty): the restore, or a move to another machine.
+    Import { file: PathBuf },
     /// Recompute every counter and index from the records and print each
     /// difference (exit 1 if any). Needs the worker stopped.
     Check {
@@ -111,9 +128,14 @@ pub enum OperatorCommand {
     Approve(EventArg),
     /// Discard a held plan.
     Reject(EventArg),
-    /// Compliance exports.
+    /// The audit trail: export it, verify its hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Stop writing to PAL: events are still accepted and planned, actions
+    /// wait pending until `resume`. Kept across restarts.
+    Pause,
+    /// Write to PAL again.
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,12 +155,19 @@ pub enum InventoryCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// JSON Lines of every action outcome.
+    /// JSON Lines of the audit trail: every action outcome (pruned actions'
+    /// too), approval, rejection, retry, pause, resume and reconcile, with
+    /// who, when and the hash chain.
     Export {
-        /// Only outcomes at or after this RFC 3339 time.
+        /// Only records at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<DateTime<Utc>>,
+        /// Only records before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
     },
+    /// Check the whole hash chain; exit 1 naming the first broken record.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -298,9 +327,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             check_ledger(&settings, mode, output).await
         }
+        Command::Ledger(LedgerCommand::Export { file }) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            match Target::connect(&settings, cli.operator.as_deref(), Create::No).await? {
+                Target::Local(operations) => export_ledger(&operations, &file).await,
+                Target::Remote(client) => export_ledger(&client, &file).await,
+            }
+        }
+        Command::Ledger(LedgerCommand::Import { file }) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            import_ledger(&settings, &file).await
+        }
         Command::Operator(command) => {
             let settings = load_settings(cli.config.as_deref())?;
-            match Target::connect(&settings).await? {
+            // Only an import may create the ledger: the rest, with no ledger
+            // here, look for the worker that has it.
+            let create = match command {
+                OperatorCommand::Inventory(InventoryCommand::Import { .. }) => Create::Yes,
+                _ => Create::No,
+            };
+            match Target::connect(&settings, cli.operator.as_deref(), create).await? {
                 Target::Local(operations) => operate(&operations, command).await,
                 Target::Remote(client) => operate(&client, command).await,
             }
@@ -366,24 +412,187 @@ enum Target {
     Remote(AdminApiClient),
 }
 
+/// Whether a command may create the ledger when there is none yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    Yes,
+    No,
+}
+
 impl Target {
-    async fn connect(settings: &Settings) -> anyhow::Result<Target> {
+    async fn connect(
+        settings: &Settings,
+        operator: Option<&str>,
+        create: Create,
+    ) -> anyhow::Result<Target> {
         let path = settings.ledger.path.clone();
+        let remote = |reached| -> anyhow::Result<Target> {
+            let token = admin_token(settings, operator)?;
+            Ok(Target::Remote(AdminApiClient::new(
+                settings.http.listen,
+                token,
+                reached,
+            )?))
+        };
+        if create == Create::No && !path.exists() {
+            return remote(Reached::NoLocalLedger(path));
+        }
         let cache = settings.ledger.cache_capacity_bytes.min(16 * 1024 * 1024);
         match tokio::task::spawn_blocking(move || Ledger::open(&path, cache)).await? {
             Ok(ledger) => Ok(Target::Local(LedgerOperations::new(
                 Arc::new(ledger),
                 Attached::Stopped,
+                Operator::local_user(),
             ))),
-            Err(LedgerError::Locked(_)) => Ok(Target::Remote(AdminApiClient::new(
-                settings.http.listen,
-                settings.http.admin_token.clone(),
-            )?)),
+            Err(LedgerError::Locked(_)) => remote(Reached::LedgerInUse),
             Err(error) => Err(error).with_context(|| {
                 format!("opening the ledger at `{}`", settings.ledger.path.display())
             }),
         }
     }
+}
+
+/// The token operator commands present to a running worker: the one named
+/// by `--operator`, else `admin`, else the only one configured.
+fn admin_token(
+    settings: &Settings,
+    operator: Option<&str>,
+) -> anyhow::Result<Option<secrecy::SecretString>> {
+    let tokens = &settings.http.admin_tokens;
+    match operator {
+        Some(name) => match tokens.get(name) {
+            Some(token) => Ok(Some(token.clone())),
+            None => Err(UsageError(format!(
+                "--operator `{name}`: no such token in http.admin_tokens (configured: {})",
+                if tokens.is_empty() {
+                    "none".to_owned()
+                } else {
+                    tokens.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
+            ))
+            .into()),
+        },
+        None => Ok(tokens
+            .get("admin")
+            .or_else(|| {
+                (tokens.len() == 1)
+                    .then(|| tokens.values().next())
+                    .flatten()
+            })
+            .cloned()),
+    }
+}
+
+/// `ledger export FILE`: the snapshot is written to a temporary file beside
+/// FILE and renamed over it once complete, so FILE is a whole export or is
+/// left as it was.
+async fn export_ledger(target: &impl Operations, file: &Path) -> anyhow::Result<()> {
+    if file == Path::new("-") {
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let records = target.export_ledger(&mut out).await?;
+        tracing::info!(records, "Ledger exported to standard output.");
+        return Ok(());
+    }
+    let partial = partial_path(file);
+    let written = async {
+        let handle = std::fs::File::create(&partial)
+            .with_context(|| format!("creating `{}`", partial.display()))?;
+        let mut out = std::io::BufWriter::new(handle);
+        let progress = crate::progress::spinner("exporting the ledger");
+        let records = target.export_ledger(&mut out).await?;
+        let handle = out.into_inner().map_err(|e| e.into_error())?;
+        handle.sync_all()?;
+        progress.finish_and_clear();
+        std::fs::rename(&partial, file)
+            .with_context(|| format!("renaming `{}` to `{}`", partial.display(), file.display()))?;
+        anyhow::Ok(records)
+    }
+    .await;
+    match written {
+        Ok(records) => {
+            println!("exported {records} record(s) to `{}`", file.display());
+            Ok(())
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(error.context(format!("exporting the ledger to `{}`", file.display())))
+        }
+    }
+}
+
+/// `FILE.partial`, beside FILE.
+fn partial_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    file.with_file_name(name)
+}
+
+/// `ledger import FILE`: loads the export into a fresh directory beside
+/// `ledger.path` and renames it into place once complete, so a failed import
+/// leaves nothing half-made where the worker looks. `ledger.path` must not
+/// exist, or be an empty directory.
+async fn import_ledger(settings: &Settings, file: &Path) -> anyhow::Result<()> {
+    let path = settings.ledger.path.clone();
+    let file = file.to_owned();
+    let cache = settings.ledger.cache_capacity_bytes.min(16 * 1024 * 1024);
+    tokio::task::spawn_blocking(move || {
+        let occupied = match std::fs::read_dir(&path) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => {
+                return Err(anyhow::Error::from(error))
+                    .with_context(|| format!("reading `{}`", path.display()));
+            }
+        };
+        if occupied {
+            return Err(UsageError(format!(
+                "the ledger at `{}` exists: import into a new ledger (set ledger.path to an empty or absent directory)",
+                path.display()
+            ))
+            .into());
+        }
+        let input = std::fs::File::open(&file)
+            .map_err(|e| UsageError(format!("`{}`: {e}", file.display())))?;
+        let importing = partial_path(&path);
+        if importing.exists() {
+            std::fs::remove_dir_all(&importing)
+                .with_context(|| format!("removing the unfinished `{}`", importing.display()))?;
+        }
+        let imported = (|| {
+            let ledger = Ledger::open(&importing, cache)?;
+            let progress = crate::progress::spinner("importing the ledger");
+            let transferred = ledger.import(std::io::BufReader::new(input))?;
+            progress.finish_and_clear();
+            anyhow::Ok(transferred)
+        })();
+        let transferred = match imported {
+            Ok(transferred) => transferred,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&importing);
+                return Err(match error.downcast::<LedgerError>() {
+                    Ok(LedgerError::Rejected(why)) => {
+                        UsageError(format!("`{}`: {why}", file.display())).into()
+                    }
+                    Ok(other) => anyhow::Error::from(other),
+                    Err(other) => other,
+                });
+            }
+        };
+        if path.exists() {
+            std::fs::remove_dir(&path)
+                .with_context(|| format!("replacing the empty `{}`", path.display()))?;
+        }
+        std::fs::rename(&importing, &path).with_context(|| {
+            format!("renaming `{}` to `{}`", importing.display(), path.display())
+        })?;
+        println!(
+            "imported {} record(s) into the ledger at `{}`",
+            transferred.records,
+            path.display()
+        );
+        Ok(())
+    })
+    .await?
 }
 
 /// How `ledger check` prints differences.
@@ -576,18 +785,55 @@ async fn operate(target: &impl Operations, command: OperatorCommand) -> anyhow::
             let summary = target.decide(Decision::Reject, &arg.into()).await?;
             print_release("rejected", &summary);
         }
-        OperatorCommand::Audit(AuditCommand::Export { since }) => {
+        OperatorCommand::Audit(AuditCommand::Export { since, until }) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let progress = crate::progress::counter("exporting action outcomes");
+            let progress = crate::progress::counter("exporting the audit trail");
             target
-                .audit(since, &mut |record: AuditRecord| {
-                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                .audit(since, until, &mut |entry: AuditEntry| {
+                    writeln!(out, "{}", serde_json::to_string(&entry)?)?;
                     progress.inc(1);
                     Ok(())
                 })
                 .await?;
             progress.finish_and_clear();
             out.flush()?;
+        }
+        OperatorCommand::Audit(AuditCommand::Verify) => {
+            let check = target.verify_audit().await?;
+            match check.broken {
+                None => println!(
+                    "the audit trail is intact: {} record(s), every hash matches",
+                    check.records
+                ),
+                Some(broken) => anyhow::bail!(
+                    "the audit trail is broken at record {}: {} ({} record(s) before it verified)",
+                    broken.seq,
+                    broken.reason,
+                    check.records
+                ),
+            }
+        }
+        OperatorCommand::Pause => {
+            let answer = target.set_paused(true).await?;
+            println!(
+                "{}: nothing is written to PAL; events are still accepted and planned, actions wait until `palworker resume`",
+                if answer.was_paused {
+                    "writes to PAL were already paused"
+                } else {
+                    "paused writes to PAL"
+                }
+            );
+        }
+        OperatorCommand::Resume => {
+            let answer = target.set_paused(false).await?;
+            println!(
+                "{}",
+                if answer.was_paused {
+                    "resumed writes to PAL: pending actions run now"
+                } else {
+                    "writes to PAL were not paused"
+                }
+            );
         }
     }
     Ok(())

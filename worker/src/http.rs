@@ -12,11 +12,13 @@
 //! the answer's status; after it, a last `{"error": …}` line
 //! (`operators::StreamFailure`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,8 +33,8 @@ use palworker_core::{ActionId, StatusFilter};
 
 use crate::health::Health;
 use crate::operators::{
-    Decision, EventRef, IMPORT_REQUEST_LIMIT, LedgerOperations, OperatorError, RetryTarget,
-    StreamFailure,
+    Decision, EventRef, IMPORT_REQUEST_LIMIT, LedgerOperations, Operator, OperatorError,
+    RetryTarget, StreamFailure,
 };
 use crate::telemetry::{LedgerSizeMeasured, Metrics};
 
@@ -41,20 +43,32 @@ struct AppState {
     metrics: Metrics,
     health: Health,
     admin: LedgerOperations,
-    admin_token: Option<Arc<SecretString>>,
+    /// The admin tokens by name (`http.admin_tokens`; the single
+    /// `http.admin_token` is named `admin`). Empty: the admin API is off.
+    admin_tokens: Arc<Vec<(Operator, SecretString)>>,
 }
+
+/// How long a ledger export waits for a client that stopped reading: an
+/// export holds the ledger's write gate (it is a consistent snapshot), so a
+/// stalled reader must not stall the worker's writes for longer.
+const EXPORT_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 pub fn router(
     metrics: Metrics,
     health: Health,
     admin: LedgerOperations,
-    admin_token: Option<SecretString>,
+    admin_tokens: BTreeMap<String, SecretString>,
 ) -> Router {
     let state = AppState {
         metrics,
         health,
         admin,
-        admin_token: admin_token.map(Arc::new),
+        admin_tokens: Arc::new(
+            admin_tokens
+                .into_iter()
+                .map(|(name, token)| (Operator::token(&name), token))
+                .collect(),
+        ),
     };
     // The token is checked before any request body or query is looked at.
     let admin = Router::new()
@@ -63,6 +77,10 @@ pub fn router(
         .route("/admin/approve", post(approve))
         .route("/admin/reject", post(reject))
         .route("/admin/audit", get(audit))
+        .route("/admin/audit/verify", get(audit_verify))
+        .route("/admin/pause", post(pause))
+        .route("/admin/resume", post(resume))
+        .route("/admin/ledger/export", get(ledger_export))
         .route(
             "/admin/inventory",
             get(inventory_list)
@@ -270,38 +288,48 @@ impl From<OperatorError> for ApiError {
 
 async fn require_admin_token(
     State(state): State<AppState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     match authorize(&state, request.headers()) {
-        Ok(()) => next.run(request).await,
+        Ok(operator) => {
+            request.extensions_mut().insert(operator);
+            next.run(request).await
+        }
         Err(error) => error.into_response(),
     }
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.admin_token else {
+/// The operator whose token the request presents. Every configured token
+/// is compared, in constant time each, whichever matches.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError> {
+    if state.admin_tokens.is_empty() {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "the admin API is disabled: set http.admin_token_file or http.admin_token_env".into(),
+            "the admin API is disabled: set http.admin_token_file, http.admin_token_env or http.admin_tokens".into(),
         ));
-    };
+    }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let matches: bool = presented
-        .as_bytes()
-        .ct_eq(expected.expose_secret().as_bytes())
-        .into();
-    if matches && !presented.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError(
+    let mut matched = None;
+    for (operator, token) in state.admin_tokens.iter() {
+        let matches: bool = presented
+            .as_bytes()
+            .ct_eq(token.expose_secret().as_bytes())
+            .into();
+        if matches && matched.is_none() {
+            matched = Some(operator);
+        }
+    }
+    match matched {
+        Some(operator) if !presented.is_empty() => Ok(operator.clone()),
+        _ => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin bearer token".into(),
-        ))
+        )),
     }
 }
 
@@ -338,6 +366,33 @@ enum Streamed {
 struct LineSink {
     sender: tokio::sync::mpsc::Sender<Streamed>,
     buffer: Vec<u8>,
+    /// How long a queued chunk may wait for the client; `None`: as long as
+    /// the client stays connected.
+    stall_limit: Option<Duration>,
+    /// The runtime, to wait for the queue with a time limit.
+    runtime: tokio::runtime::Handle,
+    /// The client went away (or stalled past the limit).
+    gone: bool,
+}
+
+/// A [`LineSink`] as an `io::Write` of ready-made lines (an export writes
+/// its own): a gone client is a broken pipe.
+struct SinkWriter<'a>(&'a mut LineSink);
+
+impl std::io::Write for SinkWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.buffer.extend_from_slice(bytes);
+        if self.0.buffer.len() >= STREAM_CHUNK_BYTES {
+            self.0.flush().map_err(|ClientGone| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The client went away: the reader stops.
@@ -359,13 +414,26 @@ impl LineSink {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        if self.gone {
+            return Err(ClientGone);
+        }
         let chunk = std::mem::replace(
             &mut self.buffer,
             Vec::with_capacity(STREAM_CHUNK_BYTES + STREAM_ROW_SLACK),
         );
-        self.sender
-            .blocking_send(Streamed::Lines(chunk.into()))
-            .map_err(|_| ClientGone)
+        let streamed = Streamed::Lines(chunk.into());
+        let sent = match self.stall_limit {
+            None => self.sender.blocking_send(streamed).is_ok(),
+            Some(limit) => {
+                let sending = tokio::time::timeout(limit, self.sender.send(streamed));
+                matches!(self.runtime.block_on(sending), Ok(Ok(())))
+            }
+        };
+        if !sent {
+            self.gone = true;
+            return Err(ClientGone);
+        }
+        Ok(())
     }
 
     /// Queues what is left, then the failure, if any.
@@ -386,10 +454,14 @@ async fn stream_lines(
     rows: impl FnOnce(&mut LineSink) -> Result<(), OperatorError> + Send + 'static,
 ) -> Response {
     let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_CHUNKS);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut sink = LineSink {
             sender,
             buffer: Vec::with_capacity(STREAM_CHUNK_BYTES + STREAM_ROW_SLACK),
+            stall_limit: None,
+            runtime,
+            gone: false,
         };
         // A panic is a failure the client must see, not a short answer.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rows(&mut sink)))
@@ -467,9 +539,10 @@ struct RetryRequest {
 
 async fn retry(
     State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
     axum::Json(request): axum::Json<RetryRequest>,
 ) -> Result<Response, ApiError> {
-    let admin = state.admin.clone();
+    let admin = state.admin.acting_as(operator);
     let target = match (request.action, request.failed) {
         (Some(id), _) => RetryTarget::Action(id),
         (None, true) => RetryTarget::AllFailed,
@@ -486,18 +559,20 @@ async fn retry(
 
 async fn approve(
     State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
     axum::Json(request): axum::Json<EventRef>,
 ) -> Result<Response, ApiError> {
-    let admin = state.admin.clone();
+    let admin = state.admin.acting_as(operator);
     let summary = blocking(move || admin.decide_now(Decision::Approve, &request)).await?;
     Ok(axum::Json(summary).into_response())
 }
 
 async fn reject(
     State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
     axum::Json(request): axum::Json<EventRef>,
 ) -> Result<Response, ApiError> {
-    let admin = state.admin.clone();
+    let admin = state.admin.acting_as(operator);
     let summary = blocking(move || admin.decide_now(Decision::Reject, &request)).await?;
     Ok(axum::Json(summary).into_response())
 }
@@ -505,11 +580,58 @@ async fn reject(
 #[derive(Deserialize)]
 struct AuditQuery {
     since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
 }
 
+/// The audit trail within `[since, until)`, streamed as JSON Lines.
 async fn audit(State(state): State<AppState>, Query(query): Query<AuditQuery>) -> Response {
     let admin = state.admin.clone();
-    stream_lines(move |sink| push_all(sink, admin.audit_iter(query.since))).await
+    stream_lines(move |sink| {
+        admin.audit_entries(query.since, query.until, |entry| sink.push(&entry).is_ok())
+    })
+    .await
+}
+
+async fn audit_verify(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let admin = state.admin.clone();
+    let check = blocking(move || admin.verify_audit_now()).await?;
+    Ok(axum::Json(check).into_response())
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
+) -> Result<Response, ApiError> {
+    let admin = state.admin.acting_as(operator);
+    let answer = blocking(move || admin.set_paused_now(true)).await?;
+    Ok(axum::Json(answer).into_response())
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
+) -> Result<Response, ApiError> {
+    let admin = state.admin.acting_as(operator);
+    let answer = blocking(move || admin.set_paused_now(false)).await?;
+    Ok(axum::Json(answer).into_response())
+}
+
+/// A consistent snapshot of the ledger (`ledger export`), streamed as the
+/// ledger is read. It holds the ledger's write gate throughout, so a client
+/// that stops reading for [`EXPORT_STALL_LIMIT`] ends it.
+async fn ledger_export(State(state): State<AppState>) -> Response {
+    let admin = state.admin.clone();
+    stream_lines(move |sink| {
+        sink.stall_limit = Some(EXPORT_STALL_LIMIT);
+        let mut out = SinkWriter(sink);
+        match admin.export_now(&mut out) {
+            Ok(_) => Ok(()),
+            // The client went away or stopped reading: nobody to tell.
+            Err(_) if out.0.gone => Ok(()),
+            Err(error) => Err(error),
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@ use palworker_core::{ActionRecord, AuditEntry, AuditRecord, AuditWhat};
 use sled::transaction::TransactionalTree;
 
 use super::codec::{TxResult, decode, encode, read_u64};
+use super::queries::evicting;
 use super::{Ledger, Result};
 
 /// The worker itself, as the `who` of what it does unasked.
@@ -119,7 +120,7 @@ impl Ledger {
         mut visit: impl FnMut(AuditEntry) -> bool,
     ) -> Result<()> {
         let store = self.store()?;
-        for item in store.audit.iter() {
+        for item in evicting(&store.audit, store.audit.iter()) {
             let (key, bytes) = item?;
             if key.len() != 8 {
                 continue;
@@ -153,7 +154,7 @@ impl Ledger {
                 broken: Some(AuditBreak { seq, reason }),
             })
         };
-        for item in store.audit.iter() {
+        for item in evicting(&store.audit, store.audit.iter()) {
             let (key, bytes) = item?;
             if key.len() != 8 {
                 continue;

@@ -703,7 +703,7 @@ mod tests {
                     .unwrap();
             }
             let approved = fixture.seq_of("approved");
-            fixture.ledger.approve(approved, at(5)).unwrap();
+            fixture.ledger.approve(approved, "operator", at(5)).unwrap();
             fixture
         }
 
@@ -1137,8 +1137,12 @@ mod tests {
         failed.updated_at = at(9);
         failed.completed_at = Some(at(9));
         ledger.finish(&failed).unwrap();
-        ledger.retry_action(failed.action_id, at(10)).unwrap();
-        ledger.reject(fixture.seq_of("held"), at(11)).unwrap();
+        ledger
+            .retry_action(failed.action_id, "operator", at(10))
+            .unwrap();
+        ledger
+            .reject(fixture.seq_of("held"), "operator", at(11))
+            .unwrap();
         // Half of the large plan finished.
         let due = ledger
             .due_actions(at(12), crate::ledger::ACCEPT_CHUNK, |_| false)

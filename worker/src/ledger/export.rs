@@ -7,7 +7,9 @@
 //! order of the header, keys in order. `K` and `V` are the stored bytes:
 //! UTF-8 text as a JSON string when they are text (records are JSON text:
 //! `jq '.value | fromjson'` reads them), else `{"b64": "…"}`. Bytes are kept
-//! exactly, so the audit trail's hash chain survives a round trip.
+//! exactly, so the audit trail's hash chain survives a round trip. The last
+//! line is `{"palworker_ledger_end":N}`, N the number of record lines: an
+//! export without it was cut off, and is refused by `import`.
 //!
 //! An export is a consistent snapshot: it holds the ledger's write gate, so
 //! no transaction runs while it reads.
@@ -19,6 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::queries::evicting;
 use super::{Ledger, LedgerError, Result};
 
 /// The export format's version.
@@ -42,6 +45,20 @@ struct Header {
     palworker_ledger: u32,
     exported_at: chrono::DateTime<Utc>,
     trees: Vec<String>,
+}
+
+/// The last line: how many record lines came before it.
+#[derive(Serialize, Deserialize)]
+struct End {
+    palworker_ledger_end: u64,
+}
+
+/// A line after the header.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Body {
+    End(End),
+    Line(Line),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,7 +102,7 @@ pub struct Transferred {
 impl Ledger {
     /// Writes every record to `out` as JSON Lines (see the module docs),
     /// a consistent snapshot. Blocking; writes wait meanwhile.
-    pub fn export(&self, out: &mut impl Write) -> Result<Transferred> {
+    pub fn export(&self, out: &mut (impl Write + ?Sized)) -> Result<Transferred> {
         let _snapshot = self.snapshot();
         let store = self.store()?;
         let io =
@@ -99,7 +116,8 @@ impl Ledger {
         out.write_all(b"\n").map_err(io)?;
         let mut records = 0u64;
         for name in TREES {
-            for item in store.tree(name).iter() {
+            let tree = store.tree(name);
+            for item in evicting(tree, tree.iter()) {
                 let (key, value) = item?;
                 let line = Line {
                     tree: name.to_owned(),
@@ -111,6 +129,14 @@ impl Ledger {
                 records += 1;
             }
         }
+        serde_json::to_writer(
+            &mut *out,
+            &End {
+                palworker_ledger_end: records,
+            },
+        )
+        .map_err(|e| io(e.into()))?;
+        out.write_all(b"\n").map_err(io)?;
         out.flush().map_err(io)?;
         Ok(Transferred { records })
     }
@@ -146,14 +172,33 @@ impl Ledger {
             ));
         }
         let mut records = 0u64;
+        let mut ended = false;
         for (index, line) in lines.enumerate() {
             let number = index + 2;
             let line = line.map_err(|e| refuse(number, e.to_string()))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let line: Line =
-                serde_json::from_str(&line).map_err(|e| refuse(number, e.to_string()))?;
+            if ended {
+                return Err(refuse(number, "a line after the export's end line".into()));
+            }
+            let line =
+                match serde_json::from_str(&line).map_err(|e| refuse(number, e.to_string()))? {
+                    Body::End(end) if end.palworker_ledger_end == records => {
+                        ended = true;
+                        continue;
+                    }
+                    Body::End(end) => {
+                        return Err(refuse(
+                            number,
+                            format!(
+                                "the end line counts {} records, the file has {records}",
+                                end.palworker_ledger_end
+                            ),
+                        ));
+                    }
+                    Body::Line(line) => line,
+                };
             if !TREES.contains(&line.tree.as_str()) {
                 return Err(refuse(number, format!("unknown tree `{}`", line.tree)));
             }
@@ -161,6 +206,11 @@ impl Ledger {
             let value = line.value.into_bytes().map_err(|e| refuse(number, e))?;
             store.tree(&line.tree).insert(key, value)?;
             records += 1;
+        }
+        if !ended {
+            return Err(LedgerError::Rejected(format!(
+                "the export ends after {records} records without its end line: it was cut off"
+            )));
         }
         store.db.flush()?;
         Ok(Transferred { records })

@@ -39,7 +39,8 @@ impl Ledger {
     /// Releases a held plan. Actions whose account a later accepted event
     /// already targeted end `cancelled`; the rest become pending.
     /// Returns the actions released and the ones cancelled.
-    pub fn approve(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<Approval> {
+    /// `who` (an operator's name) is recorded in the audit trail.
+    pub fn approve(&self, seq: EventSeq, who: &str, now: DateTime<Utc>) -> Result<Approval> {
         let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
@@ -115,7 +116,7 @@ impl Ledger {
                             );
                             action.completed_at = Some(now);
                             actions.insert(&action.action_id.to_be_bytes(), encode(&action))?;
-                            audit::append(audit, audit::WORKER, [audit::outcome(&action)])?;
+                            audit::append(audit, who, [audit::outcome(&action)])?;
                             return Ok(HeldAction::Cancelled(Box::new(action)));
                         }
                         let superseded = match before.as_ref().and_then(|e| e.current_action) {
@@ -190,11 +191,23 @@ impl Ledger {
             }
         }
         record.state = EventState::Approved;
-        let completed = (&store.events, &store.index, &store.open_events)
-            .transaction(|(events, index, open_events)| {
+        let approval = AuditWhat::Approval {
+            event_id: record.event.id.clone(),
+            event_source: record.event.source.clone(),
+            released,
+            cancelled: cancelled.len() as u64,
+        };
+        let completed = (
+            &store.events,
+            &store.index,
+            &store.open_events,
+            &store.audit,
+        )
+            .transaction(|(events, index, open_events, audit)| {
                 events.insert(&seq.to_be_bytes(), encode(&record))?;
                 index.remove(held_key(seq))?;
                 index.remove(approving_key(seq))?;
+                audit::append(audit, who, [(now, approval.clone())])?;
                 // Gives back the approval's share: completes the event if
                 // nothing was released or everything released already finished.
                 decrement_open(open_events, events, seq, now)
@@ -214,7 +227,8 @@ impl Ledger {
     /// at a time (one transaction each), so a large plan is never loaded
     /// whole; repeating a rejection that a crash interrupted finishes it.
     /// Returns how many actions this call cancelled.
-    pub fn reject(&self, seq: EventSeq, now: DateTime<Utc>) -> Result<u64> {
+    /// `who` (an operator's name) is recorded in the audit trail.
+    pub fn reject(&self, seq: EventSeq, who: &str, now: DateTime<Utc>) -> Result<u64> {
         let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
@@ -264,7 +278,7 @@ impl Ledger {
                         action.updated_at = now;
                         action.completed_at = Some(now);
                         actions.insert(&key, encode(&action))?;
-                        audit::append(audit, audit::WORKER, [audit::outcome(&action)])?;
+                        audit::append(audit, who, [audit::outcome(&action)])?;
                         count += 1;
                     }
                     Ok(count)
@@ -273,10 +287,16 @@ impl Ledger {
         }
         record.state = EventState::Rejected;
         record.completed_at = Some(now);
-        (&store.events, &store.index)
-            .transaction(|(events, index)| {
+        let rejection = AuditWhat::Rejection {
+            event_id: record.event.id.clone(),
+            event_source: record.event.source.clone(),
+            cancelled,
+        };
+        (&store.events, &store.index, &store.audit)
+            .transaction(|(events, index, audit)| {
                 events.insert(&seq.to_be_bytes(), encode(&record))?;
                 index.remove(held_key(seq))?;
+                audit::append(audit, who, [(now, rejection.clone())])?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -286,7 +306,8 @@ impl Ledger {
     /// Puts a failed action back in the queue with a fresh retry budget.
     /// The check (failed, and still its account's latest) and the write are
     /// one transaction, so concurrent retries of one action queue it once.
-    pub fn retry_action(&self, id: ActionId, now: DateTime<Utc>) -> Result<Requeued> {
+    /// `who` (an operator's name) is recorded in the audit trail.
+    pub fn retry_action(&self, id: ActionId, who: &str, now: DateTime<Utc>) -> Result<Requeued> {
         let _writing = self.writing();
         let store = self.store()?;
         let key = id.to_be_bytes();
@@ -296,8 +317,9 @@ impl Ledger {
             &store.open_events,
             &store.events,
             &store.inventory,
+            &store.audit,
         )
-            .transaction(|(actions, due, open_events, events, inventory)| {
+            .transaction(|(actions, due, open_events, events, inventory, audit)| {
                 let Some(bytes) = actions.get(key)? else {
                     return Err(ConflictableTransactionError::Abort(LedgerError::Rejected(
                         format!("no action {id}"),
@@ -334,6 +356,17 @@ impl Ledger {
                     action.tenant_id.as_str().as_bytes(),
                 )?;
                 let opening = increment_open(open_events, events, action.event_seq, 1)?;
+                audit::append(
+                    audit,
+                    who,
+                    [(
+                        now,
+                        AuditWhat::Retry {
+                            action_id: id,
+                            event_id: action.event_id.clone(),
+                        },
+                    )],
+                )?;
                 Ok(Requeued { action, opening })
             })
             .map_err(tx_error)

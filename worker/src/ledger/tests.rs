@@ -170,7 +170,7 @@ fn a_plan_written_at_once_keeps_its_actions_and_open_count_in_its_record() {
     let completed = completion.event_completed.expect("the event completed");
     assert_eq!(completed.open_actions, Some(0));
     assert_eq!(ledger.open_event_count().unwrap(), 0);
-    ledger.retry_action(action_id, now).unwrap();
+    ledger.retry_action(action_id, "operator", now).unwrap();
     assert_eq!(ledger.event(seq).unwrap().unwrap().open_actions, Some(1));
     assert_eq!(ledger.open_event_count().unwrap(), 1);
     let completion = end_due_action(&ledger, now, ActionState::Done);
@@ -469,7 +469,7 @@ fn an_approved_large_plan_completes_once_when_its_last_action_ends() {
     import_linked(&ledger, count);
     let now = Utc::now();
     let seq = accept_held(&ledger, &partner_change("approve-me"), now, 10);
-    let approval = ledger.approve(seq, now).unwrap();
+    let approval = ledger.approve(seq, "operator", now).unwrap();
     assert_eq!(approval.released, count as u64);
     assert!(approval.completed.is_none());
     assert!(
@@ -507,7 +507,7 @@ fn approving_a_plan_whose_accounts_were_all_retargeted_completes_it_at_once() {
     ledger
         .accept(&assignment_for("later", "222"), None, now, 10)
         .unwrap();
-    let approval = ledger.approve(seq, now).unwrap();
+    let approval = ledger.approve(seq, "operator", now).unwrap();
     assert_eq!(approval.released, 0);
     assert_eq!(approval.cancelled.len(), 1);
     let completed = approval.completed.expect("completed by the approval");
@@ -531,7 +531,7 @@ fn rejecting_a_large_held_plan_cancels_every_action_chunk_by_chunk() {
     import_linked(&ledger, count);
     let now = Utc::now();
     let seq = accept_held(&ledger, &partner_change("reject-me"), now, 10);
-    assert_eq!(ledger.reject(seq, now).unwrap(), count as u64);
+    assert_eq!(ledger.reject(seq, "operator", now).unwrap(), count as u64);
     let mut states = BTreeMap::new();
     for action in ledger.iter_event_actions(seq) {
         *states.entry(action.unwrap().state.as_str()).or_insert(0) += 1;
@@ -540,7 +540,7 @@ fn rejecting_a_large_held_plan_cancels_every_action_chunk_by_chunk() {
     assert_eq!(ledger.held_plan_count(), 0);
     assert_eq!(ledger.pending_count(), 0);
     assert!(matches!(
-        ledger.reject(seq, now),
+        ledger.reject(seq, "operator", now),
         Err(LedgerError::Rejected(_))
     ));
 }
@@ -769,6 +769,19 @@ fn an_export_imported_into_an_empty_ledger_is_the_same_ledger() {
     let exported = ledger.export(&mut export).unwrap();
     assert!(exported.records > 20);
 
+    // An export cut off anywhere (here: without its end line) is refused.
+    let text = String::from_utf8(export.clone()).unwrap();
+    let cut_off: String = text
+        .lines()
+        .take(text.lines().count() - 1)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (_cut_dir, cut) = self::ledger();
+    assert!(matches!(
+        cut.import(cut_off.as_bytes()),
+        Err(LedgerError::Rejected(message)) if message.contains("cut off")
+    ));
+
     let (_other_dir, copy) = self::ledger();
     let imported = copy.import(export.as_slice()).unwrap();
     assert_eq!(imported, exported);
@@ -849,9 +862,9 @@ fn a_plan_whose_approval_was_interrupted_cannot_be_rejected_only_approved_again(
         .map_err(super::codec::tx_error)
         .unwrap();
     drop(store);
-    let refused = ledger.reject(seq, now).unwrap_err().to_string();
+    let refused = ledger.reject(seq, "operator", now).unwrap_err().to_string();
     assert!(refused.contains("approve it again"), "{refused}");
-    let approval = ledger.approve(seq, now).unwrap();
+    let approval = ledger.approve(seq, "operator", now).unwrap();
     assert_eq!(approval.released, count as u64);
     for action in ledger.due_actions(now, count * 2, |_| false).unwrap() {
         let mut action = ledger.claim(action.action_id, now).unwrap().unwrap();

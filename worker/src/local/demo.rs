@@ -8,7 +8,7 @@ use std::time::Duration;
 use palworker_config::Settings;
 
 use super::{Harness, HarnessOptions, ServicePrincipal, events};
-use crate::operators::{Attached, LedgerOperations};
+use crate::operators::{Attached, LedgerOperations, Operator};
 use palworker_core::StatusFilter;
 
 const CONTOSO: &str = "1b1121dd-6900-412a-af73-e8d44f81e1c1";
@@ -163,8 +163,12 @@ async fn scenario(harness: &mut Harness, progress: &indicatif::ProgressBar) -> a
         }).to_string());
         import.push('\n');
     }
-    let imported = LedgerOperations::new(harness.app().ledger.clone(), Attached::Stopped)
-        .import_text(&import)?;
+    let imported = LedgerOperations::new(
+        harness.app().ledger.clone(),
+        Attached::Stopped,
+        Operator::local_user(),
+    )
+    .import_text(&import)?;
     println!("seeded the inventory: imported {imported} account(s) of Bob and Erin");
     for (n, (label, credential, tenant, object)) in ACCOUNTS.iter().enumerate() {
         if label.starts_with("E-200") || label.starts_with("E-500") {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
 };
 use palworker_events::{Account, ImportedAccount, PartnerId};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Decision, EventRef, IMPORT_BATCH_ACCOUNTS, IMPORT_BATCH_BYTES, Operations, OperatorError,
-    RetryTarget, StreamFailure,
+    AuditCheck, Decision, EventRef, IMPORT_BATCH_ACCOUNTS, IMPORT_BATCH_BYTES, Operations,
+    OperatorError, PauseAnswer, RetryTarget, StreamFailure,
 };
 
 /// How long the client waits for the next bytes of an answer. Not a bound
@@ -29,19 +29,38 @@ use super::{
 /// never stalls this long.
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How the last line of a ledger export starts (`ledger::export`).
+const EXPORT_END_START: &[u8] = b"{\"palworker_ledger_end\":";
+
 /// How much of an error answer that is not the API's JSON (a proxy's page,
 /// a body-limit refusal) is quoted.
 const QUOTED_ERROR_CHARS: usize = 200;
+
+/// Why the CLI went to the admin API rather than the ledger: said when the
+/// API does not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reached {
+    /// A running worker holds the ledger.
+    LedgerInUse,
+    /// There is no ledger at this path on this machine (a backup job, an
+    /// operator's workstation): the worker must be elsewhere.
+    NoLocalLedger(std::path::PathBuf),
+}
 
 /// A running worker's admin API.
 pub struct AdminApiClient {
     http: reqwest::Client,
     base: String,
     token: Option<SecretString>,
+    reached: Reached,
 }
 
 impl AdminApiClient {
-    pub fn new(listen: SocketAddr, token: Option<SecretString>) -> anyhow::Result<Self> {
+    pub fn new(
+        listen: SocketAddr,
+        token: Option<SecretString>,
+        reached: Reached,
+    ) -> anyhow::Result<Self> {
         // A worker listening on all interfaces is reached on loopback.
         let host = if listen.ip().is_unspecified() {
             SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
@@ -55,6 +74,7 @@ impl AdminApiClient {
                 .build()?,
             base: format!("http://{host}"),
             token,
+            reached,
         })
     }
 
@@ -69,11 +89,16 @@ impl AdminApiClient {
     /// Sends a request; an answer other than 2xx is an error with the API's
     /// reason (400: [`OperatorError::Refused`]).
     async fn send(&self, request: RequestBuilder) -> Result<Response, OperatorError> {
-        let response = request.send().await.map_err(|e| {
-            anyhow::anyhow!(
+        let response = request.send().await.map_err(|e| match &self.reached {
+            Reached::LedgerInUse => anyhow::anyhow!(
                 "the ledger is in use by a running worker, and its admin API at {} did not answer: {e}",
                 self.base
-            )
+            ),
+            Reached::NoLocalLedger(path) => anyhow::anyhow!(
+                "there is no ledger at `{}` on this machine, and no worker's admin API answered at {}: {e}",
+                path.display(),
+                self.base
+            ),
         })?;
         if response.status().is_success() {
             return Ok(response);
@@ -131,14 +156,29 @@ fn error_reason(status: StatusCode, body: &[u8]) -> String {
 /// failure line ([`StreamFailure`]: the worker failed after it began to
 /// answer) is an error, and so is an answer cut off mid-way.
 pub(crate) async fn read_lines<T: DeserializeOwned>(
-    mut response: Response,
+    response: Response,
     visit: &mut dyn FnMut(T) -> anyhow::Result<()>,
+) -> Result<(), OperatorError> {
+    read_raw_lines(response, &mut |line: &[u8]| {
+        let row = serde_json::from_slice(line)
+            .map_err(|e| anyhow::anyhow!("unreadable admin API line: {e}"))?;
+        visit(row)
+    })
+    .await
+}
+
+/// Reads a JSON Lines answer as it arrives, handing each non-blank line
+/// (without its newline) to `visit`; a failure line or an answer cut off
+/// mid-way is an error.
+async fn read_raw_lines(
+    mut response: Response,
+    visit: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> Result<(), OperatorError> {
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let chunk = response.chunk().await.map_err(|e| {
             OperatorError::Failed(anyhow::anyhow!(
-                "the worker's answer broke off: {e} (the rows printed so far are incomplete)"
+                "the worker's answer broke off: {e} (what was written so far is incomplete)"
             ))
         })?;
         let Some(chunk) = chunk else {
@@ -156,9 +196,9 @@ pub(crate) async fn read_lines<T: DeserializeOwned>(
 }
 
 /// One line of a JSON Lines answer (blank: nothing).
-fn read_line<T: DeserializeOwned>(
+fn read_line(
     line: &[u8],
-    visit: &mut dyn FnMut(T) -> anyhow::Result<()>,
+    visit: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> Result<(), OperatorError> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
@@ -168,12 +208,10 @@ fn read_line<T: DeserializeOwned>(
             .map(|failure| failure.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(line).into_owned());
         return Err(OperatorError::Failed(anyhow::anyhow!(
-            "the worker failed while answering: {reason} (the rows printed so far are incomplete)"
+            "the worker failed while answering: {reason} (what was written so far is incomplete)"
         )));
     }
-    let row = serde_json::from_slice(line)
-        .map_err(|e| OperatorError::Failed(anyhow::anyhow!("unreadable admin API line: {e}")))?;
-    visit(row)?;
+    visit(line)?;
     Ok(())
 }
 
@@ -251,14 +289,65 @@ impl Operations for AdminApiClient {
     async fn audit(
         &self,
         since: Option<DateTime<Utc>>,
-        visit: &mut dyn FnMut(AuditRecord) -> anyhow::Result<()>,
+        until: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(AuditEntry) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError> {
-        let mut request = self.request(Method::GET, "/admin/audit");
+        let mut query = Vec::new();
         if let Some(since) = since {
-            request = request.query(&[("since", since.to_rfc3339())]);
+            query.push(("since", since.to_rfc3339()));
         }
-        let response = self.send(request).await?;
+        if let Some(until) = until {
+            query.push(("until", until.to_rfc3339()));
+        }
+        let response = self
+            .send(self.request(Method::GET, "/admin/audit").query(&query))
+            .await?;
         read_lines(response, visit).await
+    }
+
+    async fn verify_audit(&self) -> Result<AuditCheck, OperatorError> {
+        self.json(self.request(Method::GET, "/admin/audit/verify"))
+            .await
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<PauseAnswer, OperatorError> {
+        let path = if paused {
+            "/admin/pause"
+        } else {
+            "/admin/resume"
+        };
+        self.json(self.request(Method::POST, path)).await
+    }
+
+    /// The worker writes the snapshot as it reads it; the bytes are copied
+    /// to `out` as they arrive. A failure after the first bytes arrives as
+    /// a last `{"error": …}` line, which is not copied.
+    async fn export_ledger(
+        &self,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, OperatorError> {
+        let response = self
+            .send(self.request(Method::GET, "/admin/ledger/export"))
+            .await?;
+        // The export's last line says how many records it holds; without
+        // it the answer was cut off (`ledger import` would refuse the file).
+        let mut ended: Option<u64> = None;
+        read_raw_lines(response, &mut |line: &[u8]| {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+            if line.starts_with(EXPORT_END_START) {
+                let end: serde_json::Value = serde_json::from_slice(line)?;
+                ended = end["palworker_ledger_end"].as_u64();
+            }
+            Ok(())
+        })
+        .await?;
+        out.flush().map_err(anyhow::Error::from)?;
+        ended.ok_or_else(|| {
+            OperatorError::Failed(anyhow::anyhow!(
+                "the worker's export ended without its end line: it was cut off (the file is incomplete)"
+            ))
+        })
     }
 
     async fn inventory(

@@ -7,14 +7,20 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, ActionState, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, ActionState, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
 };
 use palworker_events::{Event, ImportedAccount};
 
-use super::{Decision, EventRef, Operations, OperatorError, RetryTarget};
+use super::{
+    AuditCheck, AuditCheckBreak, Decision, EventRef, Operations, Operator, OperatorError,
+    PauseAnswer, RetryTarget,
+};
 use crate::executor::ExecutorControl;
-use crate::ledger::{EventOpening, Ledger, LedgerError};
-use crate::telemetry::{ActionFinished, ActionsRequeued, Metrics, PlanApproved, PlanRejected};
+use crate::ledger::{EventOpening, Ledger, LedgerError, PauseState};
+use crate::telemetry::{
+    ActionFinished, ActionsRequeued, Metrics, PlanApproved, PlanRejected, WritesPaused,
+    WritesResumed,
+};
 
 /// The worker a ledger belongs to, as far as operator commands care.
 #[derive(Clone)]
@@ -28,11 +34,12 @@ pub enum Attached {
     },
 }
 
-/// Operator commands bound to a ledger.
+/// Operator commands bound to a ledger, run by one operator.
 #[derive(Clone)]
 pub struct LedgerOperations {
     ledger: Arc<Ledger>,
     attached: Attached,
+    operator: Operator,
 }
 
 impl From<LedgerError> for OperatorError {
@@ -45,8 +52,20 @@ impl From<LedgerError> for OperatorError {
 }
 
 impl LedgerOperations {
-    pub fn new(ledger: Arc<Ledger>, attached: Attached) -> Self {
-        LedgerOperations { ledger, attached }
+    pub fn new(ledger: Arc<Ledger>, attached: Attached, operator: Operator) -> Self {
+        LedgerOperations {
+            ledger,
+            attached,
+            operator,
+        }
+    }
+
+    /// The same commands, run by `operator` (the admin API's per request).
+    pub fn acting_as(&self, operator: Operator) -> Self {
+        LedgerOperations {
+            operator,
+            ..self.clone()
+        }
     }
 
     /// The ledger the commands work on.
@@ -94,7 +113,7 @@ impl LedgerOperations {
         let mut retried = Vec::new();
         let mut events_reopened = 0;
         for id in ids {
-            match self.ledger.retry_action(id, now) {
+            match self.ledger.retry_action(id, self.operator.as_str(), now) {
                 Ok(requeued) => {
                     retried.push(id);
                     if requeued.opening == EventOpening::Opened {
@@ -134,7 +153,9 @@ impl LedgerOperations {
         let now = Utc::now();
         let (released, cancelled) = match decision {
             Decision::Approve => {
-                let approval = self.ledger.approve(record.seq, now)?;
+                let approval = self
+                    .ledger
+                    .approve(record.seq, self.operator.as_str(), now)?;
                 self.ledger.flush()?;
                 if let Some(metrics) = self.metrics() {
                     PlanApproved {
@@ -147,7 +168,9 @@ impl LedgerOperations {
                 (approval.released, approval.cancelled.len() as u64)
             }
             Decision::Reject => {
-                let cancelled = self.ledger.reject(record.seq, now)?;
+                let cancelled = self
+                    .ledger
+                    .reject(record.seq, self.operator.as_str(), now)?;
                 self.ledger.flush()?;
                 if let Some(metrics) = self.metrics() {
                     PlanRejected {
@@ -184,25 +207,66 @@ impl LedgerOperations {
         })
     }
 
-    /// Every terminal action outcome completed at or after `since`, one at a
-    /// time, in creation order.
-    pub fn audit_iter(
+    /// The audit trail's records within `[since, until)`, in order, handed
+    /// to `visit` one at a time until it returns false.
+    pub fn audit_entries(
         &self,
         since: Option<DateTime<Utc>>,
-    ) -> impl Iterator<Item = Result<AuditRecord, OperatorError>> + '_ {
-        self.ledger
-            .iter_actions(StatusFilter::default())
-            .filter_map(move |action| match action {
-                Err(error) => Some(Err(error.into())),
-                Ok(action) if !action.state.is_terminal() => None,
-                Ok(action)
-                    if since
-                        .is_some_and(|since| action.completed_at.is_none_or(|at| at < since)) =>
-                {
-                    None
+        until: Option<DateTime<Utc>>,
+        visit: impl FnMut(AuditEntry) -> bool,
+    ) -> Result<(), OperatorError> {
+        Ok(self.ledger.for_each_audit_entry(since, until, visit)?)
+    }
+
+    pub fn verify_audit_now(&self) -> Result<AuditCheck, OperatorError> {
+        let verified = self.ledger.verify_audit()?;
+        Ok(AuditCheck {
+            records: verified.records,
+            broken: verified.broken.map(|broken| AuditCheckBreak {
+                seq: broken.seq,
+                reason: broken.reason,
+            }),
+        })
+    }
+
+    /// Pauses or resumes writes to PAL: recorded in the ledger (a restart
+    /// keeps it) and the audit trail, and applied to the running executor.
+    pub fn set_paused_now(&self, paused: bool) -> Result<PauseAnswer, OperatorError> {
+        let state = if paused {
+            PauseState::Paused
+        } else {
+            PauseState::Running
+        };
+        let before = self
+            .ledger
+            .set_pause(state, self.operator.as_str(), Utc::now())?;
+        self.ledger.flush()?;
+        let by = self.operator.as_str();
+        match &self.attached {
+            Attached::Running { metrics, executor } => {
+                if paused {
+                    executor.pause();
+                    WritesPaused { by }.emit(metrics);
+                } else {
+                    executor.resume();
+                    WritesResumed { by }.emit(metrics);
                 }
-                Ok(action) => Some(Ok(AuditRecord::from(&action))),
-            })
+            }
+            Attached::Stopped if paused => tracing::info!(
+                by,
+                "Writes to PAL paused: the worker will start paused until `palworker resume`."
+            ),
+            Attached::Stopped => tracing::info!(by, "Writes to PAL resumed."),
+        }
+        Ok(PauseAnswer {
+            paused,
+            was_paused: before == PauseState::Paused,
+        })
+    }
+
+    /// A consistent snapshot of the ledger as JSON Lines; how many records.
+    pub fn export_now(&self, out: &mut dyn std::io::Write) -> Result<u64, OperatorError> {
+        Ok(self.ledger.export(out)?.records)
     }
 
     pub fn inventory_entries(
@@ -281,12 +345,36 @@ impl Operations for LedgerOperations {
     async fn audit(
         &self,
         since: Option<DateTime<Utc>>,
-        visit: &mut dyn FnMut(AuditRecord) -> anyhow::Result<()>,
+        until: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(AuditEntry) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError> {
-        for record in self.audit_iter(since) {
-            visit(record?)?;
+        let mut failed = None;
+        self.audit_entries(since, until, |entry| match visit(entry) {
+            Ok(()) => true,
+            Err(error) => {
+                failed = Some(error);
+                false
+            }
+        })?;
+        match failed {
+            Some(error) => Err(OperatorError::Failed(error)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    async fn verify_audit(&self) -> Result<AuditCheck, OperatorError> {
+        self.verify_audit_now()
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<PauseAnswer, OperatorError> {
+        self.set_paused_now(paused)
+    }
+
+    async fn export_ledger(
+        &self,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, OperatorError> {
+        self.export_now(out)
     }
 
     async fn inventory(

@@ -1,5 +1,6 @@
-//! Operator commands (SPEC §8): status, retry, approve, reject, audit
-//! export, inventory import and list, plan preview.
+//! Operator commands (SPEC §8, §11.2): status, retry, approve, reject,
+//! pause and resume, audit export and verify, ledger export, inventory
+//! import and list, plan preview.
 //!
 //! The CLI talks to one trait, [`Operations`], whether the worker runs or not:
 //! [`LedgerOperations`] works on a ledger directly (a stopped worker's, or —
@@ -15,18 +16,20 @@
 
 mod client;
 mod ledger;
+mod operator;
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, AuditRecord, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
 };
 use palworker_events::ImportedAccount;
 use serde::{Deserialize, Serialize};
 
-pub use client::AdminApiClient;
 #[cfg(test)]
 pub(crate) use client::read_lines;
+pub use client::{AdminApiClient, Reached};
 pub use ledger::{Attached, LedgerOperations};
+pub use operator::Operator;
 
 /// Accounts per admin API request of `inventory import`: one request
 /// imports them in transactions of 256 (`Ledger::import_accounts`) and
@@ -92,6 +95,30 @@ pub struct EventRef {
     pub source: Option<String>,
 }
 
+/// What `pause` or `resume` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseAnswer {
+    /// Whether writes to PAL are paused now.
+    pub paused: bool,
+    /// Whether they were before the command.
+    pub was_paused: bool,
+}
+
+/// What `audit verify` found: the records checked and the first broken
+/// one, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheck {
+    pub records: u64,
+    pub broken: Option<AuditCheckBreak>,
+}
+
+/// The first record where the audit trail's chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckBreak {
+    pub seq: u64,
+    pub reason: String,
+}
+
 /// Why an operator command did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -124,12 +151,27 @@ pub trait Operations {
         event: &EventRef,
     ) -> Result<ReleaseSummary, OperatorError>;
 
-    /// Every terminal action outcome at or after `since`, handed to `visit`.
+    /// The audit trail's records within `[since, until)`, in order, handed
+    /// to `visit` (outcomes of actions retention pruned included).
     async fn audit(
         &self,
         since: Option<DateTime<Utc>>,
-        visit: &mut dyn FnMut(AuditRecord) -> anyhow::Result<()>,
+        until: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(AuditEntry) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError>;
+
+    /// Checks the audit trail's whole hash chain.
+    async fn verify_audit(&self) -> Result<AuditCheck, OperatorError>;
+
+    /// Pauses (`true`) or resumes (`false`) writes to PAL.
+    async fn set_paused(&self, paused: bool) -> Result<PauseAnswer, OperatorError>;
+
+    /// Writes a consistent snapshot of the whole ledger (JSON Lines, see
+    /// `ledger::export`) to `out`; how many records.
+    async fn export_ledger(
+        &self,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, OperatorError>;
 
     /// Inventory entries, optionally of one employee and/or tenant.
     async fn inventory(

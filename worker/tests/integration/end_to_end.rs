@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use palworker::local::identities::{credential, employee, object, principals, tenant};
 use palworker::local::{Harness, HarnessOptions, events, sample};
-use palworker::operators::{Attached, LedgerOperations};
+use palworker::operators::{Attached, LedgerOperations, Operator};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -116,9 +116,13 @@ async fn departure_removes_every_link_and_hands_them_to_the_successor() {
         employee(1),
         credential(1),
     );
-    LedgerOperations::new(h.app().ledger.clone(), Attached::Stopped)
-        .import_text(&import)
-        .unwrap();
+    LedgerOperations::new(
+        h.app().ledger.clone(),
+        Attached::Stopped,
+        Operator::local_user(),
+    )
+    .import_text(&import)
+    .unwrap();
 
     h.publish(&events::employee_departed(
         "departure",

@@ -278,6 +278,7 @@ async fn concurrent_retries_through_the_admin_api_requeue_each_failed_action_onc
     let client = palworker::operators::AdminApiClient::new(
         h.app().http_addr,
         Some(palworker::local::ADMIN_TOKEN.to_owned().into()),
+        palworker::operators::Reached::LedgerInUse,
     )
     .unwrap();
     let client = std::sync::Arc::new(client);

@@ -13,7 +13,7 @@ use palworker::clock::{Clock, ManualClock};
 use palworker::ledger::Ledger;
 use palworker::local::identities::{assignment, employee, object, principals, tenant};
 use palworker::local::{Harness, HarnessOptions, events, is_write};
-use palworker::operators::{Attached, LedgerOperations};
+use palworker::operators::{Attached, LedgerOperations, Operator};
 use palworker_core::{ActionState, StatusFilter};
 use palworker_sim::{FaultProfile, Faults};
 
@@ -447,12 +447,16 @@ async fn an_effective_at_in_the_future_holds_the_action_until_that_instant_acros
     })
     .await
     .unwrap();
-    let rows = LedgerOperations::new(h.app().ledger.clone(), Attached::Stopped)
-        .status_rows(&StatusFilter {
-            event_id: Some("departure".into()),
-            ..StatusFilter::default()
-        })
-        .unwrap();
+    let rows = LedgerOperations::new(
+        h.app().ledger.clone(),
+        Attached::Stopped,
+        Operator::local_user(),
+    )
+    .status_rows(&StatusFilter {
+        event_id: Some("departure".into()),
+        ..StatusFilter::default()
+    })
+    .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].state, ActionState::Scheduled, "{rows:#?}");
     assert_eq!(rows[0].next_attempt_at, Some(effective), "{rows:#?}");
@@ -566,12 +570,16 @@ async fn an_account_without_a_credential_ends_manual_without_any_pal_request() {
             .contains("no credential"),
         "{action:#?}"
     );
-    let manual = LedgerOperations::new(h.app().ledger.clone(), Attached::Stopped)
-        .status_rows(&StatusFilter {
-            manual: true,
-            ..StatusFilter::default()
-        })
-        .unwrap();
+    let manual = LedgerOperations::new(
+        h.app().ledger.clone(),
+        Attached::Stopped,
+        Operator::local_user(),
+    )
+    .status_rows(&StatusFilter {
+        manual: true,
+        ..StatusFilter::default()
+    })
+    .unwrap();
     assert_eq!(manual.len(), 1);
     assert_eq!(manual[0].action.object_id.as_str(), object(5, 0));
     assert!(h.simulator.requests().is_empty(), "no ARM request");

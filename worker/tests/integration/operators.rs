@@ -412,7 +412,8 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
     h.wait_until_settled(SETTLE).await.unwrap();
     assert_eq!(h.linked(0, 0).as_deref(), Some("111111"));
 
-    // audit export: every outcome, with before/after and attempts.
+    // audit export: the trail, every outcome with before/after and
+    // attempts, and the retry with the name of the token that asked.
     let CliOutput {
         code,
         stdout,
@@ -423,13 +424,36 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(audit.len(), 2);
-    let done = audit.iter().find(|r| r["event_id"] == "a1").unwrap();
-    assert_eq!(done["outcome"], "done");
+    let outcomes: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|r| r["kind"] == "action_outcome")
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{stdout}");
+    assert!(
+        outcomes
+            .iter()
+            .any(|r| r["event_id"] == "a1" && r["outcome"] == "failed")
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|r| r["event_id"] == "a2" && r["outcome"] == "manual")
+    );
+    let done = outcomes
+        .iter()
+        .find(|r| r["event_id"] == "a1" && r["outcome"] == "done")
+        .unwrap();
     assert_eq!(done["after_partner_id"], "111111");
-    assert!(done["attempts"].as_u64().unwrap() >= 2);
+    assert!(done["attempts"].as_u64().unwrap() >= 1);
+    let retries: Vec<&serde_json::Value> = audit.iter().filter(|r| r["kind"] == "retry").collect();
+    assert_eq!(retries.len(), 1, "{stdout}");
+    assert_eq!(retries[0]["who"], "admin");
+    assert_eq!(retries[0]["event_id"], "a1");
     let CliOutput { stdout, .. } =
         cli(&["audit", "export", "--since", "2999-01-01T00:00:00Z"]).await;
+    assert_eq!(stdout, "");
+    let CliOutput { stdout, .. } =
+        cli(&["audit", "export", "--until", "2000-01-01T00:00:00Z"]).await;
     assert_eq!(stdout, "");
 
     // inventory list and plan go through the admin API as well.
