@@ -64,6 +64,7 @@ fn production_example_loads_with_its_secret_files() {
     )
     .unwrap();
     std::fs::write(secrets.join("palworker-admin-token"), "prod-admin-token\n").unwrap();
+    std::fs::write(secrets.join("palworker-backup-token"), "prod-backup-token\n").unwrap();
     let text = std::fs::read_to_string(shipped("palworker.production.example.toml")).unwrap();
     assert!(text.contains("\"/run/secrets/"));
     let text = text.replace("\"/run/secrets/", &format!("\"{}/", secrets.display()));
@@ -96,6 +97,24 @@ fn production_example_loads_with_its_secret_files() {
         settings.http.admin_token.as_ref().unwrap().expose_secret(),
         "prod-admin-token"
     );
+    let names: Vec<&str> = settings
+        .http
+        .admin_tokens
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, ["admin", "backup"]);
+    assert_eq!(
+        settings.http.admin_tokens["backup"].expose_secret(),
+        "prod-backup-token"
+    );
+    assert!(settings.pal.verify_writes);
+    assert!(!settings.worker.paused);
+    assert_eq!(settings.ledger.retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(
+        settings.ledger.dedup_retention,
+        Duration::from_secs(400 * 86_400)
+    );
     assert!(!settings.security.is_open());
     assert!(
         settings
@@ -124,6 +143,7 @@ fn production_example_url_file_alternative_loads_when_uncommented() {
              -----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
         ),
         ("palworker-admin-token", "prod-admin-token\n"),
+        ("palworker-backup-token", "prod-backup-token\n"),
         (
             "amqp-url",
             "amqps://palworker:from-a-file@rabbitmq.internal.example.com:5671/pal\n",
