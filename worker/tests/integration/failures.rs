@@ -315,3 +315,96 @@ async fn concurrent_retries_through_the_admin_api_requeue_each_failed_action_onc
     }
     h.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_approvals_and_a_rejection_release_a_held_plan_once() {
+    let accounts = 12;
+    let mut h = Harness::start(HarnessOptions {
+        principals: principals(accounts, 1),
+        extra_toml: "[limits]\nper_tenant_rps = 1000.0\nmax_actions_per_event = 5\n".into(),
+        ..HarnessOptions::default()
+    })
+    .await
+    .unwrap();
+    for e in 0..accounts {
+        h.publish(&assignment(&format!("start-{e}"), e, 0, "333333"))
+            .await
+            .unwrap();
+    }
+    h.wait_until_settled(SETTLE).await.unwrap();
+    // A partner-id change of every account: above the limit, held.
+    h.publish(&events::partner_id_changed(
+        "change", "333333", "444444", None,
+    ))
+    .await
+    .unwrap();
+    h.wait_for(SETTLE, "the change is held", |h| {
+        h.deliveries_seen() >= h.published
+    })
+    .await
+    .unwrap();
+    assert_eq!(metric(&h, "palworker_held_plans"), Some(1.0));
+
+    let client = std::sync::Arc::new(
+        palworker::operators::AdminApiClient::new(
+            h.app().http_addr,
+            Some(palworker::local::ADMIN_TOKEN.to_owned().into()),
+            palworker::operators::Reached::LedgerInUse,
+        )
+        .unwrap(),
+    );
+    let event = palworker::operators::EventRef {
+        event: "change".into(),
+        source: None,
+    };
+    let mut decisions = tokio::task::JoinSet::new();
+    for decision in [
+        palworker::operators::Decision::Approve,
+        palworker::operators::Decision::Reject,
+        palworker::operators::Decision::Approve,
+        palworker::operators::Decision::Approve,
+    ] {
+        let client = client.clone();
+        let event = event.clone();
+        decisions.spawn(async move {
+            let answer =
+                palworker::operators::Operations::decide(client.as_ref(), decision, &event).await;
+            (decision, answer.map_err(|e| e.to_string()))
+        });
+    }
+    let mut taken = Vec::new();
+    while let Some(result) = decisions.join_next().await {
+        let (decision, answer) = result.unwrap();
+        match answer {
+            Ok(summary) => taken.push((decision, summary)),
+            Err(refused) => assert!(refused.contains("not held"), "{refused}"),
+        }
+    }
+    assert_eq!(taken.len(), 1, "one decision is taken: {taken:?}");
+    h.wait_until_settled(SETTLE).await.unwrap();
+    assert_eq!(metric(&h, "palworker_held_plans"), Some(0.0));
+    assert_eq!(metric(&h, "palworker_events_in_flight"), Some(0.0));
+    assert_eq!(metric(&h, "palworker_actions_pending"), Some(0.0));
+    let (decision, summary) = &taken[0];
+    let writes = h
+        .simulator
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.status < 300)
+        .filter(|r| r.partner_id.as_deref() == Some("444444"))
+        .count();
+    match decision {
+        palworker::operators::Decision::Approve => {
+            assert_eq!(summary.released, accounts as u64);
+            assert_eq!(writes, accounts, "every link changed exactly once");
+            for e in 0..accounts {
+                assert_eq!(h.linked(e, 0).as_deref(), Some("444444"));
+            }
+        }
+        palworker::operators::Decision::Reject => {
+            assert_eq!(summary.cancelled, accounts as u64);
+            assert_eq!(writes, 0);
+        }
+    }
+    h.shutdown().await.unwrap();
+}
