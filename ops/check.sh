@@ -253,6 +253,11 @@ EXTRA_METRICS = {
     "palworker_ledger_disk_free_bytes": "gauge",
     "palworker_ledger_pruned_total": "counter",
     "palworker_paused": "gauge",
+    # SPEC section 11.3 (issue 17)
+    "palworker_revocation_seconds": "histogram",
+    "palworker_oldest_open_removal_seconds": "gauge",
+    "palworker_results_pending": "gauge",
+    "palworker_results_published_total": "counter",
 }
 ALLOWED = {**SPEC_METRICS, **EXTRA_METRICS}
 LABEL_VALUES = {
@@ -826,7 +831,7 @@ if [ -n "$worker_binary" ]; then
         check "RabbitMQ refuses hr-system publishing a project.* routing key (topic permission)" \
             refused smoke_publish_as hr-system dev-only-hr-system \
             docker/dev-events/01-project-assignment-started.json --user-id hr-system
-        check "RabbitMQ refuses the palworker user publishing events (write permission)" \
+        check "RabbitMQ refuses the palworker user publishing events (topic permission: only palworker.* results)" \
             refused smoke_pw publish --user-id palworker "$smoke_dir/no-user-id.json"
 
         # The events queue came from the definitions, so its delivery limit is

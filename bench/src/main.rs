@@ -3,7 +3,7 @@
 //! the product (it stands outside the worker's library, like the simulator);
 //! run it with
 //! `cargo build --release -p palworker -p palworker-bench && target/release/palworker-bench 2>bench.log`
-//! (or pick scenarios with `--scenario ingest,execution,fanout,idle-restart,operator-status`).
+//! (or pick scenarios with `--scenario ingest,execution,fanout,idle-restart,operator-status,retention,console`).
 //! The fan-out and restart scenarios run the real `palworker` binary as a
 //! child process: by default the one beside this binary (`--worker-binary`).
 //!
@@ -61,17 +61,39 @@
 //!   (and its VmHWM, reset before each command, read after):
 //!   `status_growth_mib` = the peak minus idle (issue 15: at most 20 MiB).
 //!   A second run of each command counts its rows.
+//! - **retention**: a child worker with `ledger.retention` and
+//!   `ledger.dedup_retention` of 1 s runs `--waves` waves of `--actions`
+//!   `project.assignment.started` events (one action each, moving every link
+//!   between two partner IDs); after each wave, once every action ended and
+//!   the worker's sweeper pruned the wave (`palworker_ledger_pruned_total`),
+//!   the ledger's size is read (`palworker_ledger_size_bytes`, and the
+//!   directory's bytes). `size_ratio` = the size after the last wave / after
+//!   the first (issue 16: at most 1.5); the curve is in the line. Afterwards
+//!   the stopped ledger's records are counted (the audit trail apart: kept
+//!   forever by default, it grows by design) and `ledger check` must pass;
+//!   then one wave of ended events and a fan-out over the same accounts are
+//!   swept in this process with the worker's step size: `max_sweep_step_ms`
+//!   is the longest step, the longest a sweep holds writers back.
+//! - **console**: a ledger of `--accounts` ended actions (one event over
+//!   every account: done, one in 1,000 failed, one in 500 manual) and a held
+//!   plan, served by an in-process worker; each console page is asked for
+//!   over HTTP with a bearer token, once to warm up and then 5 times: the
+//!   median per page in milliseconds (issue 18: every page under 200 ms).
+//!   `first_overview_ms` is the first overview, which waits for the
+//!   console's tally to read every action once.
 
 #![forbid(unsafe_code)]
 
 mod accounts;
 mod broker;
+mod console;
 mod execution;
 mod fanout;
 mod ingest;
 mod machine;
 mod report;
 mod restart;
+mod retention;
 mod status;
 mod worker;
 
@@ -85,7 +107,7 @@ use palworker_config::Settings;
 
 use machine::{cpu_model, redact_url};
 
-/// The scenarios of issues 6 and 15.
+/// The scenarios of issues 6, 15 and 16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Scenario {
     Ingest,
@@ -93,6 +115,8 @@ pub enum Scenario {
     Fanout,
     IdleRestart,
     OperatorStatus,
+    Retention,
+    Console,
 }
 
 /// `palworker-bench` options.
@@ -124,18 +148,21 @@ pub struct BenchArgs {
     /// execution: actions (accounts) per phase.
     #[arg(long, default_value_t = 10_000)]
     pub actions: u64,
-    /// execution, fanout, idle-restart: customer tenants the accounts spread over.
+    /// execution, fanout, idle-restart, console: customer tenants the accounts spread over.
     #[arg(long, default_value_t = 1_000)]
     pub tenants: u64,
     /// execution: simulated PAL latency of the slow phase, in milliseconds.
     #[arg(long, default_value_t = 20)]
     pub latency_ms: u64,
-    /// fanout: linked accounts; idle-restart, operator-status: finished actions in the ledger.
+    /// fanout: linked accounts; idle-restart, operator-status, console: finished actions in the ledger.
     #[arg(long, default_value_t = 100_000)]
     pub accounts: u64,
     /// idle-restart: pending actions in the ledger.
     #[arg(long, default_value_t = 10_000)]
     pub pending: u64,
+    /// retention: waves of `--actions` actions.
+    #[arg(long, default_value_t = 30)]
+    pub waves: usize,
     /// ingest: `amqp.prefetch` of the worker and of the ceiling consumer.
     #[arg(long, default_value_t = 64)]
     pub prefetch: u16,
@@ -203,6 +230,8 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Fanout,
             Scenario::IdleRestart,
             Scenario::OperatorStatus,
+            Scenario::Retention,
+            Scenario::Console,
         ]
     } else {
         args.scenario.clone()
@@ -240,6 +269,8 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Fanout => fanout::run(&url, &args, &worker).await,
             Scenario::IdleRestart => restart::run(&url, &args, &worker).await,
             Scenario::OperatorStatus => status::run(&url, &args, &worker).await,
+            Scenario::Retention => retention::run(&url, &args, &worker).await,
+            Scenario::Console => console::run(&url, &args).await,
         }
         .with_context(|| format!("bench scenario {scenario:?} failed"))?;
         for line in lines {

@@ -10,6 +10,7 @@ pub enum Unit {
     Rate,
     Ratio,
     Mib,
+    Millis,
 }
 
 /// The numbers of one run, in print order.
@@ -44,7 +45,7 @@ fn format_value(unit: Unit, value: f64) -> String {
     match unit {
         Unit::Count | Unit::Rate => format!("{value:.0}"),
         Unit::Seconds | Unit::Ratio => format!("{value:.3}"),
-        Unit::Mib => format!("{value:.1}"),
+        Unit::Mib | Unit::Millis => format!("{value:.1}"),
     }
 }
 

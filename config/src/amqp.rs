@@ -31,6 +31,10 @@ pub struct AmqpSettings {
     pub dead_letter_exchange: String,
     /// Quorum queue bound to the dead-letter exchange.
     pub dead_letter_queue: String,
+    /// Topic exchange the worker publishes its results to (SPEC §11.3:
+    /// `palworker.event.completed`, `palworker.action.attention`); by
+    /// default the events exchange.
+    pub results_exchange: String,
     /// Unacknowledged deliveries the broker may send at once (at least 1).
     pub prefetch: u16,
     /// Larger message bodies are dead-lettered unread (at least 1).
@@ -201,6 +205,19 @@ impl RawAmqp {
                 format!("must differ from amqp.queue (both are `{queue}`)"),
             ));
         }
+        let results_exchange = match self.results_exchange {
+            None => exchange.clone(),
+            Some(name) => object_name("amqp.results_exchange", name)?,
+        };
+        if results_exchange == dead_letter_exchange {
+            // Every result would land in the dead-letter queue.
+            return Err(ConfigError::invalid(
+                "amqp.results_exchange",
+                format!(
+                    "must differ from amqp.dead_letter_exchange (both are `{dead_letter_exchange}`)"
+                ),
+            ));
+        }
         if self.prefetch == 0 {
             // 0 means "unlimited" to the broker: memory would be unbounded.
             return Err(ConfigError::invalid(
@@ -244,6 +261,7 @@ impl RawAmqp {
             queue,
             dead_letter_exchange,
             dead_letter_queue,
+            results_exchange,
             prefetch: self.prefetch,
             max_message_bytes: self.max_message_bytes,
             delivery_limit: self.delivery_limit,

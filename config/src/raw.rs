@@ -43,6 +43,8 @@ pub(crate) struct RawAmqp {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// `None`: the events exchange.
+    pub results_exchange: Option<String>,
     pub prefetch: u16,
     pub max_message_bytes: usize,
     pub delivery_limit: u32,
@@ -60,6 +62,7 @@ impl Default for RawAmqp {
             queue: "palworker.events".to_owned(),
             dead_letter_exchange: "pal.lifecycle.dlx".to_owned(),
             dead_letter_queue: "palworker.dead".to_owned(),
+            results_exchange: None,
             prefetch: 64,
             max_message_bytes: 256 * 1024,
             delivery_limit: 20,

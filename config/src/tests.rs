@@ -90,6 +90,10 @@ fn defaults_load_without_a_file() {
     assert_eq!(settings.amqp.queue, "palworker.events");
     assert_eq!(settings.amqp.dead_letter_exchange, "pal.lifecycle.dlx");
     assert_eq!(settings.amqp.dead_letter_queue, "palworker.dead");
+    assert_eq!(
+        settings.amqp.results_exchange, "pal.lifecycle",
+        "results go to the events exchange by default"
+    );
     assert_eq!(settings.amqp.prefetch, 64);
     assert_eq!(settings.amqp.max_message_bytes, 262_144);
     assert_eq!(settings.amqp.declare, DeclareMode::Declare);
@@ -223,6 +227,10 @@ listen = "127.0.0.1:9464"
         }),
         ("PALWORKER__AMQP__DECLARE", "passive", |s| {
             assert_eq!(s.amqp.declare, DeclareMode::Passive)
+        }),
+        ("PALWORKER__AMQP__RESULTS_EXCHANGE", "pal.results", |s| {
+            assert_eq!(s.amqp.results_exchange, "pal.results");
+            assert_eq!(s.amqp.exchange, "pal.lifecycle");
         }),
         (
             "PALWORKER__AMQP__URL",
@@ -408,6 +416,18 @@ fn invalid_configs_are_refused_naming_the_key() {
             key: Some("amqp.dead_letter_queue"),
         },
         Case {
+            toml: "[amqp]\nresults_exchange = \"pal.lifecycle.dlx\"",
+            env: &[],
+            message: "config key `amqp.results_exchange`: must differ from amqp.dead_letter_exchange (both are `pal.lifecycle.dlx`)",
+            key: Some("amqp.results_exchange"),
+        },
+        Case {
+            toml: "[amqp]\nresults_exchange = \" \"",
+            env: &[],
+            message: "config key `amqp.results_exchange`: must not be empty",
+            key: Some("amqp.results_exchange"),
+        },
+        Case {
             toml: "[credentials.automation]\nclient_id = \"x\"\nclient_secret_env = \"A\"\nclient_secret_file = \"/run/secrets/a\"",
             env: &[("A", "secret")],
             message: "config key `credentials.automation`: set exactly one of `client_secret_file`, `client_secret_env` or `certificate_file` (found `client_secret_file` and `client_secret_env`)",
@@ -446,7 +466,7 @@ fn invalid_configs_are_refused_naming_the_key() {
         Case {
             toml: "[amqp]\nprefetchh = 10",
             env: &[],
-            message: "config key `amqp.prefetchh`: unknown key (expected one of `url`, `url_file`, `exchange`, `queue`, `dead_letter_exchange`, `dead_letter_queue`, `prefetch`, `max_message_bytes`, `delivery_limit`, `declare`, `reconnect_initial` or `reconnect_max`)",
+            message: "config key `amqp.prefetchh`: unknown key (expected one of `url`, `url_file`, `exchange`, `queue`, `dead_letter_exchange`, `dead_letter_queue`, `results_exchange`, `prefetch`, `max_message_bytes`, `delivery_limit`, `declare`, `reconnect_initial` or `reconnect_max`)",
             key: Some("amqp.prefetchh"),
         },
         Case {

@@ -64,7 +64,11 @@ fn production_example_loads_with_its_secret_files() {
     )
     .unwrap();
     std::fs::write(secrets.join("palworker-admin-token"), "prod-admin-token\n").unwrap();
-    std::fs::write(secrets.join("palworker-backup-token"), "prod-backup-token\n").unwrap();
+    std::fs::write(
+        secrets.join("palworker-backup-token"),
+        "prod-backup-token\n",
+    )
+    .unwrap();
     let text = std::fs::read_to_string(shipped("palworker.production.example.toml")).unwrap();
     assert!(text.contains("\"/run/secrets/"));
     let text = text.replace("\"/run/secrets/", &format!("\"{}/", secrets.display()));
@@ -72,6 +76,7 @@ fn production_example_loads_with_its_secret_files() {
     let settings = Settings::from_toml_str(&text, []).unwrap();
 
     assert!(settings.amqp.url.is_tls());
+    assert_eq!(settings.amqp.results_exchange, "pal.lifecycle");
     assert_eq!(
         settings.amqp.url.to_string(),
         "amqps://palworker:***@rabbitmq.internal.example.com:5671/pal"

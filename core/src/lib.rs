@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod drift;
 pub mod ids;
 mod instant;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod reason;
 pub mod retry;
 pub mod views;
 
+pub use drift::{DriftKind, Finding, FindingKind, ReconcileReport};
 pub use ids::{ActionId, EventSeq};
 pub use model::{ActionRecord, ActionState, EventRecord, EventState, InventoryEntry, Op};
 pub use outcome::{AcceptOutcome, Approval, Completion, Rescheduled, Superseded};

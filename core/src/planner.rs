@@ -12,6 +12,7 @@ use palworker_events::{
 };
 use serde::Serialize;
 
+use crate::drift::DriftKind;
 use crate::ids::ActionId;
 use crate::model::{InventoryEntry, Op};
 
@@ -374,6 +375,18 @@ impl<'a> Assignment<'a> {
     }
 }
 
+/// The change that fixes a difference a reconcile found between PAL and
+/// `entry`'s desired link (SPEC §11.3): the desired link and the
+/// assignment stay as they are; the action makes PAL show them.
+pub fn reconcile_change(entry: InventoryEntry, kind: DriftKind) -> PlannedChange {
+    let assignment = AssignmentStatus::of(&entry);
+    let desired = entry.desired.clone();
+    PlannedChange {
+        op: kind.op(),
+        ..change_of(entry, desired, assignment)
+    }
+}
+
 /// Computes the plan of `event` against `inventory`.
 pub fn plan<V: InventoryView + ?Sized>(event: &Event, inventory: &V) -> Result<Plan, V::Error> {
     let mut changes = Changes::default();
@@ -465,6 +478,9 @@ pub fn plan<V: InventoryView + ?Sized>(event: &Event, inventory: &V) -> Result<P
             tenant_ids,
         } => FanOut::partner_id_changed(old_partner_id, new_partner_id, tenant_ids.as_deref())
             .collect(inventory, &mut changes)?,
+        // Its changes come from what PAL showed, not from the inventory: the
+        // ledger stores them through `reconcile_change`.
+        EventData::Reconcile { .. } => {}
     }
     Ok(Plan {
         changes: changes.into_vec(),
@@ -716,6 +732,37 @@ mod tests {
             vec![("11".into(), "E-9".into(), "555".into(), "link")]
         );
         assert!(plan.changes[0].previous.is_none());
+    }
+
+    #[test]
+    fn a_reconcile_change_keeps_the_desired_link_and_the_assignment() {
+        let inv = Memory::default();
+        inv.add(T1, 1, "E-1", Some("111"), true, None);
+        inv.add(T1, 2, "E-2", None, false, None);
+        let entries = inv.by_tenant(&TenantId::parse(T1).unwrap()).unwrap();
+        let relink = reconcile_change(entries[0].clone(), DriftKind::Different);
+        assert_eq!(relink.op, Op::Update);
+        assert_eq!(relink.desired, entries[0].desired);
+        assert_eq!(relink.assignment, AssignmentStatus::Active);
+        let remove = reconcile_change(entries[1].clone(), DriftKind::Unexpected);
+        assert_eq!(remove.op, Op::Remove);
+        assert_eq!(remove.desired, DesiredLink::Absent);
+        assert_eq!(remove.assignment, AssignmentStatus::Ended);
+        // Planned from the inventory alone, a reconcile event has no changes.
+        let event = Event {
+            id: "r".into(),
+            source: "urn:palworker".into(),
+            event_type: palworker_events::EventType::Reconcile,
+            time: Utc::now(),
+            data: EventData::Reconcile {
+                tenant_id: None,
+                employee_id: None,
+                missing: 0,
+                unexpected: 1,
+                different: 1,
+            },
+        };
+        assert!(plan(&event, &inv).unwrap().changes.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use palworker_events::{EmployeeId, EventType, ObjectId, PartnerId, TenantId};
 use serde::{Deserialize, Serialize};
 
+use crate::drift::ReconcileReport;
 use crate::ids::ActionId;
 use crate::model::{ActionRecord, ActionState, Op};
 
@@ -219,4 +220,7 @@ pub enum AuditWhat {
     Pause,
     /// An operator resumed them.
     Resume,
+    /// PAL was compared with the desired links (SPEC §11.3): by an operator,
+    /// or by the worker's periodic reconcile (`who` = `palworker`).
+    Reconcile(Box<ReconcileReport>),
 }

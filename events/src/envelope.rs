@@ -55,6 +55,8 @@ pub(crate) enum Admission {
     /// `Deserialize`: every rule except the ones added since it may have
     /// been accepted, so a stored record stays readable. Only one: an `id`
     /// with control characters (refused since SPEC §11.1's hardening).
+    /// palworker's own event types ([`EventType::INTERNAL`]) are known here
+    /// only.
     Stored,
 }
 
@@ -114,7 +116,13 @@ impl Envelope {
         if type_name.is_empty() {
             return Err(invalid("type", AttributeProblem::Empty));
         }
-        let event_type: EventType = type_name.parse().map_err(|_| EventError::UnknownType {
+        // palworker's own types are read back from its ledger, never
+        // accepted from a message.
+        let event_type = match admission {
+            Admission::Incoming => type_name.parse::<EventType>(),
+            Admission::Stored => EventType::parse_stored(type_name),
+        }
+        .map_err(|_| EventError::UnknownType {
             found: echo(type_name),
         })?;
 

@@ -264,6 +264,9 @@ pub enum FieldProblem {
     /// The field equals another field it must differ from.
     #[error("must differ from data.{0}")]
     SameAs(&'static str),
+    /// The field must be a non-negative integer (a count).
+    #[error("must be a non-negative integer")]
+    NotACount,
 }
 
 /// Makes a piece of untrusted input safe to embed in a one-line message:

@@ -25,7 +25,9 @@ use crate::error::{
 use crate::fields::{FromField, optional, required};
 use crate::ids::{ContractId, CredentialName, EmployeeId, ObjectId, PartnerId, TenantId};
 
-/// The catalogue of event types palworker understands (SPEC §3).
+/// The event types palworker understands: the catalogue publishers send
+/// (SPEC §3, [`EventType::ALL`]) and palworker's own (SPEC §11.3,
+/// [`EventType::INTERNAL`]), which no message is accepted as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventType {
     /// `project.assignment.started`
@@ -40,6 +42,9 @@ pub enum EventType {
     EmployeeTransferred,
     /// `partner.id.changed`
     PartnerIdChanged,
+    /// `palworker.reconcile`: palworker's own event, planned by a reconcile
+    /// from what it read in PAL (never accepted from a publisher).
+    Reconcile,
 }
 
 impl EventType {
@@ -53,6 +58,11 @@ impl EventType {
         EventType::PartnerIdChanged,
     ];
 
+    /// palworker's own event types: stored in the ledger like the
+    /// catalogue's, never accepted from a message (such a message is an
+    /// unknown type).
+    pub const INTERNAL: [EventType; 1] = [EventType::Reconcile];
+
     /// The CloudEvents `type` (and AMQP routing key) of this event type.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,7 +72,24 @@ impl EventType {
             EventType::EmployeeDeparted => "hr.employee.departed",
             EventType::EmployeeTransferred => "hr.employee.transferred",
             EventType::PartnerIdChanged => "partner.id.changed",
+            EventType::Reconcile => "palworker.reconcile",
         }
+    }
+
+    /// Whether this is one of palworker's own types ([`EventType::INTERNAL`]).
+    pub fn is_internal(self) -> bool {
+        EventType::INTERNAL.contains(&self)
+    }
+
+    /// The type named `text` in a record palworker stored: a catalogue type
+    /// or one of its own. (`FromStr` knows only the catalogue: what a
+    /// message may be.)
+    pub fn parse_stored(text: &str) -> Result<EventType, UnknownEventType> {
+        EventType::ALL
+            .into_iter()
+            .chain(EventType::INTERNAL)
+            .find(|event_type| event_type.as_str() == text)
+            .ok_or_else(|| UnknownEventType(echo(text)))
     }
 }
 
@@ -72,7 +99,8 @@ impl fmt::Display for EventType {
     }
 }
 
-/// A string that is not one of [`EventType::ALL`].
+/// A string that is not one of [`EventType::ALL`] (or, for a stored
+/// record, of [`EventType::INTERNAL`] either).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown event type: {0}")]
 pub struct UnknownEventType(String);
@@ -94,10 +122,12 @@ impl Serialize for EventType {
     }
 }
 
+/// Reads the type of a stored record (an action's, an event's): palworker's
+/// own types included, see [`EventType::parse_stored`].
 impl<'de> Deserialize<'de> for EventType {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.parse().map_err(D::Error::custom)
+        EventType::parse_stored(&text).map_err(D::Error::custom)
     }
 }
 
@@ -198,6 +228,23 @@ pub enum EventData {
         /// in the order given; `None` means every tenant.
         tenant_ids: Option<Vec<TenantId>>,
     },
+    /// `palworker.reconcile` (source `urn:palworker`): the differences one
+    /// reconcile found between PAL and the desired links, planned as one
+    /// event whose actions fix them (SPEC §11.3). Built by the worker, never
+    /// accepted from a message; its actions come from PAL, not from the
+    /// inventory, so the planner derives none from it.
+    Reconcile {
+        /// The tenant the reconcile read (`--tenant`); `None`: every tenant.
+        tenant_id: Option<TenantId>,
+        /// The employee whose accounts it read (`--employee`); `None`: everyone's.
+        employee_id: Option<EmployeeId>,
+        /// Accounts desired linked that PAL showed without a link.
+        missing: u64,
+        /// Accounts desired without a link that PAL showed linked.
+        unexpected: u64,
+        /// Accounts PAL showed linked to another partner ID than desired.
+        different: u64,
+    },
 }
 
 impl Event {
@@ -297,6 +344,7 @@ impl EventData {
             EventData::EmployeeDeparted { .. } => EventType::EmployeeDeparted,
             EventData::EmployeeTransferred { .. } => EventType::EmployeeTransferred,
             EventData::PartnerIdChanged { .. } => EventType::PartnerIdChanged,
+            EventData::Reconcile { .. } => EventType::Reconcile,
         }
     }
 
@@ -317,6 +365,7 @@ impl EventData {
             | EventData::ContractEnded { tenant_id, .. } => Some(vec![tenant_id.clone()]),
             EventData::EmployeeDeparted { .. } | EventData::EmployeeTransferred { .. } => None,
             EventData::PartnerIdChanged { tenant_ids, .. } => tenant_ids.clone(),
+            EventData::Reconcile { tenant_id, .. } => tenant_id.clone().map(|t| vec![t]),
         }
     }
 
@@ -381,6 +430,13 @@ impl EventData {
                     tenant_ids: tenant_ids(data)?,
                 }
             }
+            EventType::Reconcile => EventData::Reconcile {
+                tenant_id: optional(data, "tenant_id")?,
+                employee_id: optional(data, "employee_id")?,
+                missing: required(data, "missing")?,
+                unexpected: required(data, "unexpected")?,
+                different: required(data, "different")?,
+            },
         };
         Ok(parsed)
     }
@@ -468,6 +524,23 @@ impl EventData {
                     object.insert("tenant_ids".to_owned(), Value::Array(array));
                 }
             }
+            EventData::Reconcile {
+                tenant_id,
+                employee_id,
+                missing,
+                unexpected,
+                different,
+            } => {
+                put("tenant_id", tenant_id.as_ref().map(TenantId::as_str));
+                put("employee_id", employee_id.as_ref().map(EmployeeId::as_str));
+                for (field, count) in [
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                    ("different", different),
+                ] {
+                    object.insert(field.to_owned(), Value::from(*count));
+                }
+            }
         }
         object
     }
@@ -524,7 +597,7 @@ impl<'de> Deserialize<'de> for EventData {
             )));
         };
         let event_type = match object.get("type") {
-            Some(Value::String(name)) => name.parse::<EventType>().map_err(D::Error::custom)?,
+            Some(Value::String(name)) => EventType::parse_stored(name).map_err(D::Error::custom)?,
             _ => return Err(D::Error::missing_field("type")),
         };
         EventData::from_json_object(event_type, &object).map_err(D::Error::custom)
@@ -600,6 +673,50 @@ mod tests {
         let parsed = Event::from_json_slice(&serde_json::to_vec(&cloudevent).unwrap()).unwrap();
         assert_eq!(parsed.event_type, EventType::ContractEnded);
         assert_eq!(parsed.data, event.data);
+    }
+
+    #[test]
+    fn a_reconcile_event_is_read_back_from_the_ledger_but_never_accepted_from_a_message() {
+        let event = Event {
+            id: "reconcile-1".to_owned(),
+            source: "urn:palworker".to_owned(),
+            event_type: EventType::Reconcile,
+            time: DateTime::from_timestamp(1_795_942_800, 0).unwrap(),
+            data: EventData::Reconcile {
+                tenant_id: Some(TenantId::parse("72f988bf-86f1-41af-91ab-2d7cd011db47").unwrap()),
+                employee_id: None,
+                missing: 2,
+                unexpected: 0,
+                different: 1,
+            },
+        };
+        // Stored and read back (the ledger's way), palworker's own type included.
+        let stored = serde_json::to_vec(&event).unwrap();
+        let read: Event = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(read, event);
+        assert_eq!(
+            read.tenant_scope(),
+            Some(vec![
+                TenantId::parse("72f988bf-86f1-41af-91ab-2d7cd011db47").unwrap()
+            ])
+        );
+        assert_eq!(
+            serde_json::from_str::<EventType>("\"palworker.reconcile\"").unwrap(),
+            EventType::Reconcile
+        );
+        // A message claiming the type is an unknown type, as is the name to `FromStr`.
+        let error = Event::from_json_slice(&stored).unwrap_err();
+        assert_eq!(error.reason(), crate::RejectReason::UnknownType);
+        assert!("palworker.reconcile".parse::<EventType>().is_err());
+        assert!(EventType::ALL.iter().all(|t| !t.is_internal()));
+        // A count must be a non-negative integer.
+        let mut bad = event.to_cloudevent_json();
+        bad["data"]["missing"] = serde_json::json!(-1);
+        let error = serde_json::from_value::<Event>(bad).unwrap_err();
+        assert!(
+            error.to_string().contains("must be a non-negative integer"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -69,6 +69,13 @@ from_text_via_parse!(
     CredentialName
 );
 
+/// A count: a JSON integer from 0 to `u64::MAX`.
+impl FromField for u64 {
+    fn from_field(value: &Value) -> Result<Self, FieldProblem> {
+        value.as_u64().ok_or(FieldProblem::NotACount)
+    }
+}
+
 impl FromText for DateTime<Utc> {
     fn from_text(text: &str) -> Result<Self, FieldProblem> {
         parse_rfc3339(text).ok_or(FieldProblem::NotRfc3339)

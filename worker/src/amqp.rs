@@ -1,5 +1,7 @@
 //! RabbitMQ: topology, the consuming loop (which owns reconnection), dead
-//! lettering, and a confirming publisher. Only this module imports lapin.
+//! lettering, a confirming publisher, and the channel the worker's results
+//! go out on (the results publisher's loop is `results.rs`). Only this
+//! module imports lapin.
 //!
 //! Architecture invariant: a delivery is acknowledged only on the channel it
 //! arrived on. When a connection dies, its unacknowledged deliveries are
@@ -685,6 +687,118 @@ impl Publisher {
     }
 }
 
+/// Why results could not be published (SPEC §11.3). Either way they stay
+/// in the outbox and are published again later.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The connection, the channel or the results exchange failed (a
+    /// missing exchange closes the channel: `NOT_FOUND`).
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker answered the publish with a negative confirm.
+    #[error("the broker refused a result (nack)")]
+    Refused,
+}
+
+/// One result to publish: a CloudEvent in structured mode.
+#[derive(Debug, Clone)]
+pub struct ResultMessage {
+    /// The CloudEvent `type`, which is the routing key.
+    pub routing_key: &'static str,
+    /// The CloudEvent `id`, also the AMQP `message_id`.
+    pub id: String,
+    pub body: Vec<u8>,
+}
+
+/// The worker's channel for its results (SPEC §11.3): persistent messages
+/// to `amqp.results_exchange` with publisher confirms, without `mandatory`
+/// (with no queue bound, the broker drops them, and that is not an error).
+pub struct ResultsChannel {
+    connection: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+impl ResultsChannel {
+    /// Connects, declares the results exchange (topic, durable; in passive
+    /// mode only checks that it exists) and turns confirms on.
+    pub async fn open(settings: &AmqpSettings) -> Result<ResultsChannel, PublishError> {
+        let connection = connect(settings.url.expose(), "palworker-results").await?;
+        let opened = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .exchange_declare(
+                    settings.results_exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        passive: matches!(settings.declare, DeclareMode::Passive),
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        }
+        .await;
+        match opened {
+            Ok(channel) => Ok(ResultsChannel {
+                connection,
+                channel,
+                exchange: settings.results_exchange.clone(),
+            }),
+            Err(error) => {
+                let _ = connection.close(200, "results channel failed".into()).await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Publishes `messages` and waits for their confirms (all sent first,
+    /// then every confirm awaited: one round trip per batch, not per
+    /// message). `Ok` only when the broker confirmed every one of them.
+    pub async fn publish(&self, messages: &[ResultMessage]) -> Result<(), PublishError> {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/cloudevents+json".into())
+                .with_message_id(message.id.as_str().into())
+                .with_type(message.routing_key.into());
+            confirms.push(
+                self.channel
+                    .basic_publish(
+                        self.exchange.as_str().into(),
+                        message.routing_key.into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        properties,
+                    )
+                    .await?,
+            );
+        }
+        let mut refused = false;
+        for confirm in confirms {
+            refused |= !confirm.await?.is_ack();
+        }
+        if refused {
+            return Err(PublishError::Refused);
+        }
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "palworker stopping".into()).await;
+        let _ = self
+            .connection
+            .close(200, "palworker stopping".into())
+            .await;
+    }
+}
+
 /// A message fetched from a queue (tests, the demo, operators inspecting the DLQ).
 #[derive(Debug, Clone)]
 pub struct FetchedMessage {
@@ -692,6 +806,8 @@ pub struct FetchedMessage {
     pub routing_key: String,
     /// The `x-palworker-reason` header, when present.
     pub reason: Option<String>,
+    /// The AMQP `message_id`, when present.
+    pub message_id: Option<String>,
 }
 
 /// A short-lived connection for administrative chores.
@@ -742,12 +858,79 @@ impl BrokerAdmin {
                     _ => None,
                 });
             out.push(FetchedMessage {
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned()),
                 body: delivery.data,
                 routing_key: delivery.routing_key.as_str().to_owned(),
                 reason,
             });
         }
         Ok(out)
+    }
+
+    /// Declares a durable topic exchange (idempotent).
+    pub async fn declare_topic_exchange(&self, exchange: &str) -> anyhow::Result<()> {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Declares a durable queue bound to `exchange` with `binding` — how a
+    /// publishing system receives palworker's results (README).
+    pub async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        binding: &str,
+    ) -> anyhow::Result<()> {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a queue (tests clean up after themselves).
+    pub async fn delete_queue(&self, queue: &str) -> anyhow::Result<()> {
+        self.channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes an exchange (tests clean up after themselves).
+    pub async fn delete_exchange(&self, exchange: &str) -> anyhow::Result<()> {
+        self.channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+        Ok(())
     }
 
     /// Number of messages ready in `queue`.

@@ -24,6 +24,7 @@ use crate::ledger::Ledger;
 use crate::ledger::{PauseState, Retention};
 use crate::operators::{Attached, LedgerOperations, Operator};
 use crate::pal::PalClient;
+use crate::results::ResultsPublisher;
 use crate::sweeper;
 use crate::telemetry::{LedgerGaugesRead, Metrics, WritesPaused};
 
@@ -53,6 +54,7 @@ pub struct RunningApp {
     keeper: JoinHandle<()>,
     gauges: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    results: JoinHandle<()>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -158,11 +160,17 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
     let stop_http = CancellationToken::new();
     let stop_consuming = CancellationToken::new();
     let stop_executing = CancellationToken::new();
-    let http = tokio::spawn(http::serve(
-        listener,
-        router,
+    // The admin API also on admin.sock in the ledger directory (this
+    // worker holds the ledger): the local operator needs no token.
+    let local_operators = crate::admin_socket::serve_in(
+        &settings.ledger.path,
+        router.clone(),
         stop_http.clone().cancelled_owned(),
-    ));
+    );
+    let http = tokio::spawn({
+        let tcp = http::serve(listener, router, stop_http.clone().cancelled_owned());
+        async move { tokio::join!(tcp, local_operators).0 }
+    });
     let consumer = health.supervise(
         "consumer",
         stop_consuming.clone(),
@@ -195,6 +203,17 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             stop_executing.clone(),
         ),
     );
+    let results = health.supervise(
+        "results publisher",
+        stop_executing.clone(),
+        ResultsPublisher::new(
+            ledger.clone(),
+            settings.amqp.clone(),
+            metrics.clone(),
+            availability.clone(),
+        )
+        .run(stop_executing.clone()),
+    );
     let keeper = health.supervise(
         "ledger keeper",
         stop_executing.clone(),
@@ -220,6 +239,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         keeper,
         gauges,
         sweeper,
+        results,
         http,
     })
 }
@@ -237,6 +257,7 @@ impl RunningApp {
         let _ = self.keeper.await;
         let _ = self.gauges.await;
         let _ = self.sweeper.await;
+        let _ = self.results.await;
         let flushed = if self.health.ledger.is_available() {
             let ledger = self.ledger.clone();
             tokio::task::spawn_blocking(move || ledger.flush())

@@ -155,13 +155,19 @@ pub fn read_gauges(
     ledger: &Ledger,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<LedgerGauges, LedgerError> {
+    let open = ledger.open_work(now)?;
     Ok(LedgerGauges {
         open_actions: ledger.pending_count(),
-        scheduled_actions: ledger.scheduled_count(now)?,
+        scheduled_actions: open.scheduled,
         held_plans: ledger.held_plan_count(),
         open_events: ledger.open_event_count()?,
         size_bytes: ledger.size_on_disk(),
         disk_free_bytes: ledger.disk_free(),
+        oldest_open_removal: open
+            .oldest_open_removal_due
+            .and_then(|due| (now - due).to_std().ok())
+            .unwrap_or_default(),
+        results_pending: ledger.pending_result_count(),
     })
 }
 
@@ -171,7 +177,8 @@ const GAUGES_EVERY: Duration = Duration::from_secs(15);
 /// Sets the ledger's gauges from the ledger every [`GAUGES_EVERY`] while it
 /// is available: the happenings keep them current in between, and this puts
 /// a scheduled action whose `effective_at` passed among the pending ones and
-/// reports the ledger's size and free disk. Runs until `shutdown`.
+/// reports the ledger's size and free disk, the oldest open removal's age
+/// and the results not yet published. Runs until `shutdown`.
 pub async fn refresh_gauges(
     ledger: Arc<Ledger>,
     availability: LedgerAvailability,

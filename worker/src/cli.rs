@@ -1,12 +1,15 @@
 //! The command line (SPEC §8). `main.rs` only calls [`main`].
 //!
 //! Operator commands open the ledger directly when no worker holds it, and
-//! otherwise — or when there is no ledger on this machine — go through the
-//! running worker's admin API on `http.listen`, so nothing ever requires
-//! stopping the worker — except `ledger check`, which recounts a ledger
-//! nobody writes meanwhile (see `ledger::check`), and `ledger import`, which
-//! makes a new ledger. The audit trail records who ran a command: the admin
-//! token's name over the API (`--operator`), the OS user on the ledger.
+//! otherwise go through the running worker's admin API: on this machine
+//! through its admin socket in the ledger directory (no token: the worker
+//! checks who connects), else — or when there is no ledger on this machine,
+//! or `--operator` names a token — on `http.listen` with a token. So
+//! nothing ever requires stopping the worker — except `ledger check`, which
+//! recounts a ledger nobody writes meanwhile (see `ledger::check`), and
+//! `ledger import`, which makes a new ledger. The audit trail records who
+//! ran a command: the admin token's name over TCP (`--operator`), the OS
+//! user on the ledger or through the socket.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -136,6 +139,32 @@ pub enum OperatorCommand {
     Pause,
     /// Write to PAL again.
     Resume,
+    /// Reports for compliance.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Time to revocation: one row per event that removes links — employee,
+    /// event, effective time, tenants, when its last link was verified
+    /// gone, how many seconds that took, and links still open.
+    Revocations {
+        /// Only events whose removals were due (effective_at, else
+        /// acceptance) at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// CSV with a header row, or JSON Lines.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+    },
+}
+
+/// How `report` prints its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,12 +473,43 @@ impl Target {
                 Attached::Stopped,
                 Operator::local_user(),
             ))),
-            Err(LedgerError::Locked(_)) => remote(Reached::LedgerInUse),
-            Err(error) => Err(error).with_context(|| {
-                format!("opening the ledger at `{}`", settings.ledger.path.display())
-            }),
+            // A worker holds it: its admin socket when this user may use
+            // it (no token needed), else its TCP admin API with a token.
+            // `--operator` names a token: TCP then.
+            Err(LedgerError::Locked(_)) => match usable_admin_socket(&settings.ledger.path) {
+                Ok(socket) if operator.is_none() => Ok(Target::Remote(
+                    AdminApiClient::over_socket(&socket, Reached::LedgerInUse)?,
+                )),
+                _ => remote(Reached::LedgerInUse),
+            },
+            // Not this user's to open (a worker of another OS user): the
+            // worker's admin socket decides, and says why it refuses.
+            Err(error) => {
+                let opening = format!("opening the ledger at `{}`", settings.ledger.path.display());
+                match usable_admin_socket(&settings.ledger.path) {
+                    Ok(socket) => Ok(Target::Remote(AdminApiClient::over_socket(
+                        &socket,
+                        Reached::LedgerInUse,
+                    )?)),
+                    Err(refused) if refused.kind() != std::io::ErrorKind::NotFound => {
+                        Err(anyhow::Error::from(error).context(format!(
+                            "{opening}; the running worker's admin socket refused this user too: {refused} \
+                             (it serves the worker's OS user and root)"
+                        )))
+                    }
+                    Err(_) => Err(error).context(opening),
+                }
+            }
         }
     }
+}
+
+/// The admin socket of the worker holding the ledger at `ledger`, when
+/// this process can connect to it (a stale one left by a crash refuses).
+fn usable_admin_socket(ledger: &Path) -> std::io::Result<PathBuf> {
+    let socket = crate::admin_socket::socket_path(ledger);
+    std::os::unix::net::UnixStream::connect(&socket)?;
+    Ok(socket)
 }
 
 /// The token operator commands present to a running worker: the one named
@@ -834,6 +894,72 @@ async fn operate(target: &impl Operations, command: OperatorCommand) -> anyhow::
                     "writes to PAL were not paused"
                 }
             );
+        }
+        OperatorCommand::Report(ReportCommand::Revocations { since, format }) => {
+            report_revocations(target, since, format).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `report revocations`: rows as they arrive, as CSV (lists joined with
+/// `;`) or JSON Lines.
+async fn report_revocations(
+    target: &impl Operations,
+    since: Option<DateTime<Utc>>,
+    format: ReportFormat,
+) -> anyhow::Result<()> {
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    match format {
+        ReportFormat::Json => {
+            let mut out = out;
+            target
+                .revocations(since, &mut |row| {
+                    writeln!(out, "{}", serde_json::to_string(&row)?)?;
+                    Ok(())
+                })
+                .await?;
+            out.flush()?;
+        }
+        ReportFormat::Csv => {
+            let mut csv = csv::Writer::from_writer(out);
+            csv.write_record([
+                "employee_ids",
+                "event_id",
+                "event_source",
+                "event_type",
+                "effective_at",
+                "accepted_at",
+                "tenant_ids",
+                "links_removed",
+                "links_orphaned",
+                "links_open",
+                "last_removed_at",
+                "seconds",
+            ])?;
+            let join = |items: Vec<String>| items.join(";");
+            target
+                .revocations(since, &mut |row| {
+                    csv.write_record([
+                        join(row.employee_ids.iter().map(|e| e.to_string()).collect()),
+                        row.event_id,
+                        row.event_source,
+                        row.event_type.to_string(),
+                        row.effective_at.to_rfc3339(),
+                        row.accepted_at.to_rfc3339(),
+                        join(row.tenant_ids.iter().map(|t| t.to_string()).collect()),
+                        row.links_removed.to_string(),
+                        row.links_orphaned.to_string(),
+                        row.links_open.to_string(),
+                        row.last_removed_at
+                            .map(|at| at.to_rfc3339())
+                            .unwrap_or_default(),
+                        row.seconds.map(|s| s.to_string()).unwrap_or_default(),
+                    ])?;
+                    Ok(())
+                })
+                .await?;
+            csv.flush()?;
         }
     }
     Ok(())

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use palworker_config::RetrySettings;
-use palworker_events::{AccountKey, Escaped, PartnerId};
+use palworker_events::{AccountKey, DesiredLink, Escaped, PartnerId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,16 +26,16 @@ use tracing::Instrument;
 use crate::availability::LedgerAvailability;
 use crate::clock::Clock;
 use crate::health::panic_message;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, revocation_due};
 use crate::pal::{
     Checkpoint, PalClient, PalError, Proceed, Reconcile, ReconcileError, Reconciled, Transient,
     WriteMode,
 };
 use crate::telemetry::{
-    ActionFinished, ActionRetryScheduled, EventCompleted, Metrics, ScheduledActionsDue,
+    ActionFinished, ActionRetryScheduled, EventCompleted, LinkRevoked, Metrics, ScheduledActionsDue,
 };
 use palworker_core::retry::{self, RetryDecision};
-use palworker_core::{ActionId, ActionRecord, ActionState, Completion, Rescheduled};
+use palworker_core::{ActionId, ActionRecord, ActionState, Completion, Op, Rescheduled};
 
 /// How the executor behaves.
 #[derive(Debug, Clone)]
@@ -561,9 +561,24 @@ impl Executor {
     /// Logs and counts a terminal transition recorded in the ledger.
     fn report(&self, completion: Completion) {
         ActionFinished::of(&completion.record, ActionState::InFlight).emit(&self.metrics);
+        if completion.record.op == Op::Remove && completion.record.state == ActionState::Done {
+            self.report_revoked(&completion.record);
+        }
         if let Some(record) = &completion.event_completed {
             EventCompleted { record }.emit(&self.metrics);
         }
+    }
+
+    /// Observes a removed link's time to revocation: from its event's
+    /// `effective_at` (or acceptance), which the action itself does not keep
+    /// when it was already past at acceptance.
+    fn report_revoked(&self, action: &ActionRecord) {
+        let due = match self.ledger.event(action.event_seq) {
+            Ok(Some(record)) => revocation_due(&record),
+            // Unreadable (the ledger failing): the action's own due time.
+            _ => action.not_before.unwrap_or(action.created_at),
+        };
+        LinkRevoked { action, due }.emit(&self.metrics);
     }
 
     /// One attempt of SPEC §5 steps 1–4.
@@ -603,11 +618,27 @@ impl Executor {
             Ok(reconciled) => Attempt::Terminal(Terminal::of(reconciled)),
             Err(ReconcileError::Pal(PalError::Transient(error))) => Attempt::Retry(error),
             Err(ReconcileError::Pal(PalError::Permanent { code, message })) => {
-                Attempt::Terminal(Terminal::failed(if message.starts_with(&code) {
-                    message
-                } else {
-                    format!("{code}: {message}")
-                }))
+                Attempt::Terminal(Terminal::failed(error_text(&code, message)))
+            }
+            // The identity was deleted from its tenant: its link ended with
+            // it, so a removal is finished (`orphaned`, the token error kept
+            // as evidence); a link or an update cannot be made (SPEC §11.3).
+            Err(ReconcileError::Pal(PalError::IdentityGone { code, message })) => {
+                let error = error_text(&code, message);
+                if matches!(action.desired, DesiredLink::Linked(_)) {
+                    return Attempt::Terminal(Terminal::failed(error));
+                }
+                Attempt::Terminal(Terminal {
+                    state: ActionState::Orphaned,
+                    before: None,
+                    after: None,
+                    detail: Some(format!(
+                        "identity {} no longer exists in tenant {}: its link ended with it",
+                        action.object_id, action.tenant_id
+                    )),
+                    error: Some(error),
+                    verified_at: None,
+                })
             }
             // The ledger could not say whether the action is still current:
             // nothing was written, and the action fails with the ledger's error.
@@ -615,6 +646,16 @@ impl Executor {
                 Attempt::Terminal(Terminal::failed(format!("ledger: {error}")))
             }
         }
+    }
+}
+
+/// A permanent error's text for the action's `last_error`: its message,
+/// headed by its code unless the message starts with it.
+fn error_text(code: &str, message: String) -> String {
+    if message.starts_with(code) {
+        message
+    } else {
+        format!("{code}: {message}")
     }
 }
 

@@ -31,6 +31,7 @@ use subtle::ConstantTimeEq;
 
 use palworker_core::{ActionId, StatusFilter};
 
+use crate::admin_socket::LocalPeer;
 use crate::health::Health;
 use crate::operators::{
     Decision, EventRef, IMPORT_REQUEST_LIMIT, LedgerOperations, Operator, OperatorError,
@@ -88,16 +89,24 @@ pub fn router(
                 .layer(DefaultBodyLimit::max(IMPORT_REQUEST_LIMIT)),
         )
         .route("/admin/plan", post(plan))
+        .route("/admin/report/revocations", get(report_revocations))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_admin_token,
         ));
+    let console = crate::console::router(
+        state.metrics.clone(),
+        state.health.clone(),
+        state.admin.clone(),
+        state.admin_tokens.clone(),
+    );
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(admin)
         .with_state(state)
+        .merge(console)
 }
 
 /// What the HTTP server lets one client hold (SPEC §11.1): axum's own
@@ -291,6 +300,12 @@ async fn require_admin_token(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Over the admin socket the peer's OS user is the operator (its
+    // credentials were checked when it connected).
+    if let Some(LocalPeer(operator)) = request.extensions().get::<LocalPeer>().cloned() {
+        request.extensions_mut().insert(operator);
+        return next.run(request).await;
+    }
     match authorize(&state, request.headers()) {
         Ok(operator) => {
             request.extensions_mut().insert(operator);
@@ -306,7 +321,8 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError
     if state.admin_tokens.is_empty() {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "the admin API is disabled: set http.admin_token_file, http.admin_token_env or http.admin_tokens".into(),
+            "the admin API over TCP is disabled: set http.admin_token_file, http.admin_token_env or http.admin_tokens \
+             (on the worker's machine, its OS user and root reach it without a token through admin.sock in the ledger directory)".into(),
         ));
     }
     let presented = headers
@@ -314,8 +330,23 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    token_operator(&state.admin_tokens, presented).ok_or_else(|| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin bearer token".into(),
+        )
+    })
+}
+
+/// The operator whose admin token `presented` is, if any. Every configured
+/// token is compared, in constant time each, whichever matches (the
+/// console's sign-in asks the same).
+pub(crate) fn token_operator(
+    tokens: &[(Operator, SecretString)],
+    presented: &str,
+) -> Option<Operator> {
     let mut matched = None;
-    for (operator, token) in state.admin_tokens.iter() {
+    for (operator, token) in tokens {
         let matches: bool = presented
             .as_bytes()
             .ct_eq(token.expose_secret().as_bytes())
@@ -324,13 +355,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError
             matched = Some(operator);
         }
     }
-    match matched {
-        Some(operator) if !presented.is_empty() => Ok(operator.clone()),
-        _ => Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin bearer token".into(),
-        )),
-    }
+    matched.filter(|_| !presented.is_empty()).cloned()
 }
 
 async fn blocking<T: Send + 'static>(
@@ -363,7 +388,7 @@ enum Streamed {
 }
 
 /// The ledger reader's end of a streamed answer.
-struct LineSink {
+pub(crate) struct LineSink {
     sender: tokio::sync::mpsc::Sender<Streamed>,
     buffer: Vec<u8>,
     /// How long a queued chunk may wait for the client; `None`: as long as
@@ -396,12 +421,12 @@ impl std::io::Write for SinkWriter<'_> {
 }
 
 /// The client went away: the reader stops.
-struct ClientGone;
+pub(crate) struct ClientGone;
 
 impl LineSink {
     /// Appends one row as a line; queues the buffer once it holds
     /// [`STREAM_CHUNK_BYTES`], waiting while the queue is full.
-    fn push(&mut self, row: &impl serde::Serialize) -> Result<(), ClientGone> {
+    pub(crate) fn push(&mut self, row: &impl serde::Serialize) -> Result<(), ClientGone> {
         serde_json::to_writer(&mut self.buffer, row).expect("operator rows serialise");
         self.buffer.push(b'\n');
         if self.buffer.len() >= STREAM_CHUNK_BYTES {
@@ -450,7 +475,7 @@ impl LineSink {
 /// Streams the rows of `rows` as JSON Lines: `rows` runs on a blocking
 /// thread and pushes each row into the sink, stopping when the sink says
 /// the client went away.
-async fn stream_lines(
+pub(crate) async fn stream_lines(
     rows: impl FnOnce(&mut LineSink) -> Result<(), OperatorError> + Send + 'static,
 ) -> Response {
     let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_CHUNKS);
@@ -590,6 +615,22 @@ async fn audit(State(state): State<AppState>, Query(query): Query<AuditQuery>) -
         admin.audit_entries(query.since, query.until, |entry| sink.push(&entry).is_ok())
     })
     .await
+}
+
+#[derive(Deserialize)]
+struct RevocationsQuery {
+    since: Option<DateTime<Utc>>,
+}
+
+/// `report revocations`: one row per event that removes links, streamed
+/// as JSON Lines.
+async fn report_revocations(
+    State(state): State<AppState>,
+    Query(query): Query<RevocationsQuery>,
+) -> Response {
+    let admin = state.admin.clone();
+    stream_lines(move |sink| admin.revocation_rows(query.since, |row| sink.push(&row).is_ok()))
+        .await
 }
 
 async fn audit_verify(State(state): State<AppState>) -> Result<Response, ApiError> {

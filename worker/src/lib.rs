@@ -12,11 +12,13 @@
 //! and the benchmarks share. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod admin_socket;
 pub mod amqp;
 pub mod app;
 pub mod availability;
 pub mod cli;
 pub mod clock;
+pub mod console;
 pub mod executor;
 pub mod health;
 pub mod http;
@@ -27,5 +29,6 @@ pub mod logging;
 pub mod operators;
 pub mod pal;
 pub mod progress;
+pub mod results;
 pub mod sweeper;
 pub mod telemetry;

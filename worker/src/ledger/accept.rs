@@ -11,14 +11,14 @@ use palworker_events::{Event, TenantId};
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
-use super::bookkeeping::{count_open_events, decrement_open, increment_open, supersede};
+use super::bookkeeping::{EventEnd, count_open_events, decrement_open, increment_open, supersede};
 use super::chunks::PlanChunks;
 use super::codec::{
     TxResult, account_key_bytes, add_inventory_size, due_key, encode, event_id_key, held_key,
     pair_key, storing_key, tx_decode, tx_error,
 };
 use super::inventory::{LedgerView, write_inventory};
-use super::{Ledger, Result, Store, StoringLargePlan};
+use super::{Ledger, Result, Store, StoringLargePlan, outbox};
 
 /// Plans with more actions than this are written in several transactions.
 pub const ACCEPT_CHUNK: usize = 256;
@@ -66,6 +66,7 @@ struct AcceptTx<'a> {
     due: &'a TransactionalTree,
     open_events: &'a TransactionalTree,
     audit: &'a TransactionalTree,
+    outbox: &'a TransactionalTree,
 }
 
 /// The trees of [`AcceptTx`] as sled hands them to a transaction.
@@ -78,11 +79,12 @@ type AcceptTrees = (
     TransactionalTree,
     TransactionalTree,
     TransactionalTree,
+    TransactionalTree,
 );
 
 impl<'a> AcceptTx<'a> {
     fn of(
-        (inventory, index, events, actions, event_actions, due, open_events, audit): &'a AcceptTrees,
+        (inventory, index, events, actions, event_actions, due, open_events, audit, outbox): &'a AcceptTrees,
     ) -> Self {
         AcceptTx {
             inventory,
@@ -93,6 +95,16 @@ impl<'a> AcceptTx<'a> {
             due,
             open_events,
             audit,
+            outbox,
+        }
+    }
+
+    /// Where an event's end is kept.
+    fn end(&self) -> EventEnd<'a> {
+        EventEnd {
+            open_events: self.open_events,
+            events: self.events,
+            outbox: self.outbox,
         }
     }
 }
@@ -212,7 +224,7 @@ impl Ledger {
                     if release == Release::Now && total > 0 {
                         count_open_events(tx.open_events, 1)?;
                     }
-                    write_event_marker(tx.index, tx.events, event, &record)?;
+                    write_event_marker(&tx, event, &record)?;
                     Ok(written.superseded)
                 })
                 .map_err(tx_error)?;
@@ -276,13 +288,23 @@ impl Ledger {
             chunk = chunks.next_chunk(self)?;
         }
         let record = template.record(total, None);
-        let completed = (&store.index, &store.events, &store.open_events)
-            .transaction(|(index, events, open_events)| {
-                write_event_marker(index, events, event, &record)?;
+        let completed = (
+            &store.index,
+            &store.events,
+            &store.open_events,
+            &store.outbox,
+        )
+            .transaction(|(index, events, open_events, outbox)| {
+                write_marker(index, events, outbox, event, &record)?;
                 index.remove(storing_key(seq))?;
+                let end = EventEnd {
+                    open_events,
+                    events,
+                    outbox,
+                };
                 match release {
                     Release::Held => Ok(None),
-                    Release::Now => decrement_open(open_events, events, seq, now),
+                    Release::Now => decrement_open(end, seq, now),
                 }
             })
             .map_err(tx_error)?;
@@ -363,7 +385,7 @@ impl Ledger {
                         unassigned: &[],
                     };
                     let record = template.record(1, Some(vec![*action_id]));
-                    write_event_marker(tx.index, tx.events, event, &record)?;
+                    write_event_marker(&tx, event, &record)?;
                     outcomes.push(accept_outcome(
                         *seq,
                         1,
@@ -395,6 +417,7 @@ impl Store {
         &sled::Tree,
         &sled::Tree,
         &sled::Tree,
+        &sled::Tree,
     ) {
         (
             &self.inventory,
@@ -405,6 +428,7 @@ impl Store {
             &self.due,
             &self.open_events,
             &self.audit,
+            &self.outbox,
         )
     }
 }
@@ -535,15 +559,8 @@ fn write_changes(
         };
         if let Some(previous) = change.previous.as_ref()
             && let Some(previous_action) = previous.current_action
-            && let Some(c) = supersede(
-                tx.actions,
-                tx.due,
-                tx.open_events,
-                tx.events,
-                tx.audit,
-                previous_action,
-                now,
-            )?
+            && let Some(c) =
+                supersede(tx.actions, tx.due, tx.audit, tx.end(), previous_action, now)?
         {
             cancelled.push(c);
         }
@@ -562,9 +579,17 @@ fn write_changes(
 
 /// The event record and its deduplication keys: once these are written, a
 /// redelivery of `(source, id)` is a duplicate.
-fn write_event_marker(
+fn write_event_marker(tx: &AcceptTx<'_>, event: &Event, record: &EventRecord) -> TxResult<()> {
+    write_marker(tx.index, tx.events, tx.outbox, event, record)
+}
+
+/// [`write_event_marker`] on the trees it writes; with the result its
+/// publisher is owed when the plan is held, or has no action at all (the
+/// event completes as it is accepted).
+fn write_marker(
     index: &TransactionalTree,
     events: &TransactionalTree,
+    outbox: &TransactionalTree,
     event: &Event,
     record: &EventRecord,
 ) -> TxResult<()> {
@@ -573,6 +598,10 @@ fn write_event_marker(
     events.insert(&seq.to_be_bytes(), encode(record))?;
     if record.state == EventState::Held {
         index.insert(held_key(seq), &[])?;
+        outbox::plan_held(outbox, record)?;
+    }
+    if record.completed_at.is_some() {
+        outbox::event_completed(outbox, record, false)?;
     }
     Ok(())
 }

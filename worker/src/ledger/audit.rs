@@ -138,6 +138,12 @@ impl Ledger {
         Ok(())
     }
 
+    /// The `seq` the next record appended will have: where a reader that
+    /// follows the trail (`Ledger::audit_entries_from`) starts.
+    pub fn audit_next_seq(&self) -> Result<u64> {
+        Ok(head(self.store()?.audit.get(HEAD_KEY)?.as_deref()).0)
+    }
+
     /// Checks the whole chain: every record's `prev_hash` is the SHA-256 of
     /// the bytes stored before it, the `seq`s run without gaps, and `head`
     /// holds the hash of the last record. Names the first broken record.

@@ -1,15 +1,26 @@
 //! What every transition keeps in step: superseding an account's older
 //! action, and each event's count of non-terminal actions (in its
-//! `open_events` entry or its record) with the number of open events.
+//! `open_events` entry or its record) with the number of open events, and
+//! the result an event owes its publisher once it completes (`outbox`).
 
 use chrono::{DateTime, Utc};
 use palworker_core::{ActionId, ActionRecord, ActionState, EventRecord, EventSeq, Superseded};
 use sled::transaction::TransactionalTree;
 
-use super::audit;
 use super::codec::{
     OPEN_COUNT_KEY, TxResult, add_to_counter, due_key, encode, read_u64, tx_decode,
 };
+use super::{audit, outbox};
+
+/// The trees an event's end is kept in: its count of open actions (its
+/// `open_events` entry, or its record in `events`) and, once it completes,
+/// the result it owes its publisher (`outbox`).
+#[derive(Clone, Copy)]
+pub(super) struct EventEnd<'a> {
+    pub open_events: &'a TransactionalTree,
+    pub events: &'a TransactionalTree,
+    pub outbox: &'a TransactionalTree,
+}
 
 /// Cancels an older unfinished action that a newer event superseded. In-flight
 /// actions are left alone: the executor sees at its next checkpoint that the
@@ -17,9 +28,8 @@ use super::codec::{
 pub(super) fn supersede(
     actions: &TransactionalTree,
     due: &TransactionalTree,
-    open_events: &TransactionalTree,
-    events: &TransactionalTree,
     audit: &TransactionalTree,
+    end: EventEnd<'_>,
     previous: ActionId,
     now: DateTime<Utc>,
 ) -> TxResult<Option<Superseded>> {
@@ -46,7 +56,7 @@ pub(super) fn supersede(
     let event_completed = if previous_state == ActionState::Held {
         None
     } else {
-        decrement_open(open_events, events, action.event_seq, now)?
+        decrement_open(end, action.event_seq, now)?
     };
     Ok(Some(Superseded {
         action,
@@ -104,13 +114,18 @@ pub enum EventOpening {
 }
 
 /// Takes one from an event's count of non-terminal actions; returns the
-/// event, completed, when that was the last.
+/// event, completed, when that was the last (and owes its publisher the
+/// result).
 pub(super) fn decrement_open(
-    open_events: &TransactionalTree,
-    events: &TransactionalTree,
+    end: EventEnd<'_>,
     seq: EventSeq,
     now: DateTime<Utc>,
 ) -> TxResult<Option<EventRecord>> {
+    let EventEnd {
+        open_events,
+        events,
+        outbox,
+    } = end;
     let key = seq.to_be_bytes();
     let in_record = match open_events.get(key)? {
         Some(remaining) => {
@@ -141,7 +156,10 @@ pub(super) fn decrement_open(
         }
         count_open_events(open_events, -1)?;
     }
+    // Completed before: an operator's retry reopened it.
+    let again = record.completed_at.is_some();
     record.completed_at = Some(now);
     events.insert(&key, encode(&record))?;
+    outbox::event_completed(outbox, &record, again)?;
     Ok(Some(record))
 }

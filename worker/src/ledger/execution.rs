@@ -7,12 +7,11 @@ use palworker_core::{
 };
 use sled::Transactional;
 
-use super::audit;
-use super::bookkeeping::decrement_open;
+use super::bookkeeping::{EventEnd, decrement_open};
 use super::codec::{
     account_key_bytes, due_key, encode, millis_ceil, pair_key, read_u64, tx_decode, tx_error,
 };
-use super::{Ledger, LedgerError, Result};
+use super::{Ledger, LedgerError, Result, audit, outbox};
 /// What one pass of the executor recorded and claimed
 /// ([`Ledger::finish_and_claim`]).
 #[derive(Debug, Default)]
@@ -138,47 +137,56 @@ impl Ledger {
             &store.open_events,
             &store.events,
             &store.audit,
+            &store.outbox,
         )
-            .transaction(|(actions, due, in_flight, open_events, events, audit)| {
-                audit::append(audit, audit::WORKER, finished.iter().map(audit::outcome))?;
-                let mut completions = Vec::with_capacity(finished.len());
-                for action in finished {
-                    let key = action.action_id.to_be_bytes();
-                    actions.insert(&key, encode(action))?;
-                    in_flight.remove(&key)?;
-                    let event_completed =
-                        decrement_open(open_events, events, action.event_seq, action.updated_at)?;
-                    completions.push(Completion {
-                        record: action.clone(),
-                        event_completed,
-                    });
-                }
-                let mut claimed = Vec::with_capacity(claim.len());
-                for id in claim {
-                    let key = id.to_be_bytes();
-                    let Some(bytes) = actions.get(key)? else {
-                        claimed.push(None);
-                        continue;
+            .transaction(
+                |(actions, due, in_flight, open_events, events, audit, outbox)| {
+                    audit::append(audit, audit::WORKER, finished.iter().map(audit::outcome))?;
+                    let end = EventEnd {
+                        open_events,
+                        events,
+                        outbox,
                     };
-                    let mut action: ActionRecord = tx_decode(&key, &bytes)?;
-                    if !matches!(action.state, ActionState::Pending | ActionState::Scheduled) {
-                        claimed.push(None);
-                        continue;
+                    let mut completions = Vec::with_capacity(finished.len());
+                    for action in finished {
+                        let key = action.action_id.to_be_bytes();
+                        actions.insert(&key, encode(action))?;
+                        in_flight.remove(&key)?;
+                        outbox::action_ended(outbox, action)?;
+                        let event_completed =
+                            decrement_open(end, action.event_seq, action.updated_at)?;
+                        completions.push(Completion {
+                            record: action.clone(),
+                            event_completed,
+                        });
                     }
-                    due.remove(&due_key(action.due_at(), *id))?;
-                    action.state = ActionState::InFlight;
-                    action.attempts += 1;
-                    action.first_attempt_at.get_or_insert(now);
-                    action.updated_at = now;
-                    actions.insert(&key, encode(&action))?;
-                    in_flight.insert(&key, &[])?;
-                    claimed.push(Some(action));
-                }
-                Ok(Pass {
-                    completions,
-                    claimed,
-                })
-            })
+                    let mut claimed = Vec::with_capacity(claim.len());
+                    for id in claim {
+                        let key = id.to_be_bytes();
+                        let Some(bytes) = actions.get(key)? else {
+                            claimed.push(None);
+                            continue;
+                        };
+                        let mut action: ActionRecord = tx_decode(&key, &bytes)?;
+                        if !matches!(action.state, ActionState::Pending | ActionState::Scheduled) {
+                            claimed.push(None);
+                            continue;
+                        }
+                        due.remove(&due_key(action.due_at(), *id))?;
+                        action.state = ActionState::InFlight;
+                        action.attempts += 1;
+                        action.first_attempt_at.get_or_insert(now);
+                        action.updated_at = now;
+                        actions.insert(&key, encode(&action))?;
+                        in_flight.insert(&key, &[])?;
+                        claimed.push(Some(action));
+                    }
+                    Ok(Pass {
+                        completions,
+                        claimed,
+                    })
+                },
+            )
             .map_err(tx_error)
     }
 
@@ -200,9 +208,10 @@ impl Ledger {
             &store.open_events,
             &store.events,
             &store.audit,
+            &store.outbox,
         )
             .transaction(
-                |(actions, in_flight, due, inventory, open_events, events, audit)| {
+                |(actions, in_flight, due, inventory, open_events, events, audit, outbox)| {
                     let superseded = match inventory.get(&account)? {
                         Some(bytes) => {
                             let entry: InventoryEntry = tx_decode(&account, &bytes)?;
@@ -220,12 +229,13 @@ impl Ledger {
                         cancelled.completed_at = Some(action.updated_at);
                         actions.insert(&id.to_be_bytes(), encode(&cancelled))?;
                         audit::append(audit, audit::WORKER, [audit::outcome(&cancelled)])?;
-                        let event_completed = decrement_open(
+                        let end = EventEnd {
                             open_events,
                             events,
-                            action.event_seq,
-                            action.updated_at,
-                        )?;
+                            outbox,
+                        };
+                        let event_completed =
+                            decrement_open(end, action.event_seq, action.updated_at)?;
                         return Ok(Rescheduled::Superseded(Box::new(Completion {
                             record: cancelled,
                             event_completed,

@@ -28,7 +28,7 @@ use super::{Ledger, LedgerError, Result};
 const FORMAT: u32 = 1;
 
 /// Every tree, in export order.
-const TREES: [&str; 9] = [
+const TREES: [&str; 10] = [
     "inventory",
     "index",
     "events",
@@ -38,6 +38,7 @@ const TREES: [&str; 9] = [
     "in_flight",
     "open_events",
     "audit",
+    "outbox",
 ];
 
 #[derive(Serialize, Deserialize)]
@@ -228,6 +229,7 @@ impl super::Store {
             "due" => &self.due,
             "in_flight" => &self.in_flight,
             "open_events" => &self.open_events,
+            "outbox" => &self.outbox,
             _ => &self.audit,
         }
     }

@@ -26,6 +26,7 @@
 //!   plans, older ledgers); `open_events` → u64, the number of open events
 //!   wherever their count is kept
 //! - `audit`: the audit trail (see `audit.rs`)
+//! - `outbox`: results owed to the publishers (see `outbox.rs`)
 //!
 //! # Files
 //!
@@ -42,8 +43,11 @@
 //! | `retention.rs` | pruning what ended long ago, in bounded steps |
 //! | `export.rs` | every record as JSON Lines, and back: backup, restore, migration |
 //! | `audit.rs` | the hash-chained audit trail, appended in the transactions it records |
+//! | `outbox.rs` | results owed to the publishers, written in the transactions they report |
+//! | `report.rs` | time to revocation: `report revocations`, the oldest open removal |
 //! | `check.rs` | `ledger check`: every counter and index recomputed from the records |
 //! | `events.rs`, `queries.rs` | reading events and actions back |
+//! | `pages.rs` | reading back a page at a time, newest first, with a cursor (the console) |
 
 mod accept;
 mod audit;
@@ -56,7 +60,12 @@ mod execution;
 mod export;
 mod inventory;
 mod operators;
+mod outbox;
+mod pages;
+#[cfg(test)]
+mod proof_tests;
 mod queries;
+mod report;
 mod retention;
 #[cfg(test)]
 mod tests;
@@ -75,7 +84,7 @@ use sled::Transactional;
 pub use accept::ACCEPT_CHUNK;
 pub use audit::{AuditBreak, AuditVerified, WORKER};
 pub use bookkeeping::EventOpening;
-use bookkeeping::decrement_open;
+use bookkeeping::{EventEnd, decrement_open};
 pub use check::{CheckMode, Difference};
 use codec::{
     INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, STORING_PREFIX, due_key, encode, read_counter, read_u64,
@@ -84,6 +93,9 @@ use codec::{
 pub use execution::Pass;
 pub use export::Transferred;
 pub use operators::{PauseState, Requeued};
+pub use outbox::{Outgoing, PendingResult, needs_attention};
+pub use pages::Page;
+pub use report::{OpenWork, RevocationRow, removed_at, revocation_due};
 pub use retention::{Retention, SweepCursor, Swept};
 
 /// How long opening waits for a file lock this process may still hold (a
@@ -167,6 +179,7 @@ struct Store {
     in_flight: sled::Tree,
     open_events: sled::Tree,
     audit: sled::Tree,
+    outbox: sled::Tree,
 }
 
 impl Store {
@@ -197,6 +210,7 @@ impl Store {
             in_flight: db.open_tree("in_flight")?,
             open_events: db.open_tree("open_events")?,
             audit: db.open_tree("audit")?,
+            outbox: db.open_tree("outbox")?,
             db,
         };
         store.recover_in_flight()?;
@@ -234,10 +248,15 @@ impl Store {
             let (key, _) = entry?;
             let seq = EventSeq::new(read_u64(&key[STORING_PREFIX.len()..]));
             let now = chrono::Utc::now();
-            (&self.index, &self.open_events, &self.events)
-                .transaction(|(index, open_events, events)| {
+            (&self.index, &self.open_events, &self.events, &self.outbox)
+                .transaction(|(index, open_events, events, outbox)| {
                     index.remove(&key)?;
-                    decrement_open(open_events, events, seq, now)?;
+                    let end = EventEnd {
+                        open_events,
+                        events,
+                        outbox,
+                    };
+                    decrement_open(end, seq, now)?;
                     Ok(())
                 })
                 .map_err(tx_error)?;

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, ActionRecord, ActionState, Approval, AuditWhat, EventSeq, EventState, InventoryEntry,
-    StatusFilter, Superseded,
+    ActionId, ActionRecord, ActionState, Approval, AuditWhat, EventRecord, EventSeq, EventState,
+    InventoryEntry, StatusFilter, Superseded,
 };
 use palworker_events::{Account, DesiredLink, EventType};
 use sled::Transactional;
@@ -12,13 +12,13 @@ use sled::transaction::ConflictableTransactionError;
 
 use super::accept::ACCEPT_CHUNK;
 use super::audit;
-use super::bookkeeping::{EventOpening, decrement_open, increment_open, supersede};
+use super::bookkeeping::{EventEnd, EventOpening, decrement_open, increment_open, supersede};
 use super::codec::{
     account_key_bytes, add_inventory_size, approving_key, due_key, encode, held_key, tx_decode,
     tx_error,
 };
 use super::inventory::write_inventory;
-use super::{Ledger, LedgerError, Result};
+use super::{Ledger, LedgerError, Result, outbox};
 /// A failed action queued again.
 #[derive(Debug, Clone)]
 pub struct Requeued {
@@ -36,15 +36,10 @@ enum HeldAction {
 }
 
 impl Ledger {
-    /// Releases a held plan. Actions whose account a later accepted event
-    /// already targeted end `cancelled`; the rest become pending.
-    /// Returns the actions released and the ones cancelled.
-    /// `who` (an operator's name) is recorded in the audit trail.
-    pub fn approve(&self, seq: EventSeq, who: &str, now: DateTime<Utc>) -> Result<Approval> {
-        let _writing = self.writing();
-        let store = self.store()?;
-        let _planning = self.planning();
-        let mut record = self
+    /// The record of a held event; refused when there is none or it is not
+    /// held (already approved or rejected: a second operator was first).
+    fn held_event(&self, seq: EventSeq) -> Result<EventRecord> {
+        let record = self
             .event(seq)?
             .ok_or_else(|| LedgerError::Rejected(format!("no event with sequence {seq}")))?;
         if record.state != EventState::Held {
@@ -54,6 +49,20 @@ impl Ledger {
                 record.state.as_str()
             )));
         }
+        Ok(record)
+    }
+}
+
+impl Ledger {
+    /// Releases a held plan. Actions whose account a later accepted event
+    /// already targeted end `cancelled`; the rest become pending.
+    /// Returns the actions released and the ones cancelled.
+    /// `who` (an operator's name) is recorded in the audit trail.
+    pub fn approve(&self, seq: EventSeq, who: &str, now: DateTime<Utc>) -> Result<Approval> {
+        let _writing = self.writing();
+        let store = self.store()?;
+        let _planning = self.planning();
+        let mut record = self.held_event(seq)?;
         let not_before = record.event.effective_at().filter(|at| *at > now);
         let mut released = 0u64;
         // Released actions share the event's `effective_at`: all wait for it or none.
@@ -95,9 +104,10 @@ impl Ledger {
                 &store.open_events,
                 &store.events,
                 &store.audit,
+                &store.outbox,
             )
                 .transaction(
-                    |(inventory, index, actions, due, open_events, events, audit)| {
+                    |(inventory, index, actions, due, open_events, events, audit, outbox)| {
                         let before: Option<InventoryEntry> = match inventory.get(&key)? {
                             Some(bytes) => Some(tx_decode(&key, &bytes)?),
                             None => None,
@@ -121,7 +131,12 @@ impl Ledger {
                         }
                         let superseded = match before.as_ref().and_then(|e| e.current_action) {
                             Some(previous) => {
-                                supersede(actions, due, open_events, events, audit, previous, now)?
+                                let end = EventEnd {
+                                    open_events,
+                                    events,
+                                    outbox,
+                                };
+                                supersede(actions, due, audit, end, previous, now)?
                             }
                             None => None,
                         };
@@ -202,15 +217,21 @@ impl Ledger {
             &store.index,
             &store.open_events,
             &store.audit,
+            &store.outbox,
         )
-            .transaction(|(events, index, open_events, audit)| {
+            .transaction(|(events, index, open_events, audit, outbox)| {
                 events.insert(&seq.to_be_bytes(), encode(&record))?;
                 index.remove(held_key(seq))?;
                 index.remove(approving_key(seq))?;
                 audit::append(audit, who, [(now, approval.clone())])?;
                 // Gives back the approval's share: completes the event if
                 // nothing was released or everything released already finished.
-                decrement_open(open_events, events, seq, now)
+                let end = EventEnd {
+                    open_events,
+                    events,
+                    outbox,
+                };
+                decrement_open(end, seq, now)
             })
             .map_err(tx_error)?;
         Ok(Approval {
@@ -232,16 +253,7 @@ impl Ledger {
         let _writing = self.writing();
         let store = self.store()?;
         let _planning = self.planning();
-        let mut record = self
-            .event(seq)?
-            .ok_or_else(|| LedgerError::Rejected(format!("no event with sequence {seq}")))?;
-        if record.state != EventState::Held {
-            return Err(LedgerError::Rejected(format!(
-                "event `{}` is {}, not held",
-                record.event.id,
-                record.state.as_str()
-            )));
-        }
+        let mut record = self.held_event(seq)?;
         if store.index.contains_key(approving_key(seq))? {
             // Part of the plan may be released and written already: a
             // rejection cannot take that back. Approving again finishes it.
@@ -292,11 +304,13 @@ impl Ledger {
             event_source: record.event.source.clone(),
             cancelled,
         };
-        (&store.events, &store.index, &store.audit)
-            .transaction(|(events, index, audit)| {
+        (&store.events, &store.index, &store.audit, &store.outbox)
+            .transaction(|(events, index, audit, outbox)| {
                 events.insert(&seq.to_be_bytes(), encode(&record))?;
                 index.remove(held_key(seq))?;
                 audit::append(audit, who, [(now, rejection.clone())])?;
+                // Every action ended (cancelled): its publisher hears so.
+                outbox::event_completed(outbox, &record, false)?;
                 Ok(())
             })
             .map_err(tx_error)?;

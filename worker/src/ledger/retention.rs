@@ -197,6 +197,10 @@ fn is_prunable(store: &super::Store, record: &EventRecord, cutoff: DateTime<Utc>
     if completed >= cutoff || record.open_actions.is_some_and(|open| open > 0) {
         return Ok(false);
     }
-    // A retry reopens a completed event: its count lives on.
-    Ok(!store.open_events.contains_key(record.seq.to_be_bytes())?)
+    // A retry reopens a completed event: its count lives on. A result not
+    // yet published lists the event's actions when it is: they stay.
+    Ok(!store.open_events.contains_key(record.seq.to_be_bytes())?
+        && !store
+            .outbox
+            .contains_key(super::outbox::completed_key(record.seq))?)
 }

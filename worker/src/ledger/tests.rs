@@ -702,6 +702,16 @@ fn retention_prunes_ended_events_in_bounded_steps_and_keeps_their_dedup_markers(
         records: chrono::Duration::days(90),
         markers: chrono::Duration::days(400),
     };
+    // An event whose result is not published yet stays (its result lists
+    // its actions when it is published).
+    let mut cursor = SweepCursor::default();
+    while !cursor.is_done() {
+        let swept = ledger.sweep(later, retention, 100, &mut cursor).unwrap();
+        assert_eq!(swept.events, 0, "no result was published yet");
+    }
+    for result in ledger.pending_results(usize::MAX).unwrap() {
+        assert!(ledger.result_published(&result).unwrap());
+    }
     let mut cursor = SweepCursor::default();
     let mut total = Swept::default();
     let mut steps = 0;

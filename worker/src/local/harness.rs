@@ -50,6 +50,9 @@ pub struct HarnessOptions {
     /// Environment the configuration reads secrets from (besides the
     /// principals' own), e.g. for credentials added through `extra_toml`.
     pub extra_env: Vec<(String, String)>,
+    /// The admin token (`http.admin_token_env`); `None`: no admin token at
+    /// all, as in SPEC §6's configuration.
+    pub admin_token: Option<String>,
 }
 
 impl Default for HarnessOptions {
@@ -63,6 +66,7 @@ impl Default for HarnessOptions {
             ledger_path: None,
             name: "palworker-test".to_owned(),
             extra_env: Vec::new(),
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
         }
     }
 }
@@ -164,14 +168,20 @@ cache_capacity = 16777216
 
 [http]
 listen = "127.0.0.1:0"
-admin_token_env = "{admin_token_env}"
-"#,
+{admin_token_line}"#,
             amqp = options.amqp_url,
             sim = sim_handle.base_url(),
             ledger = ledger_path.display(),
-            admin_token_env = ADMIN_TOKEN_ENV,
+            admin_token_line = match options.admin_token {
+                Some(_) => format!("admin_token_env = \"{ADMIN_TOKEN_ENV}\"\n"),
+                None => String::new(),
+            },
         );
-        let mut env = vec![(ADMIN_TOKEN_ENV.to_owned(), ADMIN_TOKEN.to_owned())];
+        let mut env: Vec<(String, String)> = options
+            .admin_token
+            .iter()
+            .map(|token| (ADMIN_TOKEN_ENV.to_owned(), token.clone()))
+            .collect();
         for principal in &options.principals {
             let variable = format!(
                 "PALWORKER_HARNESS_SECRET_{}",

@@ -23,6 +23,7 @@ use super::{
     AuditCheck, Decision, EventRef, IMPORT_BATCH_ACCOUNTS, IMPORT_BATCH_BYTES, Operations,
     OperatorError, PauseAnswer, RetryTarget, StreamFailure,
 };
+use crate::ledger::RevocationRow;
 
 /// How long the client waits for the next bytes of an answer. Not a bound
 /// on the whole answer: a long `status` stream may take minutes, but it
@@ -51,6 +52,8 @@ pub enum Reached {
 pub struct AdminApiClient {
     http: reqwest::Client,
     base: String,
+    /// Where the API is, as error messages name it.
+    endpoint: String,
     token: Option<SecretString>,
     reached: Reached,
 }
@@ -73,7 +76,25 @@ impl AdminApiClient {
                 .read_timeout(READ_TIMEOUT)
                 .build()?,
             base: format!("http://{host}"),
+            endpoint: format!("http://{host}"),
             token,
+            reached,
+        })
+    }
+
+    /// The admin API of the worker on this machine, through its admin
+    /// socket (`admin_socket`): no token; the worker knows who connects.
+    pub fn over_socket(socket: &std::path::Path, reached: Reached) -> anyhow::Result<Self> {
+        Ok(AdminApiClient {
+            http: reqwest::Client::builder()
+                .unix_socket(socket)
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(READ_TIMEOUT)
+                .build()?,
+            // The host is not used to connect; it is the request's `Host`.
+            base: "http://localhost".to_owned(),
+            endpoint: format!("the socket `{}`", socket.display()),
+            token: None,
             reached,
         })
     }
@@ -92,12 +113,12 @@ impl AdminApiClient {
         let response = request.send().await.map_err(|e| match &self.reached {
             Reached::LedgerInUse => anyhow::anyhow!(
                 "the ledger is in use by a running worker, and its admin API at {} did not answer: {e}",
-                self.base
+                self.endpoint
             ),
             Reached::NoLocalLedger(path) => anyhow::anyhow!(
                 "there is no ledger at `{}` on this machine, and no worker's admin API answered at {}: {e}",
                 path.display(),
-                self.base
+                self.endpoint
             ),
         })?;
         if response.status().is_success() {
@@ -403,6 +424,24 @@ impl Operations for AdminApiClient {
     async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError> {
         self.json(self.request(Method::POST, "/admin/plan").body(event))
             .await
+    }
+
+    async fn revocations(
+        &self,
+        since: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(RevocationRow) -> anyhow::Result<()>,
+    ) -> Result<(), OperatorError> {
+        let query: Vec<(&str, String)> = since
+            .map(|since| ("since", since.to_rfc3339()))
+            .into_iter()
+            .collect();
+        let response = self
+            .send(
+                self.request(Method::GET, "/admin/report/revocations")
+                    .query(&query),
+            )
+            .await?;
+        read_lines(response, visit).await
     }
 }
 

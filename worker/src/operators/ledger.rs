@@ -16,7 +16,7 @@ use super::{
     PauseAnswer, RetryTarget,
 };
 use crate::executor::ExecutorControl;
-use crate::ledger::{EventOpening, Ledger, LedgerError, PauseState};
+use crate::ledger::{EventOpening, Ledger, LedgerError, PauseState, RevocationRow};
 use crate::telemetry::{
     ActionFinished, ActionsRequeued, Metrics, PlanApproved, PlanRejected, WritesPaused,
     WritesResumed,
@@ -393,5 +393,36 @@ impl Operations for LedgerOperations {
         let event = Event::from_json_slice(&event)
             .map_err(|error| OperatorError::Refused(error.to_string()))?;
         self.plan_event(&event)
+    }
+
+    async fn revocations(
+        &self,
+        since: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(RevocationRow) -> anyhow::Result<()>,
+    ) -> Result<(), OperatorError> {
+        let mut failed = None;
+        self.revocation_rows(since, |row| match visit(row) {
+            Ok(()) => true,
+            Err(error) => {
+                failed = Some(error);
+                false
+            }
+        })?;
+        match failed {
+            Some(error) => Err(OperatorError::Failed(error)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl LedgerOperations {
+    /// The rows of `report revocations` (see [`Operations::revocations`]),
+    /// handed to `visit` one at a time until it returns false.
+    pub fn revocation_rows(
+        &self,
+        since: Option<DateTime<Utc>>,
+        visit: impl FnMut(RevocationRow) -> bool,
+    ) -> Result<(), OperatorError> {
+        Ok(self.ledger.for_each_revocation(since, visit)?)
     }
 }

@@ -25,6 +25,8 @@ use palworker_core::{
 use palworker_events::ImportedAccount;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::RevocationRow;
+
 #[cfg(test)]
 pub(crate) use client::read_lines;
 pub use client::{AdminApiClient, Reached};
@@ -186,4 +188,13 @@ pub trait Operations {
 
     /// The plan an event (its JSON bytes) would produce; changes nothing.
     async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError>;
+
+    /// Time to revocation (`report revocations`, SPEC §11.3): one row per
+    /// event that removes links, those due at or after `since`, in
+    /// acceptance order, handed to `visit`.
+    async fn revocations(
+        &self,
+        since: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(RevocationRow) -> anyhow::Result<()>,
+    ) -> Result<(), OperatorError>;
 }

@@ -24,13 +24,16 @@ impl Operator {
     /// can write it anyway; this records who did, not who may.)
     pub fn local_user() -> Operator {
         let uid = rustix::process::getuid().as_raw();
-        let from_passwd = std::fs::read_to_string("/etc/passwd")
-            .ok()
-            .and_then(|passwd| user_of(&passwd, uid));
-        let name = from_passwd
+        let name = passwd_name(uid)
             .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| format!("uid:{uid}"));
         Operator(name)
+    }
+
+    /// The OS user with `uid` (a peer of the worker's admin socket): the
+    /// name `/etc/passwd` gives it, else `uid:N`.
+    pub fn os_user(uid: u32) -> Operator {
+        Operator(passwd_name(uid).unwrap_or_else(|| format!("uid:{uid}")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -42,6 +45,13 @@ impl fmt::Display for Operator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The name of `uid` in `/etc/passwd`.
+fn passwd_name(uid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| user_of(&passwd, uid))
 }
 
 /// The name of `uid` in the text of a passwd file.

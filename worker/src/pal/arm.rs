@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::PalClient;
 use super::body::{BodyError, read_body, redirect_refused};
 use super::error::{PalError, one_line, retry_after, transport_message, transport_reason};
+use super::slots::Priority;
 use super::token::AccessToken;
 use crate::telemetry::ApiRequestCompleted;
 
@@ -83,7 +84,16 @@ enum Answer {
 impl PalClient {
     /// `GET /providers/Microsoft.ManagementPartner/partners`: the caller's link, if any.
     pub(super) async fn get_link(&self, token: &AccessToken) -> Result<Option<Link>, PalError> {
-        match self.arm(Method::GET, None, token).await? {
+        self.get_link_as(token, Priority::Action).await
+    }
+
+    /// [`PalClient::get_link`], waiting for its slot as `priority`.
+    pub(super) async fn get_link_as(
+        &self,
+        token: &AccessToken,
+        priority: Priority,
+    ) -> Result<Option<Link>, PalError> {
+        match self.arm(Method::GET, None, token, priority).await? {
             Answer::Ok(body) => parse_link(&body).map(Some),
             Answer::NotFound => Ok(None),
         }
@@ -114,7 +124,10 @@ impl PalClient {
         partner: &PartnerId,
     ) -> Result<Deleted, PalError> {
         Ok(
-            match self.arm(Method::DELETE, Some(partner), token).await? {
+            match self
+                .arm(Method::DELETE, Some(partner), token, Priority::Action)
+                .await?
+            {
                 Answer::Ok(_) => Deleted::Removed,
                 Answer::NotFound => Deleted::AlreadyGone,
             },
@@ -127,7 +140,10 @@ impl PalClient {
         partner: &PartnerId,
         token: &AccessToken,
     ) -> Result<Option<Link>, PalError> {
-        match self.arm(method.clone(), Some(partner), token).await? {
+        match self
+            .arm(method.clone(), Some(partner), token, Priority::Action)
+            .await?
+        {
             Answer::NotFound => Err(PalError::permanent(
                 "ManagementPartnerNotFound",
                 format!("{method} answered 404: the caller has no link"),
@@ -137,20 +153,22 @@ impl PalClient {
         }
     }
 
-    /// One ARM call, rate-limited per tenant. Returns 200 or 404 with the
-    /// body; every other outcome is classified into a [`PalError`].
+    /// One ARM call, rate-limited per tenant (a slot taken as `priority`).
+    /// Returns 200 or 404 with the body; every other outcome is classified
+    /// into a [`PalError`].
     async fn arm(
         &self,
         method: Method,
         partner: Option<&PartnerId>,
         token: &AccessToken,
+        priority: Priority,
     ) -> Result<Answer, PalError> {
         let path = match partner {
             Some(partner) => format!("/providers/Microsoft.ManagementPartner/partners/{partner}"),
             None => "/providers/Microsoft.ManagementPartner/partners".to_owned(),
         };
         let url = format!("{}{}", self.inner.arm_endpoint, path);
-        self.inner.limiter.until_key_ready(&token.tenant_id).await;
+        self.take_slot(&token.tenant_id, priority).await;
         if let Some(wait) = self.throttled_for(token) {
             return Err(PalError::transient(
                 RetryReason::Throttled,
@@ -321,15 +339,25 @@ fn header(headers: &reqwest::header::HeaderMap, name: &str) -> String {
         .to_owned()
 }
 
-/// `limits.per_tenant_rps` as a quota: that many requests a second, in a
-/// burst of at most as many.
-pub(super) fn tenant_quota(per_tenant_rps: f64) -> Quota {
-    let rps = if per_tenant_rps.is_finite() && per_tenant_rps > 0.0 {
+/// `limits.per_tenant_rps`, or 1 when it is not a positive number.
+fn usable_rps(per_tenant_rps: f64) -> f64 {
+    if per_tenant_rps.is_finite() && per_tenant_rps > 0.0 {
         per_tenant_rps
     } else {
         1.0
-    };
-    let period = Duration::from_secs_f64(1.0 / rps);
+    }
+}
+
+/// The time between two requests to one tenant at `limits.per_tenant_rps`.
+pub(super) fn slot_period(per_tenant_rps: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / usable_rps(per_tenant_rps))
+}
+
+/// `limits.per_tenant_rps` as a quota: that many requests a second, in a
+/// burst of at most as many.
+pub(super) fn tenant_quota(per_tenant_rps: f64) -> Quota {
+    let rps = usable_rps(per_tenant_rps);
+    let period = slot_period(rps);
     let burst = NonZeroU32::new(rps.ceil().max(1.0) as u32).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))

@@ -1,6 +1,8 @@
-//! How a PAL or token call fails: [`PalError::Transient`] (retry later) or
-//! [`PalError::Permanent`] (the action fails). That one bit decides an
-//! action's fate, so it is a type, never a string match.
+//! How a PAL or token call fails: [`PalError::Transient`] (retry later),
+//! [`PalError::Permanent`] (the action fails) or [`PalError::IdentityGone`]
+//! (the identity no longer exists in its tenant: a removal is finished, a
+//! link or update fails). That decides an action's fate, so it is a type,
+//! never a string match.
 
 use std::time::Duration;
 
@@ -16,6 +18,13 @@ pub enum PalError {
     /// Retrying cannot help: the action fails with this code and message.
     #[error("{code}: {message}")]
     Permanent { code: String, message: String },
+    /// The identity behind the credential no longer exists in the tenant
+    /// (token error AADSTS700016: the application is not in that
+    /// directory). Retrying cannot help either; a removal of its link is
+    /// `orphaned` (the link ended with the identity, SPEC §11.3), anything
+    /// else fails. `code` and `message` are the token error, the evidence.
+    #[error("{code}: {message}")]
+    IdentityGone { code: String, message: String },
 }
 
 /// A failure worth retrying, with what the retry schedule needs to know.

@@ -3,15 +3,19 @@
 //! action (SPEC §5, PAL-API.md), behind one call: [`PalClient::reconcile`].
 //!
 //! Only this module imports reqwest for PAL. It classifies every failure as
-//! [`PalError::Transient`] (retry later) or [`PalError::Permanent`] (the
-//! action fails): that one bit decides the action's fate, so it is a type.
+//! [`PalError::Transient`] (retry later), [`PalError::Permanent`] (the
+//! action fails) or [`PalError::IdentityGone`] (the identity left its
+//! tenant: a removal is `orphaned`): that decides the action's fate, so it
+//! is a type.
 //!
 //! | file | holds |
 //! | --- | --- |
 //! | `mod.rs` | [`PalClient`], its settings and shared state |
 //! | `session.rs` | [`PalClient::reconcile`]: token → identity check → GET → write or not, a 401 refreshing the token once |
 //! | `token.rs` | client credentials (secret or certificate assertion), the token cache |
+//! | `read.rs` | [`PalClient::read_link`]: a reconcile's read of one account's link |
 //! | `arm.rs` | the partner calls, the per-tenant rate limit, `Retry-After` memory |
+//! | `slots.rs` | the tenant's next request slot: actions' requests before reconciles' reads |
 //! | `body.rs` | what is accepted of an answer: no redirect, no body over [`MAX_RESPONSE_BYTES`] |
 //! | `error.rs` | [`PalError`], `Retry-After` parsing |
 
@@ -20,7 +24,9 @@ mod body;
 mod error;
 #[cfg(test)]
 mod proptests;
+mod read;
 mod session;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod token;
@@ -37,6 +43,7 @@ use palworker_events::{ObjectId, TenantId};
 pub use arm::Link;
 pub use body::MAX_RESPONSE_BYTES;
 pub use error::{PalError, Transient, retry_after};
+pub use read::ReadLink;
 pub use session::{Checkpoint, Proceed, Reconcile, ReconcileError, Reconciled, Write, WriteMode};
 pub use token::{AccessToken, SECRET_ROTATION_GRACE, TOKEN_CACHE_BYTES, TOKEN_RENEWAL_MARGIN};
 
@@ -64,6 +71,10 @@ struct Inner {
     /// One async lock per (credential, tenant): concurrent misses fetch one token.
     token_fetch: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
     limiter: DefaultKeyedRateLimiter<TenantId>,
+    /// Action requests waiting for a tenant's slot: reconcile reads yield to them.
+    action_waits: slots::ActionWaits,
+    /// `1 / limits.per_tenant_rps`: how long a reconcile read that yielded waits.
+    slot_period: Duration,
     /// `pal.verify_writes`: read each write back.
     verify_writes: bool,
     metrics: Metrics,
@@ -106,6 +117,8 @@ impl PalClient {
                 throttled: Mutex::new(HashMap::new()),
                 token_fetch: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::keyed(arm::tenant_quota(per_tenant_rps)),
+                action_waits: slots::ActionWaits::default(),
+                slot_period: arm::slot_period(per_tenant_rps),
                 verify_writes: settings.verify_writes,
                 metrics,
                 clock,

@@ -289,7 +289,7 @@ proptest! {
                 prop_assert_eq!(kept, retry_after);
                 prop_assert!(is_one_bounded_line(&message, 500), "{message:?}");
             }
-            PalError::Permanent { code, message } => {
+            PalError::Permanent { code, message } | PalError::IdentityGone { code, message } => {
                 prop_assert!(
                     !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS,
                     "{status} must be retried"

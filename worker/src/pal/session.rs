@@ -349,7 +349,7 @@ impl Session<'_> {
 }
 
 /// Checks that a token and a link belong to the expected identity (SPEC §5 step 3).
-fn check_identity(
+pub(super) fn check_identity(
     token: &AccessToken,
     link: Option<&Link>,
     tenant: &TenantId,

@@ -442,6 +442,10 @@ pub(super) fn token_claims(token: &str) -> Result<TokenClaims, PalError> {
         .map_err(|_| PalError::permanent("invalid_token", "the access token payload is not JSON"))
 }
 
+/// AADSTS700016: the application (the identity's service principal) is
+/// not in that directory — deleted from the tenant, or never there.
+const IDENTITY_NOT_IN_TENANT: u64 = 700016;
+
 /// Decides retry vs failure from the identity platform's error codes, never from the description.
 pub(super) fn classify_token_error(
     status: StatusCode,
@@ -479,6 +483,12 @@ pub(super) fn classify_token_error(
     }
     if code == Some(7000215) {
         return transient(Some(SECRET_ROTATION_GRACE));
+    }
+    if code == Some(IDENTITY_NOT_IN_TENANT) {
+        return PalError::IdentityGone {
+            code: format!("AADSTS{IDENTITY_NOT_IN_TENANT}"),
+            message,
+        };
     }
     PalError::permanent(code.map(|c| format!("AADSTS{c}")).unwrap_or(error), message)
 }
@@ -634,13 +644,19 @@ mod tests {
     #[test]
     fn token_errors_are_classified_by_code() {
         for code in [
-            700016, 700011, 90002, 7000222, 700027, 50012, 7000112, 70001, 65001, 90094, 650056,
-            53003,
+            700011, 90002, 7000222, 700027, 50012, 7000112, 70001, 65001, 90094, 650056, 53003,
         ] {
             match token_error(400, "invalid_client", code) {
                 PalError::Permanent { code: c, .. } => assert_eq!(c, format!("AADSTS{code}")),
                 other => panic!("{code} should be permanent, got {other:?}"),
             }
+        }
+        match token_error(400, "unauthorized_client", 700016) {
+            PalError::IdentityGone { code, message } => {
+                assert_eq!(code, "AADSTS700016");
+                assert!(message.contains("AADSTS700016: something"), "{message}");
+            }
+            other => panic!("700016 means the identity is gone, got {other:?}"),
         }
         for code in [50033, 90006, 90024, 90033, 90090, 50196, 90055] {
             assert!(

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use palworker_core::{ActionRecord, ActionState, Approval, EventRecord, RetryReason, Superseded};
 use palworker_events::{Escaped, TenantId};
 
@@ -42,6 +43,15 @@ impl ActionFinished<'_> {
                 op = action.op.as_str(),
                 error = %detail,
                 "Action failed."
+            ),
+            ActionState::Orphaned => tracing::warn!(
+                action_id = action.action_id.get(),
+                event_id = %Escaped::new(&action.event_id),
+                tenant_id = %action.tenant_id,
+                employee_id = %action.employee_id,
+                op = action.op.as_str(),
+                error = %action.last_error.as_deref().unwrap_or(""),
+                "Removal orphaned: the identity no longer exists in its tenant, so its link ended with it."
             ),
             ActionState::Manual => tracing::warn!(
                 action_id = action.action_id.get(),
@@ -93,6 +103,29 @@ impl Counted {
             }
             _ => Counted::Pending,
         }
+    }
+}
+
+/// A removal ended `done`: its link is gone, verified (SPEC §11.3).
+pub struct LinkRevoked<'a> {
+    pub action: &'a ActionRecord,
+    /// When the link was to go: the event's `effective_at`, else its acceptance.
+    pub due: DateTime<Utc>,
+}
+
+impl LinkRevoked<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let removed_at = crate::ledger::removed_at(self.action);
+        let seconds = ((removed_at - self.due).num_milliseconds().max(0) as f64) / 1000.0;
+        tracing::debug!(
+            action_id = self.action.action_id.get(),
+            event_id = %Escaped::new(&self.action.event_id),
+            tenant_id = %self.action.tenant_id,
+            employee_id = %self.action.employee_id,
+            seconds,
+            "Link revoked."
+        );
+        metrics.revocation_seconds.observe(seconds);
     }
 }
 

@@ -15,22 +15,27 @@
 //! | `intake.rs` | deliveries: accepted, duplicate, held, dead-lettered; events completed |
 //! | `actions.rs` | actions: finished, retried, superseded; operators' approvals, rejections, retries; PAL requests |
 //! | `system.rs` | the broker connection, the ledger's gauges |
+//! | `results.rs` | results to the publishers: published, failing |
 
 mod actions;
 mod intake;
+mod results;
 mod system;
 
 pub use actions::{
-    ActionFinished, ActionRetryScheduled, ActionsRequeued, ApiRequestCompleted, PlanApproved,
-    PlanRejected, ScheduledActionsDue, TokenRefreshed, Verification, VerificationFinished,
-    emit_superseded,
+    ActionFinished, ActionRetryScheduled, ActionsRequeued, ApiRequestCompleted, LinkRevoked,
+    PlanApproved, PlanRejected, ScheduledActionsDue, TokenRefreshed, Verification,
+    VerificationFinished, emit_superseded,
 };
 pub use intake::{EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld};
+pub use results::{ResultKind, ResultPublished, ResultsPublishFailed};
 pub use system::{
     BrokerConnectionChanged, ConsumerStopped, LedgerGauges, LedgerGaugesRead, LedgerRecovered,
     LedgerReopenFailed, LedgerSizeMeasured, LedgerSwept, LedgerUnavailable, LoopEnded,
     WritesPaused, WritesResumed,
 };
+
+use std::sync::Arc;
 
 use palworker_core::{ActionState, EventOutcome, Op, RetryReason};
 use palworker_events::{EventType, RejectReason};
@@ -39,9 +44,21 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-/// Every metric palworker exports, registered in one registry.
+/// Every metric palworker exports, registered in one registry. Cheap to
+/// clone: the clones share one [`MetricSet`].
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+/// The metrics behind [`Metrics`]; their fields are private to this module.
+pub struct MetricSet {
     registry: Registry,
     events_total: IntCounterVec,
     actions_total: IntCounterVec,
@@ -62,6 +79,10 @@ pub struct Metrics {
     paused: IntGauge,
     verifications_total: IntCounterVec,
     ledger_errors_total: IntCounter,
+    revocation_seconds: Histogram,
+    oldest_open_removal_seconds: Gauge,
+    results_pending: IntGauge,
+    results_published_total: IntCounterVec,
 }
 
 /// HTTP methods palworker sends to PAL (the `method` label).
@@ -221,6 +242,39 @@ impl Metrics {
             verifications_total.with_label_values(&[result.as_str()]);
         }
 
+        let revocation_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "palworker_revocation_seconds",
+                "Time to revocation: per removed link, from its event's effective_at (or acceptance) to the verified removal.",
+            )
+            .buckets(vec![
+                1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0,
+                86400.0, 172800.0, 259200.0, 604800.0, 1209600.0, 2592000.0,
+            ]),
+        )
+        .expect("valid metric");
+        let oldest_open_removal_seconds = Gauge::new(
+            "palworker_oldest_open_removal_seconds",
+            "How long the removal open longest has been due (pending, retrying or in flight; not scheduled for a future effective_at, not held); 0 when none.",
+        )
+        .expect("valid metric");
+        let results_pending = IntGauge::new(
+            "palworker_results_pending",
+            "Results owed to the publishers (palworker.event.completed, palworker.action.attention) not yet confirmed by the broker.",
+        )
+        .expect("valid metric");
+        let results_published_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_results_published_total",
+                "Results published to amqp.results_exchange and confirmed by the broker, by CloudEvent type.",
+            ),
+            &["type"],
+        )
+        .expect("valid metric");
+        for kind in ResultKind::ALL {
+            results_published_total.with_label_values(&[kind.as_str()]);
+        }
+
         for collector in [
             Box::new(events_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(actions_total.clone()),
@@ -241,6 +295,10 @@ impl Metrics {
             Box::new(paused.clone()),
             Box::new(verifications_total.clone()),
             Box::new(ledger_errors_total.clone()),
+            Box::new(revocation_seconds.clone()),
+            Box::new(oldest_open_removal_seconds.clone()),
+            Box::new(results_pending.clone()),
+            Box::new(results_published_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -280,7 +338,7 @@ impl Metrics {
             dead_letters_total.with_label_values(&[reason.as_str()]);
         }
 
-        Metrics {
+        Metrics(Arc::new(MetricSet {
             registry,
             events_total,
             actions_total,
@@ -301,7 +359,11 @@ impl Metrics {
             paused,
             verifications_total,
             ledger_errors_total,
-        }
+            revocation_seconds,
+            oldest_open_removal_seconds,
+            results_pending,
+            results_published_total,
+        }))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -48,6 +48,10 @@ pub struct LedgerGauges {
     pub size_bytes: u64,
     /// Free space of the ledger's file system, when it could be read.
     pub disk_free_bytes: Option<u64>,
+    /// How long the removal open longest has been due (zero: none open).
+    pub oldest_open_removal: std::time::Duration,
+    /// Results owed to the publishers, not yet confirmed.
+    pub results_pending: u64,
 }
 
 impl LedgerGauges {
@@ -74,6 +78,10 @@ impl LedgerGauges {
         if let Some(free) = self.disk_free_bytes {
             metrics.ledger_disk_free_bytes.set(free as f64);
         }
+        metrics
+            .oldest_open_removal_seconds
+            .set(self.oldest_open_removal.as_secs_f64());
+        metrics.results_pending.set(self.results_pending as i64);
     }
 }
 

@@ -348,10 +348,23 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_and_the_worker_g
         Some("111111"),
         "the valid event after them was processed"
     );
-    let mut reasons: Vec<String> = h
-        .dead_letters()
-        .await
-        .unwrap()
+    let dead_letters = h.dead_letters().await.unwrap();
+    // The copy of the oversized event keeps its whole body, byte for byte.
+    let oversized = serde_json::to_vec(&too_large).unwrap();
+    let copy = dead_letters
+        .iter()
+        .find(|m| {
+            m.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("too_large:"))
+        })
+        .expect("the oversized event's dead-letter copy");
+    assert_eq!(copy.body.len(), oversized.len());
+    assert!(
+        copy.body == oversized,
+        "the dead-letter copy differs from what was sent"
+    );
+    let mut reasons: Vec<String> = dead_letters
         .into_iter()
         .map(|m| m.reason.expect("x-palworker-reason header"))
         .collect();

@@ -14,20 +14,26 @@
 //! | `months` | months unattended (SPEC §11.2): scheduled vs pending, … |
 //! | `operators` | held plans, dry run, the publisher allow-list, the CLI and admin API, certificates |
 //! | `crash` | `kill -9` of a worker process mid-flight, then a restart |
-//! | `proof` | verified writes, drift, orphans (SPEC §11.3) |
+//! | `proof` | verified writes, drift, orphans, time to revocation (SPEC §11.3) |
+//! | `results` | results to the publishers: completed, attention, the outbox across `kill -9` (SPEC §11.3) |
 //! | `process` | a worker process's JSON logs and secret hygiene |
 //! | `cli` | the command line's exit codes and messages |
+//! | `console` | the operator's console in headless Chromium: sign-in, find, approve, retry, audit download, CSRF |
+//! | `local_operator` | operator commands without a token through the admin socket; another OS user refused |
 
 mod bounded;
 mod cli;
+mod console;
 mod crash;
 mod end_to_end;
 mod failures;
 mod faults;
+mod local_operator;
 mod months;
 mod operators;
 mod process;
 mod proof;
+mod results;
 
 use std::path::Path;
 

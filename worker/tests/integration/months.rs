@@ -178,7 +178,12 @@ async fn a_pause_writes_nothing_survives_a_restart_and_resume_runs_each_action_o
     assert_eq!(pauses.len(), 1, "{stdout}");
     assert_eq!(pauses[0]["who"], "alice");
     assert_eq!(resumes.len(), 1, "{stdout}");
-    assert_eq!(resumes[0]["who"], "admin");
+    // `resume` without `--operator` went through the admin socket: the OS
+    // user who ran it.
+    assert_eq!(
+        resumes[0]["who"],
+        palworker::operators::Operator::local_user().as_str()
+    );
     let outcomes = by_kind("action_outcome");
     assert_eq!(outcomes.len(), 4, "two links, two removals: {stdout}");
     assert!(outcomes.iter().all(|r| r["who"] == "palworker"));

@@ -327,7 +327,19 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
     .unwrap();
     h.wait_until_settled(SETTLE).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cli = async |args: &[&str]| h.cli(worker_binary(), dir.path(), args, &[]).await.unwrap();
+    // `--operator admin` names the token: the CLI goes over TCP with it
+    // (without it, this OS user would go through the admin socket, tested
+    // in `local_operator`).
+    let cli = async |args: &[&str]| {
+        let args: Vec<&str> = ["--operator", "admin"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        h.cli(worker_binary(), dir.path(), &args, &[])
+            .await
+            .unwrap()
+    };
 
     // status --json: one JSON object per action with the contract's fields.
     let CliOutput {
@@ -386,7 +398,7 @@ async fn operator_commands_work_against_a_running_worker_and_need_the_admin_toke
         .cli(
             worker_binary(),
             dir.path(),
-            &["status"],
+            &["--operator", "admin", "status"],
             &[(ADMIN_TOKEN_ENV, "wrong-token")],
         )
         .await
