@@ -163,6 +163,10 @@ pub struct BenchArgs {
     /// retention: waves of `--actions` actions.
     #[arg(long, default_value_t = 30)]
     pub waves: usize,
+    /// retention: `audit.retention` of the worker (`0s`: the trail is kept
+    /// forever, the default of the product).
+    #[arg(long, default_value = "0s")]
+    pub audit_retention: String,
     /// ingest: `amqp.prefetch` of the worker and of the ceiling consumer.
     #[arg(long, default_value_t = 64)]
     pub prefetch: u16,

@@ -62,6 +62,15 @@ const SETTLE: Duration = Duration::from_secs(10);
 const BUILD_BATCH: usize = 1_024;
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// `audit.retention` as the line shows it: `0s` keeps the trail forever.
+fn audit_retention(args: &BenchArgs) -> String {
+    if args.audit_retention == "0s" {
+        "forever".to_owned()
+    } else {
+        args.audit_retention.clone()
+    }
+}
+
 /// What one run found: its numbers and the size curve.
 struct RunResult {
     sample: Sample,
@@ -126,7 +135,7 @@ pub async fn run(url: &str, args: &BenchArgs, worker: &Path) -> anyhow::Result<V
             ("tenants", args.tenants.to_string()),
             ("retention", RETENTION.to_owned()),
             ("dedup_retention", RETENTION.to_owned()),
-            ("audit_retention", "forever".to_owned()),
+            ("audit_retention", audit_retention(args)),
             ("runs", args.runs.to_string()),
             ("size_on_disk_mib_curve", curve),
         ],
@@ -164,8 +173,9 @@ async fn retention_run(
                 "[http]\nlisten = \"127.0.0.1:{port}\"\n\
                  [ledger]\ncache_capacity = {LEDGER_CACHE_BYTES}\nretention = \"{RETENTION}\"\n\
                  dedup_retention = \"{RETENTION}\"\n\
+                 [audit]\nretention = \"{}\"\n\
                  [limits]\nconcurrency = {}\n",
-                args.concurrency
+                args.audit_retention, args.concurrency
             ),
             ..HarnessOptions::default()
         },
@@ -598,6 +608,7 @@ fn sweep_steps(path: &Path, accounts: &[(u64, u64)]) -> anyhow::Result<(f64, usi
     let retention = Retention {
         records: chrono::Duration::seconds(1),
         markers: chrono::Duration::seconds(1),
+        audit: None,
     };
     let now = Utc::now() + chrono::Duration::seconds(2);
     let mut cursor = SweepCursor::default();
