@@ -268,7 +268,7 @@ LABEL_VALUES = {
                "invalid_json", "not_cloudevent", "unsupported_specversion", "missing_attribute",
                "invalid_attribute", "unknown_type", "invalid_data", "missing_field", "invalid_field",
                "unsupported_content_type", "too_large", "publisher_not_allowed"},
-    "kind": {"event", "action", "marker"},
+    "kind": {"event", "action", "marker", "audit"},
 }
 
 def allowed(name):

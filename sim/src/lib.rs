@@ -133,7 +133,7 @@ pub use config::{
 pub use state::{LinkView, RequestRecord, TokenRequestRecord};
 pub use token::{ARM_AUDIENCE, ARM_SCOPE, AccessTokenClaims, JWT_BEARER};
 
-use state::{IdentityKey, State};
+use state::{IdentityKey, LinkState, State};
 
 /// A PAL + token-endpoint simulator. Cheap to clone: clones share one state.
 #[derive(Clone)]
@@ -243,6 +243,24 @@ impl Simulator {
         let now = state.now();
         let link = state.put_link(key.clone(), partner_id, now);
         State::link_view(&key, &link)
+    }
+
+    /// Deletes the identity's Active link as a DELETE by that identity
+    /// would (someone removing it behind palworker's back). Returns whether
+    /// there was one.
+    pub fn remove_link(&self, tenant_id: &str, object_id: &str) -> bool {
+        let mut state = self.lock();
+        let key = IdentityKey::new(tenant_id, object_id);
+        let now = state.now();
+        let Some(partner_id) = state
+            .links
+            .get(&key)
+            .filter(|link| link.state == LinkState::Active)
+            .map(|link| link.partner_id.clone())
+        else {
+            return false;
+        };
+        state.delete_link(&key, &partner_id, now)
     }
 
     /// Deletes the service principal `object_id` from `tenant_id`, as an

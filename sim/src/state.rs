@@ -380,7 +380,6 @@ impl State {
 
     /// DELETE: marks the Active link Deleted if it carries `partner_id`.
     /// Returns whether anything changed.
-    #[cfg(test)]
     pub fn delete_link(&mut self, key: &IdentityKey, partner_id: &str, now: DateTime<Utc>) -> bool {
         match self
             .links

@@ -24,6 +24,7 @@ use crate::ledger::Ledger;
 use crate::ledger::{PauseState, Retention};
 use crate::operators::{Attached, LedgerOperations, Operator};
 use crate::pal::PalClient;
+use crate::reconcile::{self, Reconciler};
 use crate::results::ResultsPublisher;
 use crate::sweeper;
 use crate::telemetry::{LedgerGaugesRead, Metrics, WritesPaused};
@@ -54,6 +55,7 @@ pub struct RunningApp {
     keeper: JoinHandle<()>,
     gauges: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    periodic_reconcile: JoinHandle<()>,
     results: JoinHandle<()>,
     http: JoinHandle<std::io::Result<()>>,
 }
@@ -105,6 +107,14 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         control.pause();
         WritesPaused { by }.emit(&metrics);
     }
+    let reconciler = Reconciler::new(
+        ledger.clone(),
+        pal.clone(),
+        metrics.clone(),
+        clock.clone(),
+        settings.limits.max_actions_per_event,
+        Some(control.clone()),
+    );
     let executor = Executor::new(
         ledger.clone(),
         pal,
@@ -154,7 +164,8 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
                 executor: control.clone(),
             },
             Operator::worker(),
-        ),
+        )
+        .with_reconciler(reconciler.clone()),
         settings.http.admin_tokens.clone(),
     );
     let stop_http = CancellationToken::new();
@@ -203,6 +214,16 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
             stop_executing.clone(),
         ),
     );
+    let periodic_reconcile = health.supervise(
+        "periodic reconcile",
+        stop_executing.clone(),
+        reconcile::periodic::run(
+            reconciler,
+            settings.reconcile.interval,
+            availability.clone(),
+            stop_executing.clone(),
+        ),
+    );
     let results = health.supervise(
         "results publisher",
         stop_executing.clone(),
@@ -239,6 +260,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         keeper,
         gauges,
         sweeper,
+        periodic_reconcile,
         results,
         http,
     })
@@ -257,6 +279,7 @@ impl RunningApp {
         let _ = self.keeper.await;
         let _ = self.gauges.await;
         let _ = self.sweeper.await;
+        let _ = self.periodic_reconcile.await;
         let _ = self.results.await;
         let flushed = if self.health.ledger.is_available() {
             let ledger = self.ledger.clone();
@@ -289,7 +312,8 @@ pub async fn run(
     app.stop().await
 }
 
-/// How long records are kept (`ledger.retention`, `ledger.dedup_retention`).
+/// How long records are kept (`ledger.retention`, `ledger.dedup_retention`,
+/// `audit.retention`).
 pub fn retention(settings: &Settings) -> Retention {
     let days = |duration: std::time::Duration| {
         chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
@@ -297,6 +321,7 @@ pub fn retention(settings: &Settings) -> Retention {
     Retention {
         records: days(settings.ledger.retention),
         markers: days(settings.ledger.dedup_retention),
+        audit: (!settings.audit.retention.is_zero()).then(|| days(settings.audit.retention)),
     }
 }
 

@@ -21,10 +21,11 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use palworker_config::Settings;
-use palworker_events::Event;
+use palworker_events::{EmployeeId, Event, TenantId};
 
 use palworker_core::{
-    ActionId, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, AuditEntry, Finding, InventoryEntry, ReconcileReport, ReleaseSummary, StatusFilter,
+    StatusRow,
 };
 
 use crate::clock::SystemClock;
@@ -34,6 +35,7 @@ use crate::operators::{
     AdminApiClient, Attached, Decision, EventRef, LedgerOperations, Operations, Operator,
     OperatorError, Reached, RetryTarget,
 };
+use crate::reconcile::{ReconcileRequest, Reconciler};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,6 +144,30 @@ pub enum OperatorCommand {
     /// Reports for compliance.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Read PAL for every account in scope that has a credential, compare
+    /// it with the desired link, and plan ONE `palworker.reconcile` event
+    /// whose actions fix each difference (held above
+    /// limits.max_actions_per_event, like any plan). Prints each finding
+    /// (missing, unexpected, different; manual: no credential; unreadable),
+    /// then a summary.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Only this tenant's accounts.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this employee's accounts.
+    #[arg(long)]
+    employee: Option<String>,
+    /// Print the findings only, one JSON object per line (tenant_id,
+    /// object_id, employee_id, desired, actual, kind); plan nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// JSON Lines: one object per finding, then the report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,6 +402,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 _ => Create::No,
             };
             match Target::connect(&settings, cli.operator.as_deref(), create).await? {
+                // A reconcile on a stopped worker's ledger reads PAL itself.
+                Target::Local(operations) if matches!(command, OperatorCommand::Reconcile(_)) => {
+                    let reconciler = local_reconciler(&settings, operations.ledger().clone())?;
+                    operate(&operations.with_reconciler(reconciler), command).await
+                }
                 Target::Local(operations) => operate(&operations, command).await,
                 Target::Remote(client) => operate(&client, command).await,
             }
@@ -898,8 +929,134 @@ async fn operate(target: &impl Operations, command: OperatorCommand) -> anyhow::
         OperatorCommand::Report(ReportCommand::Revocations { since, format }) => {
             report_revocations(target, since, format).await?;
         }
+        OperatorCommand::Reconcile(args) => reconcile(target, args).await?,
     }
     Ok(())
+}
+
+/// The reconciler of the CLI on a stopped worker's ledger: a PAL client of
+/// its own with the worker's settings (its rate limit is this process's
+/// alone; no worker sends requests meanwhile).
+fn local_reconciler(settings: &Settings, ledger: Arc<Ledger>) -> anyhow::Result<Reconciler> {
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
+    let metrics = crate::telemetry::Metrics::new();
+    let pal = crate::pal::PalClient::new(
+        &settings.pal,
+        &settings.credentials,
+        settings.limits.per_tenant_rps,
+        metrics.clone(),
+        clock.clone(),
+    )
+    .context("setting up the PAL client")?;
+    Ok(Reconciler::new(
+        ledger,
+        pal,
+        metrics,
+        clock,
+        settings.limits.max_actions_per_event,
+        None,
+    ))
+}
+
+/// `reconcile`: each finding as it is made (JSON Lines with `--dry-run`
+/// or `--json`, else a line of text), then the report (`--json`: as JSON;
+/// a dry run's summary goes to standard error, so its output is the
+/// findings only).
+async fn reconcile(target: &impl Operations, args: ReconcileArgs) -> anyhow::Result<()> {
+    let request = ReconcileRequest {
+        tenant_id: args
+            .tenant
+            .as_deref()
+            .map(TenantId::parse)
+            .transpose()
+            .map_err(|error| UsageError(format!("--tenant: {error}")))?,
+        employee_id: args
+            .employee
+            .as_deref()
+            .map(EmployeeId::parse)
+            .transpose()
+            .map_err(|error| UsageError(format!("--employee: {error}")))?,
+        dry_run: args.dry_run,
+    };
+    let lines = args.json || args.dry_run;
+    let mut out = std::io::stdout();
+    let report = target
+        .reconcile(&request, &mut |finding| {
+            if lines {
+                writeln!(out, "{}", serde_json::to_string(&finding)?)?;
+            } else {
+                writeln!(out, "{}", finding_text(&finding))?;
+            }
+            Ok(())
+        })
+        .await?;
+    if args.dry_run {
+        eprintln!("{}", reconcile_summary(&report));
+    } else if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", reconcile_summary(&report));
+    }
+    Ok(())
+}
+
+/// One finding as a line of text.
+fn finding_text(finding: &Finding) -> String {
+    let partner = |id: Option<&palworker_events::PartnerId>| {
+        id.map_or_else(|| "none".to_owned(), |id| id.to_string())
+    };
+    let mut text = format!(
+        "{:<10} {}/{} employee {} desired {} actual {}",
+        finding.kind.as_str(),
+        finding.tenant_id,
+        finding.object_id,
+        finding.employee_id,
+        partner(finding.desired.as_ref()),
+        partner(finding.actual.as_ref()),
+    );
+    if let Some(error) = &finding.error {
+        text.push_str(&format!(" ({error})"));
+    }
+    text
+}
+
+/// What a reconcile found and did, in words.
+fn reconcile_summary(report: &ReconcileReport) -> String {
+    let mut text = format!(
+        "{} account(s) in scope, {} read: {} missing, {} unexpected, {} different; \
+         {} manual (no credential), {} unreadable, {} busy (an action runs).",
+        report.accounts,
+        report.read,
+        report.missing,
+        report.unexpected,
+        report.different,
+        report.manual,
+        report.unreadable,
+        report.busy,
+    );
+    if report.dry_run {
+        text.push_str(" Dry run: nothing planned.");
+        return text;
+    }
+    match &report.event_id {
+        Some(event_id) if report.held => text.push_str(&format!(
+            " Planned event `{event_id}` with {} action(s), HELD: more than \
+             limits.max_actions_per_event; run `palworker approve {event_id}`.",
+            report.actions
+        )),
+        Some(event_id) => text.push_str(&format!(
+            " Planned event `{event_id}` with {} action(s).",
+            report.actions
+        )),
+        None => text.push_str(" Nothing to plan."),
+    }
+    if report.superseded > 0 {
+        text.push_str(&format!(
+            " {} difference(s) left to the events that came in meanwhile.",
+            report.superseded
+        ));
+    }
+    text
 }
 
 /// `report revocations`: rows as they arrive, as CSV (lists joined with

@@ -10,7 +10,8 @@
 //! the response body drains — a slow client makes the reader wait, never
 //! the worker hold the whole answer. A failure before the first line is
 //! the answer's status; after it, a last `{"error": …}` line
-//! (`operators::StreamFailure`).
+//! (`operators::StreamFailure`). `/admin/reconcile` streams a reconcile's
+//! findings as it makes them, then its report, from a task of its own.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use crate::operators::{
     Decision, EventRef, IMPORT_REQUEST_LIMIT, LedgerOperations, Operator, OperatorError,
     RetryTarget, StreamFailure,
 };
+use crate::reconcile::{ReconcileError, ReconcileLine, ReconcileRequest};
 use crate::telemetry::{LedgerSizeMeasured, Metrics};
 
 #[derive(Clone)]
@@ -90,6 +92,7 @@ pub fn router(
         )
         .route("/admin/plan", post(plan))
         .route("/admin/report/revocations", get(report_revocations))
+        .route("/admin/reconcile", post(reconcile))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_admin_token,
@@ -655,6 +658,81 @@ async fn resume(
     let admin = state.admin.acting_as(operator);
     let answer = blocking(move || admin.set_paused_now(false)).await?;
     Ok(axum::Json(answer).into_response())
+}
+
+/// How long a reconcile's answer goes without a line before it sends a
+/// blank one (which the client skips): a reconcile that finds nothing for
+/// minutes must not meet the client's read timeout.
+const RECONCILE_HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// `reconcile` (SPEC §11.3): runs one as the request's operator and
+/// streams its findings as JSON Lines as they are made, then its report
+/// (`reconcile::ReconcileLine`). The run is a task of its own: a client
+/// that goes away does not stop it (it still plans what it found).
+async fn reconcile(
+    State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
+    axum::Json(request): axum::Json<ReconcileRequest>,
+) -> Result<Response, ApiError> {
+    let reconciler = state.admin.reconciler().cloned().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this worker cannot reconcile: it has no PAL client".into(),
+        )
+    })?;
+    let (found, findings) = tokio::sync::mpsc::channel(STREAM_QUEUE_CHUNKS * 32);
+    let run = tokio::spawn(async move {
+        let report = reconciler.run(&request, operator.as_str(), &found).await;
+        drop(found);
+        report
+    });
+    let body = futures::stream::unfold(Some((findings, run)), |state| async move {
+        let (mut findings, run) = state?;
+        match tokio::time::timeout(RECONCILE_HEARTBEAT, findings.recv()).await {
+            Err(_) => Some((axum::body::Bytes::from_static(b"\n"), Some((findings, run)))),
+            Ok(Some(finding)) => {
+                let mut chunk = Vec::with_capacity(STREAM_CHUNK_BYTES + STREAM_ROW_SLACK);
+                push_line(&mut chunk, &ReconcileLine::Finding(finding));
+                while chunk.len() < STREAM_CHUNK_BYTES {
+                    match findings.try_recv() {
+                        Ok(finding) => push_line(&mut chunk, &ReconcileLine::Finding(finding)),
+                        Err(_) => break,
+                    }
+                }
+                Some((chunk.into(), Some((findings, run))))
+            }
+            // The run dropped its sender: it has ended.
+            Ok(None) => {
+                let last = match run.await {
+                    Ok(Ok(report)) => {
+                        let mut line = Vec::new();
+                        push_line(&mut line, &ReconcileLine::Report(Box::new(report)));
+                        line.into()
+                    }
+                    Ok(Err(ReconcileError::Ledger(error))) => {
+                        failure_line(&OperatorError::from(error))
+                    }
+                    Ok(Err(error)) => failure_line(&OperatorError::Failed(error.into())),
+                    Err(panicked) => failure_line(&OperatorError::Failed(anyhow::anyhow!(
+                        "internal: the reconcile panicked: {panicked}"
+                    ))),
+                };
+                Some((last, None))
+            }
+        }
+    })
+    .map(Ok::<_, std::convert::Infallible>);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Appends `row` to `buffer` as one JSON line.
+fn push_line(buffer: &mut Vec<u8>, row: &impl serde::Serialize) {
+    serde_json::to_writer(&mut *buffer, row).expect("operator rows serialise");
+    buffer.push(b'\n');
 }
 
 /// A consistent snapshot of the ledger (`ledger export`), streamed as the

@@ -29,6 +29,7 @@ pub mod logging;
 pub mod operators;
 pub mod pal;
 pub mod progress;
+pub mod reconcile;
 pub mod results;
 pub mod sweeper;
 pub mod telemetry;

@@ -65,11 +65,7 @@ pub async fn run(
             };
             cursor = next;
             match swept {
-                Ok(swept) => {
-                    total.events += swept.events;
-                    total.actions += swept.actions;
-                    total.markers += swept.markers;
-                }
+                Ok(swept) => total.add(swept),
                 Err(error) => {
                     if !availability.report(&error) {
                         tracing::warn!(error = %error, "A retention step failed; the next sweep tries again.");

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use palworker_core::planner::{self, Assignment, Plan, PlannedChange};
 use palworker_core::{
-    AcceptOutcome, ActionId, ActionRecord, ActionState, EventRecord, EventSeq, EventState,
-    InventoryEntry, Superseded,
+    AcceptOutcome, ActionId, ActionRecord, ActionState, AuditWhat, EventRecord, EventSeq,
+    EventState, InventoryEntry, Superseded,
 };
 use palworker_events::{Event, TenantId};
 use sled::Transactional;
@@ -18,7 +18,7 @@ use super::codec::{
     pair_key, storing_key, tx_decode, tx_error,
 };
 use super::inventory::{LedgerView, write_inventory};
-use super::{Ledger, Result, Store, StoringLargePlan, outbox};
+use super::{Ledger, Result, Store, StoringLargePlan, audit, outbox};
 
 /// Plans with more actions than this are written in several transactions.
 pub const ACCEPT_CHUNK: usize = 256;
@@ -46,6 +46,17 @@ impl Release {
             Release::Held => EventState::Held,
         }
     }
+}
+
+/// A plan [`Ledger::store_plan`] writes.
+pub(super) struct PlanToStore<'e, 'w> {
+    pub(super) event: &'e Event,
+    pub(super) publisher: Option<&'e str>,
+    pub(super) chunks: PlanChunks<'e>,
+    pub(super) unassigned: Vec<TenantId>,
+    /// A record for the audit trail, by whom, written with the event's
+    /// record (a reconcile's).
+    pub(super) audit: Option<(&'w str, AuditWhat)>,
 }
 
 /// Where a plan's action ids are kept: in its event record (a plan written
@@ -169,13 +180,47 @@ impl Ledger {
         if self.is_duplicate(&event.source, &event.id)? {
             return Ok(AcceptOutcome::Duplicate);
         }
-        let (mut chunks, unassigned) = match planner::fan_out(event) {
+        let (chunks, unassigned) = match planner::fan_out(event) {
             Some(fan_out) => (PlanChunks::streamed(fan_out), Vec::new()),
             None => {
                 let plan = planner::plan(event, &LedgerView(self))?;
                 (PlanChunks::planned(plan.changes), plan.unassigned)
             }
         };
+        self.store_plan(
+            &store,
+            PlanToStore {
+                event,
+                publisher,
+                chunks,
+                unassigned,
+                audit: None,
+            },
+            now,
+            max_actions_per_event,
+        )
+    }
+
+    /// Stores a plan: its inventory changes, its actions and its event
+    /// record (with `plan.audit` appended to the trail in the transaction
+    /// that writes the record). A plan of up to [`ACCEPT_CHUNK`] actions is
+    /// one transaction; a larger one is written a chunk at a time, the
+    /// deduplication marker last. The caller holds the write gate and the
+    /// planning lock.
+    pub(super) fn store_plan(
+        &self,
+        store: &Store,
+        plan: PlanToStore<'_, '_>,
+        now: DateTime<Utc>,
+        max_actions_per_event: usize,
+    ) -> Result<AcceptOutcome> {
+        let PlanToStore {
+            event,
+            publisher,
+            mut chunks,
+            unassigned,
+            audit: audited,
+        } = plan;
         let first = chunks.next_chunk(self)?;
         let single = chunks.is_done();
         // Whether the plan is held is known before anything is written: from
@@ -225,6 +270,9 @@ impl Ledger {
                         count_open_events(tx.open_events, 1)?;
                     }
                     write_event_marker(&tx, event, &record)?;
+                    if let Some((who, what)) = &audited {
+                        audit::append(tx.audit, who, [(now, what.clone())])?;
+                    }
                     Ok(written.superseded)
                 })
                 .map_err(tx_error)?;
@@ -293,10 +341,14 @@ impl Ledger {
             &store.events,
             &store.open_events,
             &store.outbox,
+            &store.audit,
         )
-            .transaction(|(index, events, open_events, outbox)| {
+            .transaction(|(index, events, open_events, outbox, audit)| {
                 write_marker(index, events, outbox, event, &record)?;
                 index.remove(storing_key(seq))?;
+                if let Some((who, what)) = &audited {
+                    audit::append(audit, who, [(now, what.clone())])?;
+                }
                 let end = EventEnd {
                     open_events,
                     events,

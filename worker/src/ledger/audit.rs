@@ -209,6 +209,49 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Removes up to `batch` of the trail's oldest records written before
+    /// `cutoff` — a prefix only: it stops at the first younger record, so
+    /// what stays is one unbroken chain — and moves the anchor past them
+    /// (the first kept `seq` and the hash of the last removed record, which
+    /// the first kept one's `prev_hash` shows). Returns how many went and
+    /// whether the prefix is gone (nothing older than `cutoff` is left).
+    pub(super) fn prune_audit(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<(u64, bool)> {
+        let store = self.store()?;
+        let mut removed: Vec<(u64, [u8; 32])> = Vec::new();
+        let mut done = true;
+        for item in store.audit.iter() {
+            let (key, bytes) = item?;
+            if key.len() != 8 {
+                continue;
+            }
+            let entry: AuditEntry = decode(&key, &bytes)?;
+            if entry.at >= cutoff {
+                break;
+            }
+            if removed.len() >= batch.max(1) {
+                done = false;
+                break;
+            }
+            removed.push((read_u64(&key), sha256(&bytes)));
+        }
+        let Some(&(last, last_hash)) = removed.last() else {
+            return Ok((0, true));
+        };
+        store
+            .audit
+            .transaction(|audit| {
+                for (seq, _) in &removed {
+                    audit.remove(&seq.to_be_bytes())?;
+                }
+                audit.insert(ANCHOR_KEY, head_bytes(last + 1, &last_hash))?;
+                Ok(())
+            })
+            .map_err(super::codec::tx_error)?;
+        Ok((removed.len() as u64, done))
+    }
+}
+
 /// The first `seq` still in the trail.
 fn first_seq(store: &super::Store) -> Result<u64> {
     Ok(match store.audit.get(ANCHOR_KEY)? {

@@ -1,12 +1,14 @@
 //! A plan handed to [`Ledger::accept`] a chunk at a time, so a large plan is
 //! never held in memory whole.
 
-use palworker_core::planner::{FanOut, PlannedChange};
+use palworker_core::drift::DriftKind;
+use palworker_core::planner::{self, FanOut, PlannedChange};
 use palworker_events::{ContractId, DesiredLink};
 use serde::Deserialize;
 
 use super::accept::ACCEPT_CHUNK;
-use super::{Ledger, Result};
+use super::reconcile::Drifted;
+use super::{Ledger, LedgerError, Result};
 /// The two fields of an [`InventoryEntry`] a fan-out's count reads (the rest
 /// of the record is skipped, not decoded).
 #[derive(Deserialize)]
@@ -32,6 +34,13 @@ pub(super) enum PlanChunks<'e> {
         changes: std::vec::IntoIter<PlannedChange>,
         taken: usize,
     },
+    /// A reconcile's differences (SPEC §11.3), each made a change from its
+    /// account's entry as its chunk is handed out; removals last, as in
+    /// [`PlanChunks::Planned`].
+    Reconciled {
+        drifted: std::vec::IntoIter<Drifted>,
+        taken: usize,
+    },
     /// A fan-out streamed over the inventory in key order. `cursor` is the
     /// key of the last entry read; `next` the one change read past the last
     /// chunk (how the end of the plan is known when a chunk fills up).
@@ -54,6 +63,14 @@ impl<'e> PlanChunks<'e> {
         }
     }
 
+    pub(super) fn reconciled(mut drifted: Vec<Drifted>) -> Self {
+        drifted.sort_by_key(|drift| drift.kind == DriftKind::Unexpected);
+        PlanChunks::Reconciled {
+            drifted: drifted.into_iter(),
+            taken: 0,
+        }
+    }
+
     pub(super) fn streamed(fan_out: FanOut<'e>) -> Self {
         PlanChunks::Streamed {
             fan_out,
@@ -67,6 +84,7 @@ impl<'e> PlanChunks<'e> {
     pub(super) fn is_done(&self) -> bool {
         match self {
             PlanChunks::Planned { changes, .. } => changes.len() == 0,
+            PlanChunks::Reconciled { drifted, .. } => drifted.len() == 0,
             PlanChunks::Streamed { next, done, .. } => *done && next.is_none(),
         }
     }
@@ -76,6 +94,22 @@ impl<'e> PlanChunks<'e> {
         match self {
             PlanChunks::Planned { changes, taken } => {
                 let chunk: Vec<PlannedChange> = changes.by_ref().take(ACCEPT_CHUNK).collect();
+                *taken += chunk.len();
+                Ok(chunk)
+            }
+            PlanChunks::Reconciled { drifted, taken } => {
+                let mut chunk = Vec::with_capacity(ACCEPT_CHUNK.min(drifted.len()));
+                for drift in drifted.by_ref().take(ACCEPT_CHUNK) {
+                    // The caller checked every entry under the planning
+                    // lock it still holds: none went away since.
+                    let entry = ledger.inventory_entry(&drift.key)?.ok_or_else(|| {
+                        LedgerError::Rejected(format!(
+                            "account {}/{} left the inventory while its reconcile was stored",
+                            drift.key.tenant_id, drift.key.object_id
+                        ))
+                    })?;
+                    chunk.push(planner::reconcile_change(entry, drift.kind));
+                }
                 *taken += chunk.len();
                 Ok(chunk)
             }
@@ -118,6 +152,7 @@ impl<'e> PlanChunks<'e> {
     pub(super) fn exceeds(&self, ledger: &Ledger, limit: usize) -> Result<bool> {
         match self {
             PlanChunks::Planned { changes, taken } => Ok(taken + changes.len() > limit),
+            PlanChunks::Reconciled { drifted, taken } => Ok(taken + drifted.len() > limit),
             PlanChunks::Streamed { fan_out, .. } => {
                 if ledger.inventory_size()? <= limit as u64 {
                     return Ok(false);

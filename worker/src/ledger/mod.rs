@@ -44,6 +44,7 @@
 //! | `export.rs` | every record as JSON Lines, and back: backup, restore, migration |
 //! | `audit.rs` | the hash-chained audit trail, appended in the transactions it records |
 //! | `outbox.rs` | results owed to the publishers, written in the transactions they report |
+//! | `reconcile.rs` | a reconcile's scan of the inventory and its plan, stored like an event's with its audit record |
 //! | `report.rs` | time to revocation: `report revocations`, the oldest open removal |
 //! | `check.rs` | `ledger check`: every counter and index recomputed from the records |
 //! | `events.rs`, `queries.rs` | reading events and actions back |
@@ -65,6 +66,7 @@ mod pages;
 #[cfg(test)]
 mod proof_tests;
 mod queries;
+mod reconcile;
 mod report;
 mod retention;
 #[cfg(test)]
@@ -95,6 +97,7 @@ pub use export::Transferred;
 pub use operators::{PauseState, Requeued};
 pub use outbox::{Outgoing, PendingResult, needs_attention};
 pub use pages::Page;
+pub use reconcile::{Drifted, ScannedAccount, Seen};
 pub use report::{OpenWork, RevocationRow, removed_at, revocation_due};
 pub use retention::{Retention, SweepCursor, Swept};
 

@@ -2,7 +2,10 @@
 //! `ledger.retention` ago are removed with their actions, in bounded
 //! batches; a compact marker of each `(source, id)` stays for
 //! `ledger.dedup_retention`, so a late redelivery is still a duplicate. The
-//! audit trail keeps their outcomes.
+//! audit trail keeps their outcomes — for `audit.retention`, when set: its
+//! oldest records are pruned last in each sweep, a prefix at a time, and the
+//! trail's anchor moves past them so `audit verify` checks from the oldest
+//! kept record (see `audit.rs`).
 //!
 //! A pruned event's `eid:` marker holds its sequence number and the instant
 //! it completed (16 bytes instead of 8); nothing else refers to it.
@@ -21,6 +24,8 @@ pub struct Retention {
     pub records: chrono::Duration,
     /// Deduplication markers of pruned events this long after they completed.
     pub markers: chrono::Duration,
+    /// Audit records this long after they were written; `None`: forever.
+    pub audit: Option<chrono::Duration>,
 }
 
 /// Where a sweep continues: events from this sequence number, then markers
@@ -30,12 +35,13 @@ pub struct SweepCursor {
     next_event: Option<EventSeq>,
     next_marker: Option<Vec<u8>>,
     events_done: bool,
+    audit_done: bool,
 }
 
 impl SweepCursor {
     /// Whether the sweep has gone through every event and marker.
     pub fn is_done(&self) -> bool {
-        self.events_done && self.next_marker.is_none()
+        self.events_done && self.next_marker.is_none() && self.audit_done
     }
 }
 
@@ -45,13 +51,16 @@ pub struct Swept {
     pub events: u64,
     pub actions: u64,
     pub markers: u64,
+    /// Audit records (after `audit.retention`).
+    pub audit: u64,
 }
 
 impl Swept {
-    fn add(&mut self, other: Swept) {
+    pub fn add(&mut self, other: Swept) {
         self.events += other.events;
         self.actions += other.actions;
         self.markers += other.markers;
+        self.audit += other.audit;
     }
 }
 
@@ -135,6 +144,15 @@ impl Ledger {
                 store.index.remove(key)?;
             }
             swept.markers = expired.len() as u64;
+            return Ok(swept);
+        }
+        match retention.audit {
+            None => cursor.audit_done = true,
+            Some(keep) => {
+                let (removed, done) = self.prune_audit(now - keep, batch)?;
+                swept.audit = removed;
+                cursor.audit_done = done;
+            }
         }
         Ok(swept)
     }

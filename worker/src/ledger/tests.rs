@@ -669,6 +669,96 @@ fn every_outcome_is_in_the_audit_trail_and_an_edited_byte_breaks_the_chain_there
 }
 
 #[test]
+fn audit_retention_prunes_the_oldest_records_and_the_rest_still_verifies() {
+    let (_dir, ledger) = ledger();
+    let then = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+    // Five outcomes at `then` (four superseded, one done), two a day later.
+    for n in 0..5 {
+        accept_pending(&ledger, &assignment_for(&format!("old-{n}"), "111"), then);
+    }
+    end_due_action(&ledger, then, ActionState::Done);
+    let day_later = then + chrono::Duration::days(1);
+    for n in 0..2 {
+        accept_pending(
+            &ledger,
+            &assignment_for(&format!("new-{n}"), "222"),
+            day_later,
+        );
+    }
+    end_due_action(&ledger, day_later, ActionState::Done);
+    let before = ledger.verify_audit().unwrap();
+    assert_eq!(before.broken, None);
+    let kept_before: Vec<u64> = audit_seqs(&ledger);
+
+    // Forever (`audit: None`): nothing of the trail goes.
+    let forever = Retention {
+        records: chrono::Duration::days(90),
+        markers: chrono::Duration::days(400),
+        audit: None,
+    };
+    let now = day_later + chrono::Duration::hours(1);
+    let mut cursor = SweepCursor::default();
+    while !cursor.is_done() {
+        let swept = ledger.sweep(now, forever, 2, &mut cursor).unwrap();
+        assert_eq!(swept.audit, 0);
+    }
+    assert_eq!(audit_seqs(&ledger), kept_before);
+
+    // Kept for 12 hours: the records of `then` go, two per step, and the
+    // younger ones still verify from the new anchor.
+    let half_day = Retention {
+        audit: Some(chrono::Duration::hours(12)),
+        ..forever
+    };
+    let mut cursor = SweepCursor::default();
+    let mut pruned = 0;
+    while !cursor.is_done() {
+        let swept = ledger.sweep(now, half_day, 2, &mut cursor).unwrap();
+        assert!(swept.audit <= 2, "{swept:?}");
+        pruned += swept.audit;
+    }
+    let kept = audit_seqs(&ledger);
+    assert_eq!(pruned as usize + kept.len(), kept_before.len());
+    assert!(pruned >= 5, "every record of `then` went: {pruned}");
+    let mut at = Vec::new();
+    ledger
+        .for_each_audit_entry(None, None, |entry| {
+            at.push(entry.at);
+            true
+        })
+        .unwrap();
+    assert!(at.iter().all(|at| *at >= day_later), "{at:?}");
+    let after = ledger.verify_audit().unwrap();
+    assert_eq!((after.records, after.broken), (kept.len() as u64, None));
+
+    // The chain goes on from there, and an edit after the anchor is found.
+    accept_pending(&ledger, &assignment_for("newest", "333"), now);
+    end_due_action(&ledger, now, ActionState::Done);
+    assert_eq!(ledger.verify_audit().unwrap().broken, None);
+    let audit = ledger.store().unwrap().audit.clone();
+    let first = kept[0].to_be_bytes();
+    let mut bytes = audit.get(first).unwrap().unwrap().to_vec();
+    bytes.push(b' ');
+    audit.insert(first, bytes).unwrap();
+    assert_eq!(
+        ledger.verify_audit().unwrap().broken.map(|b| b.seq),
+        Some(kept[0])
+    );
+}
+
+/// The `seq`s of the audit records the ledger holds, in order.
+fn audit_seqs(ledger: &Ledger) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    ledger
+        .for_each_audit_entry(None, None, |entry| {
+            seqs.push(entry.seq);
+            true
+        })
+        .unwrap();
+    seqs
+}
+
+#[test]
 fn retention_prunes_ended_events_in_bounded_steps_and_keeps_their_dedup_markers() {
     let (_dir, ledger) = ledger();
     let then = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
@@ -701,6 +791,7 @@ fn retention_prunes_ended_events_in_bounded_steps_and_keeps_their_dedup_markers(
     let retention = Retention {
         records: chrono::Duration::days(90),
         markers: chrono::Duration::days(400),
+        audit: None,
     };
     // An event whose result is not published yet stays (its result lists
     // its actions when it is published).

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, AuditEntry, Finding, InventoryEntry, ReconcileReport, ReleaseSummary, StatusFilter,
+    StatusRow,
 };
 use palworker_events::{Account, ImportedAccount, PartnerId};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
@@ -24,6 +25,7 @@ use super::{
     OperatorError, PauseAnswer, RetryTarget, StreamFailure,
 };
 use crate::ledger::RevocationRow;
+use crate::reconcile::{ReconcileLine, ReconcileRequest};
 
 /// How long the client waits for the next bytes of an answer. Not a bound
 /// on the whole answer: a long `status` stream may take minutes, but it
@@ -424,6 +426,30 @@ impl Operations for AdminApiClient {
     async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError> {
         self.json(self.request(Method::POST, "/admin/plan").body(event))
             .await
+    }
+
+    async fn reconcile(
+        &self,
+        request: &ReconcileRequest,
+        visit: &mut dyn FnMut(Finding) -> anyhow::Result<()>,
+    ) -> Result<ReconcileReport, OperatorError> {
+        let response = self
+            .send(self.request(Method::POST, "/admin/reconcile").json(request))
+            .await?;
+        let mut report = None;
+        read_lines(response, &mut |line: ReconcileLine| match line {
+            ReconcileLine::Finding(finding) => visit(finding),
+            ReconcileLine::Report(last) => {
+                report = Some(*last);
+                Ok(())
+            }
+        })
+        .await?;
+        report.ok_or_else(|| {
+            OperatorError::Failed(anyhow::anyhow!(
+                "the worker's reconcile answer ended without its report"
+            ))
+        })
     }
 
     async fn revocations(

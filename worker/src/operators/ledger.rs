@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, ActionState, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, ActionState, AuditEntry, Finding, InventoryEntry, ReconcileReport, ReleaseSummary,
+    StatusFilter, StatusRow,
 };
 use palworker_events::{Event, ImportedAccount};
 
@@ -17,10 +18,14 @@ use super::{
 };
 use crate::executor::ExecutorControl;
 use crate::ledger::{EventOpening, Ledger, LedgerError, PauseState, RevocationRow};
+use crate::reconcile::{ReconcileError, ReconcileRequest, Reconciler};
 use crate::telemetry::{
     ActionFinished, ActionsRequeued, Metrics, PlanApproved, PlanRejected, WritesPaused,
     WritesResumed,
 };
+
+/// Findings queued between a reconcile and the operator's output.
+const RECONCILE_QUEUE: usize = 256;
 
 /// The worker a ledger belongs to, as far as operator commands care.
 #[derive(Clone)]
@@ -40,6 +45,9 @@ pub struct LedgerOperations {
     ledger: Arc<Ledger>,
     attached: Attached,
     operator: Operator,
+    /// What reads PAL for `reconcile` (it needs the PAL client and its
+    /// credentials); `None`: `reconcile` is refused.
+    reconciler: Option<Reconciler>,
 }
 
 impl From<LedgerError> for OperatorError {
@@ -57,7 +65,26 @@ impl LedgerOperations {
             ledger,
             attached,
             operator,
+            reconciler: None,
         }
+    }
+
+    /// The same commands, `reconcile` too.
+    pub fn with_reconciler(self, reconciler: Reconciler) -> Self {
+        LedgerOperations {
+            reconciler: Some(reconciler),
+            ..self
+        }
+    }
+
+    /// What runs `reconcile`, if it can run here.
+    pub fn reconciler(&self) -> Option<&Reconciler> {
+        self.reconciler.as_ref()
+    }
+
+    /// The operator who runs the commands.
+    pub fn operator(&self) -> &Operator {
+        &self.operator
     }
 
     /// The same commands, run by `operator` (the admin API's per request).
@@ -393,6 +420,45 @@ impl Operations for LedgerOperations {
         let event = Event::from_json_slice(&event)
             .map_err(|error| OperatorError::Refused(error.to_string()))?;
         self.plan_event(&event)
+    }
+
+    async fn reconcile(
+        &self,
+        request: &ReconcileRequest,
+        visit: &mut dyn FnMut(Finding) -> anyhow::Result<()>,
+    ) -> Result<ReconcileReport, OperatorError> {
+        let reconciler = self.reconciler.as_ref().ok_or_else(|| {
+            OperatorError::Refused(
+                "reconcile needs the PAL client, which is not set up here".into(),
+            )
+        })?;
+        let (found, mut findings) = tokio::sync::mpsc::channel(RECONCILE_QUEUE);
+        let run = async {
+            let report = reconciler
+                .run(request, self.operator.as_str(), &found)
+                .await;
+            drop(found);
+            report
+        };
+        let mut failed = None;
+        let print = async {
+            while let Some(finding) = findings.recv().await {
+                if failed.is_none()
+                    && let Err(error) = visit(finding)
+                {
+                    failed = Some(error);
+                }
+            }
+        };
+        let (report, ()) = tokio::join!(run, print);
+        let report = report.map_err(|error| match error {
+            ReconcileError::Ledger(error) => OperatorError::from(error),
+            other => OperatorError::Failed(other.into()),
+        })?;
+        match failed {
+            Some(error) => Err(OperatorError::Failed(error)),
+            None => Ok(report),
+        }
     }
 
     async fn revocations(

@@ -1,6 +1,6 @@
 //! Operator commands (SPEC §8, §11.2): status, retry, approve, reject,
 //! pause and resume, audit export and verify, ledger export, inventory
-//! import and list, plan preview.
+//! import and list, plan preview, reconcile.
 //!
 //! The CLI talks to one trait, [`Operations`], whether the worker runs or not:
 //! [`LedgerOperations`] works on a ledger directly (a stopped worker's, or —
@@ -20,12 +20,14 @@ mod operator;
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
-    ActionId, AuditEntry, InventoryEntry, ReleaseSummary, StatusFilter, StatusRow,
+    ActionId, AuditEntry, Finding, InventoryEntry, ReconcileReport, ReleaseSummary, StatusFilter,
+    StatusRow,
 };
 use palworker_events::ImportedAccount;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::RevocationRow;
+use crate::reconcile::ReconcileRequest;
 
 #[cfg(test)]
 pub(crate) use client::read_lines;
@@ -188,6 +190,15 @@ pub trait Operations {
 
     /// The plan an event (its JSON bytes) would produce; changes nothing.
     async fn plan(&self, event: Vec<u8>) -> Result<serde_json::Value, OperatorError>;
+
+    /// Compares PAL with the desired links (`reconcile`, SPEC §11.3): each
+    /// finding handed to `visit` as it is made; the report once the plan
+    /// (unless a dry run) is stored.
+    async fn reconcile(
+        &self,
+        request: &ReconcileRequest,
+        visit: &mut dyn FnMut(Finding) -> anyhow::Result<()>,
+    ) -> Result<ReconcileReport, OperatorError>;
 
     /// Time to revocation (`report revocations`, SPEC §11.3): one row per
     /// event that removes links, those due at or after `since`, in

@@ -5,7 +5,7 @@ use palworker_events::{Escaped, Event, EventType, RejectReason};
 
 use super::Metrics;
 
-/// A delivery was accepted and its plan stored.
+/// A delivery was accepted and its plan stored (or a reconcile's plan).
 pub struct EventAccepted<'a> {
     pub event: &'a Event,
     pub actions: u64,
@@ -26,10 +26,14 @@ impl EventAccepted<'_> {
             unassigned_tenants = self.unassigned,
             "Plan stored."
         );
-        metrics
-            .events_total
-            .with_label_values(&[event.event_type.as_str(), EventOutcome::Accepted.as_str()])
-            .inc();
+        // `events_total` counts deliveries: palworker's own events (a
+        // reconcile's plan) were never delivered.
+        if !event.event_type.is_internal() {
+            metrics
+                .events_total
+                .with_label_values(&[event.event_type.as_str(), EventOutcome::Accepted.as_str()])
+                .inc();
+        }
         metrics
             .actions_pending
             .add(self.actions.saturating_sub(self.scheduled) as i64);
@@ -61,7 +65,8 @@ impl EventDuplicate<'_> {
     }
 }
 
-/// A plan larger than `limits.max_actions_per_event` was stored and held.
+/// A plan larger than `limits.max_actions_per_event` was stored and held
+/// (an event's or a reconcile's).
 pub struct EventHeld<'a> {
     pub event: &'a Event,
     pub actions: u64,
@@ -82,10 +87,12 @@ impl EventHeld<'_> {
             event.escaped_id(),
             event.escaped_id()
         );
-        metrics
-            .events_total
-            .with_label_values(&[event.event_type.as_str(), EventOutcome::Held.as_str()])
-            .inc();
+        if !event.event_type.is_internal() {
+            metrics
+                .events_total
+                .with_label_values(&[event.event_type.as_str(), EventOutcome::Held.as_str()])
+                .inc();
+        }
         metrics.held_plans.inc();
     }
 }

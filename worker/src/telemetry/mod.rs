@@ -16,9 +16,11 @@
 //! | `actions.rs` | actions: finished, retried, superseded; operators' approvals, rejections, retries; PAL requests |
 //! | `system.rs` | the broker connection, the ledger's gauges |
 //! | `results.rs` | results to the publishers: published, failing |
+//! | `reconcile.rs` | reconciles: finished (drift found), failed |
 
 mod actions;
 mod intake;
+mod reconcile;
 mod results;
 mod system;
 
@@ -28,6 +30,7 @@ pub use actions::{
     VerificationFinished, emit_superseded,
 };
 pub use intake::{EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld};
+pub use reconcile::{ReconcileFailed, ReconcileFinished};
 pub use results::{ResultKind, ResultPublished, ResultsPublishFailed};
 pub use system::{
     BrokerConnectionChanged, ConsumerStopped, LedgerGauges, LedgerGaugesRead, LedgerRecovered,
@@ -83,6 +86,7 @@ pub struct MetricSet {
     oldest_open_removal_seconds: Gauge,
     results_pending: IntGauge,
     results_published_total: IntCounterVec,
+    drift_total: IntCounterVec,
 }
 
 /// HTTP methods palworker sends to PAL (the `method` label).
@@ -215,12 +219,12 @@ impl Metrics {
         let ledger_pruned_total = IntCounterVec::new(
             Opts::new(
                 "palworker_ledger_pruned_total",
-                "Records removed by retention: events, actions, deduplication markers.",
+                "Records removed by retention: events, actions, deduplication markers, audit records.",
             ),
             &["kind"],
         )
         .expect("valid metric");
-        for kind in ["event", "action", "marker"] {
+        for kind in ["event", "action", "marker", "audit"] {
             ledger_pruned_total.with_label_values(&[kind]);
         }
 
@@ -275,6 +279,18 @@ impl Metrics {
             results_published_total.with_label_values(&[kind.as_str()]);
         }
 
+        let drift_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_drift_total",
+                "Differences between PAL and the desired links found by reconciles that planned their fix (not dry runs), by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for kind in palworker_core::DriftKind::ALL {
+            drift_total.with_label_values(&[kind.as_str()]);
+        }
+
         for collector in [
             Box::new(events_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(actions_total.clone()),
@@ -298,6 +314,7 @@ impl Metrics {
             Box::new(revocation_seconds.clone()),
             Box::new(oldest_open_removal_seconds.clone()),
             Box::new(results_pending.clone()),
+            Box::new(drift_total.clone()),
             Box::new(results_published_total.clone()),
         ] {
             registry
@@ -363,6 +380,7 @@ impl Metrics {
             oldest_open_removal_seconds,
             results_pending,
             results_published_total,
+            drift_total,
         }))
     }
 

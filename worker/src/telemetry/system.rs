@@ -180,14 +180,15 @@ pub struct LedgerSwept {
 impl LedgerSwept {
     pub fn emit(&self, metrics: &Metrics) {
         let swept = self.swept;
-        if swept.events + swept.actions + swept.markers == 0 {
+        if swept.events + swept.actions + swept.markers + swept.audit == 0 {
             return;
         }
         tracing::info!(
             events = swept.events,
             actions = swept.actions,
             markers = swept.markers,
-            "Retention: removed what ended longer ago than ledger.retention."
+            audit = swept.audit,
+            "Retention: removed what ended longer ago than ledger.retention (audit records: audit.retention)."
         );
         metrics
             .ledger_pruned_total
@@ -201,6 +202,10 @@ impl LedgerSwept {
             .ledger_pruned_total
             .with_label_values(&["marker"])
             .inc_by(swept.markers);
+        metrics
+            .ledger_pruned_total
+            .with_label_values(&["audit"])
+            .inc_by(swept.audit);
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `faults` | PAL faults, supersession, `effective_at`, identity checks, retry budget, restarts |
 //! | `months` | months unattended (SPEC §11.2): scheduled vs pending, … |
 //! | `operators` | held plans, dry run, the publisher allow-list, the CLI and admin API, certificates |
+//! | `drift` | `reconcile`: links changed behind palworker's back found and fixed, held, periodic (SPEC §11.3) |
 //! | `crash` | `kill -9` of a worker process mid-flight, then a restart |
 //! | `proof` | verified writes, drift, orphans, time to revocation (SPEC §11.3) |
 //! | `results` | results to the publishers: completed, attention, the outbox across `kill -9` (SPEC §11.3) |
@@ -25,6 +26,7 @@ mod bounded;
 mod cli;
 mod console;
 mod crash;
+mod drift;
 mod end_to_end;
 mod failures;
 mod faults;
