@@ -43,7 +43,9 @@ pub struct ExecutorSettings {
     pub concurrency: usize,
     /// At most this many actions of one tenant in flight at once, so that a
     /// tenant whose requests wait on its rate limit (`limits.per_tenant_rps`)
-    /// never occupies every slot and stalls the other tenants.
+    /// never occupies every slot and stalls the other tenants; fewer while
+    /// PAL answers fast enough that fewer keep the tenant at its rate
+    /// ([`PalClient::tenant_concurrency`]).
     pub per_tenant_concurrency: usize,
     pub retry: RetrySettings,
     pub dry_run: bool,
@@ -341,15 +343,22 @@ impl Executor {
     }
 
     /// Due actions for up to `free` slots: not of a busy account, and at most
-    /// `per_tenant_concurrency` in flight per tenant, counting the candidates
-    /// taken so far as well as the running actions.
+    /// as many in flight per tenant as its rate limit can serve at PAL's
+    /// current answer time ([`PalClient::tenant_concurrency`], never above
+    /// `per_tenant_concurrency`), counting the candidates taken so far as
+    /// well as the running actions. More would wait on the tenant's rate
+    /// limit holding slots that other tenants' actions could use.
     fn candidates(
         &self,
         busy: &HashSet<AccountKey>,
         free: usize,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<ActionRecord> {
-        let cap = self.settings.per_tenant_concurrency.max(1);
+        let cap = self
+            .pal
+            .tenant_concurrency()
+            .min(self.settings.per_tenant_concurrency)
+            .max(1);
         let mut in_flight: HashMap<String, usize> = HashMap::new();
         for key in busy {
             *in_flight

@@ -193,6 +193,7 @@ impl PalClient {
         let response = match request.send().await {
             Ok(response) => response,
             Err(error) => {
+                self.inner.latency.observe(started.elapsed());
                 ApiRequestCompleted {
                     method: method_label,
                     status: None,
@@ -220,6 +221,7 @@ impl PalClient {
         } else {
             read_body(response).await
         };
+        self.inner.latency.observe(started.elapsed());
         ApiRequestCompleted {
             method: method_label,
             status: Some(status.as_u16()),

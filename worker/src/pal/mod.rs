@@ -16,12 +16,14 @@
 //! | `read.rs` | [`PalClient::read_link`]: a reconcile's read of one account's link |
 //! | `arm.rs` | the partner calls, the per-tenant rate limit, `Retry-After` memory |
 //! | `slots.rs` | the tenant's next request slot: actions' requests before reconciles' reads |
+//! | `latency.rs` | the mean time PAL takes to answer, and how many actions of a tenant that keeps busy |
 //! | `body.rs` | what is accepted of an answer: no redirect, no body over [`MAX_RESPONSE_BYTES`] |
 //! | `error.rs` | [`PalError`], `Retry-After` parsing |
 
 mod arm;
 mod body;
 mod error;
+mod latency;
 #[cfg(test)]
 mod proptests;
 mod read;
@@ -43,6 +45,7 @@ use palworker_events::{ObjectId, TenantId};
 pub use arm::Link;
 pub use body::MAX_RESPONSE_BYTES;
 pub use error::{PalError, Transient, retry_after};
+pub use latency::{ASSUMED_LATENCY, tenant_concurrency};
 pub use read::ReadLink;
 pub use session::{Checkpoint, Proceed, Reconcile, ReconcileError, Reconciled, Write, WriteMode};
 pub use token::{AccessToken, SECRET_ROTATION_GRACE, TOKEN_CACHE_BYTES, TOKEN_RENEWAL_MARGIN};
@@ -75,6 +78,11 @@ struct Inner {
     action_waits: slots::ActionWaits,
     /// `1 / limits.per_tenant_rps`: how long a reconcile read that yielded waits.
     slot_period: Duration,
+    /// The mean time of an ARM request (the executor sizes its per-tenant
+    /// concurrency with it).
+    latency: latency::MeanLatency,
+    /// `limits.per_tenant_rps`.
+    per_tenant_rps: f64,
     /// `pal.verify_writes`: read each write back.
     verify_writes: bool,
     metrics: Metrics,
@@ -119,11 +127,19 @@ impl PalClient {
                 limiter: RateLimiter::keyed(arm::tenant_quota(per_tenant_rps)),
                 action_waits: slots::ActionWaits::default(),
                 slot_period: arm::slot_period(per_tenant_rps),
+                latency: latency::MeanLatency::default(),
+                per_tenant_rps,
                 verify_writes: settings.verify_writes,
                 metrics,
                 clock,
             }),
         })
+    }
+
+    /// How many actions of one tenant are worth having in flight now:
+    /// [`tenant_concurrency`] at the mean time PAL has been taking to answer.
+    pub fn tenant_concurrency(&self) -> usize {
+        tenant_concurrency(self.inner.per_tenant_rps, self.inner.latency.get())
     }
 }
 
