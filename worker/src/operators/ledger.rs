@@ -375,18 +375,7 @@ impl Operations for LedgerOperations {
         until: Option<DateTime<Utc>>,
         visit: &mut dyn FnMut(AuditEntry) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError> {
-        let mut failed = None;
-        self.audit_entries(since, until, |entry| match visit(entry) {
-            Ok(()) => true,
-            Err(error) => {
-                failed = Some(error);
-                false
-            }
-        })?;
-        match failed {
-            Some(error) => Err(OperatorError::Failed(error)),
-            None => Ok(()),
-        }
+        forward(visit, |each| self.audit_entries(since, until, each))
     }
 
     async fn verify_audit(&self) -> Result<AuditCheck, OperatorError> {
@@ -466,18 +455,7 @@ impl Operations for LedgerOperations {
         since: Option<DateTime<Utc>>,
         visit: &mut dyn FnMut(RevocationRow) -> anyhow::Result<()>,
     ) -> Result<(), OperatorError> {
-        let mut failed = None;
-        self.revocation_rows(since, |row| match visit(row) {
-            Ok(()) => true,
-            Err(error) => {
-                failed = Some(error);
-                false
-            }
-        })?;
-        match failed {
-            Some(error) => Err(OperatorError::Failed(error)),
-            None => Ok(()),
-        }
+        forward(visit, |each| self.revocation_rows(since, each))
     }
 }
 
@@ -491,4 +469,21 @@ impl LedgerOperations {
     ) -> Result<(), OperatorError> {
         Ok(self.ledger.for_each_revocation(since, visit)?)
     }
+}
+
+/// Runs `scan`, handing each row it visits to `visit` until `visit` fails:
+/// the scan then stops and that failure is the answer.
+fn forward<T>(
+    visit: &mut dyn FnMut(T) -> anyhow::Result<()>,
+    scan: impl FnOnce(&mut dyn FnMut(T) -> bool) -> Result<(), OperatorError>,
+) -> Result<(), OperatorError> {
+    let mut failed = None;
+    scan(&mut |row| match visit(row) {
+        Ok(()) => true,
+        Err(error) => {
+            failed = Some(error);
+            false
+        }
+    })?;
+    failed.map_or(Ok(()), |error| Err(OperatorError::Failed(error)))
 }
