@@ -150,7 +150,14 @@ fn build_ledger(path: &Path, actions: u64, tenants: u64) -> anyhow::Result<Built
             .into_iter()
             .flatten()
             .map(|mut action| {
-                if action.action_id.get() % 1_000 == 1 {
+                if action.credential.is_none() {
+                    // As the executor ends an account without a credential.
+                    action.state = ActionState::Manual;
+                    action.detail = Some(
+                        "no credential: the identity itself must change its link (bench)"
+                            .to_owned(),
+                    );
+                } else if action.action_id.get() % 1_000 == 1 {
                     action.state = ActionState::Failed;
                     action.attempts = 3;
                     action.last_error =
