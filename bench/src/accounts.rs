@@ -15,6 +15,7 @@ pub const SET_EXECUTION: u8 = 0x02;
 pub const SET_FANOUT: u8 = 0x03;
 pub const SET_FINISHED: u8 = 0x04;
 pub const SET_PENDING: u8 = 0x05;
+pub const SET_RECONCILE: u8 = 0x06;
 
 /// The employee number of account `index` of a set.
 fn employee(set: u8, index: u64) -> usize {

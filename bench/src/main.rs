@@ -3,7 +3,7 @@
 //! the product (it stands outside the worker's library, like the simulator);
 //! run it with
 //! `cargo build --release -p palworker -p palworker-bench && target/release/palworker-bench 2>bench.log`
-//! (or pick scenarios with `--scenario ingest,execution,fanout,idle-restart,operator-status,retention,console`).
+//! (or pick scenarios with `--scenario ingest,execution,fanout,idle-restart,operator-status,retention,console,reconcile`).
 //! The fan-out and restart scenarios run the real `palworker` binary as a
 //! child process: by default the one beside this binary (`--worker-binary`).
 //!
@@ -81,6 +81,15 @@
 //!   median per page in milliseconds (issue 18: every page under 200 ms).
 //!   `first_overview_ms` is the first overview, which waits for the
 //!   console's tally to read every action once.
+//! - **reconcile**: `--accounts` accounts over `--tenants` tenants, each its
+//!   own identity, at `per_tenant_rps = 20`, one in 1,000 without its link in
+//!   the simulator; a full reconcile through the admin API (what `palworker
+//!   reconcile` sends), cold tokens then warm: `seconds` against `bound_s` =
+//!   accounts per tenant / per_tenant_rps (`ratio` = bound / seconds, issue
+//!   17: at least 0.9); and 50 single-account events published to the
+//!   tenants it is reading, their delay from publish to done against the
+//!   same events with no reconcile (`extra_delay_*`, also in request slots
+//!   of the tenant; issue 17: at most one). See `reconcile.rs`.
 
 #![forbid(unsafe_code)]
 
@@ -91,6 +100,7 @@ mod execution;
 mod fanout;
 mod ingest;
 mod machine;
+mod reconcile;
 mod report;
 mod restart;
 mod retention;
@@ -107,7 +117,7 @@ use palworker_config::Settings;
 
 use machine::{cpu_model, redact_url};
 
-/// The scenarios of issues 6, 15 and 16.
+/// The scenarios of issues 6, 15, 16, 17 and 18.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Scenario {
     Ingest,
@@ -117,6 +127,7 @@ pub enum Scenario {
     OperatorStatus,
     Retention,
     Console,
+    Reconcile,
 }
 
 /// `palworker-bench` options.
@@ -148,13 +159,13 @@ pub struct BenchArgs {
     /// execution: actions (accounts) per phase.
     #[arg(long, default_value_t = 10_000)]
     pub actions: u64,
-    /// execution, fanout, idle-restart, console: customer tenants the accounts spread over.
+    /// execution, fanout, idle-restart, console, reconcile: customer tenants the accounts spread over.
     #[arg(long, default_value_t = 1_000)]
     pub tenants: u64,
     /// execution: simulated PAL latency of the slow phase, in milliseconds.
     #[arg(long, default_value_t = 20)]
     pub latency_ms: u64,
-    /// fanout: linked accounts; idle-restart, operator-status, console: finished actions in the ledger.
+    /// fanout, reconcile: linked accounts; idle-restart, operator-status, console: finished actions in the ledger.
     #[arg(long, default_value_t = 100_000)]
     pub accounts: u64,
     /// idle-restart: pending actions in the ledger.
@@ -236,6 +247,7 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::OperatorStatus,
             Scenario::Retention,
             Scenario::Console,
+            Scenario::Reconcile,
         ]
     } else {
         args.scenario.clone()
@@ -275,6 +287,7 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::OperatorStatus => status::run(&url, &args, &worker).await,
             Scenario::Retention => retention::run(&url, &args, &worker).await,
             Scenario::Console => console::run(&url, &args).await,
+            Scenario::Reconcile => reconcile::run(&url, &args).await,
         }
         .with_context(|| format!("bench scenario {scenario:?} failed"))?;
         for line in lines {
