@@ -6,9 +6,10 @@
 //! the executor like any action (a GET first, so a link fixed meanwhile is
 //! a no-op).
 //!
-//! The inventory is read a page of [`PAGE`] accounts at a time and PAL with
-//! at most [`READ_CONCURRENCY`] reads in flight; the per-tenant rate limit
-//! paces them, and a reconcile's read takes a tenant's slot only when no
+//! The inventory is read a page of [`PAGE`] accounts at a time, up to
+//! [`INTERLEAVE`] accounts ahead, dealt out one tenant after another so the
+//! reads spread over every tenant in that stretch, and PAL with at most
+//! [`READ_CONCURRENCY`] reads in flight; the per-tenant rate limit paces them, and a reconcile's read takes a tenant's slot only when no
 //! action request waits for one (`pal::slots`). What a reconcile holds
 //! beyond that is one small record per difference found, until its plan is
 //! stored (a chunk of actions at a time, `ledger::ACCEPT_CHUNK`).
@@ -55,6 +56,12 @@ use crate::telemetry::{EventAccepted, EventHeld, Metrics, ReconcileFinished, emi
 
 /// Accounts read from the inventory at a time.
 pub const PAGE: usize = 256;
+
+/// Accounts read ahead and dealt out tenant by tenant ([`interleave`]): the
+/// inventory is in tenant order, and reading it in that order would keep
+/// only the two or three tenants inside the window of reads in flight busy,
+/// each at its `per_tenant_rps`. About 8,192 small entries are held at once.
+pub const INTERLEAVE: usize = 32 * PAGE;
 
 /// PAL reads in flight at most. The per-tenant rate limit does the pacing;
 /// this bounds what one reconcile holds across many tenants.
@@ -242,7 +249,8 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// The accounts of `request`'s scope, a page at a time from the ledger.
+    /// The accounts of `request`'s scope, [`INTERLEAVE`] at a time from the
+    /// ledger (a page per blocking read), each stretch [`interleave`]d.
     fn accounts(
         &self,
         request: &ReconcileRequest,
@@ -258,18 +266,33 @@ impl Reconciler {
                 if done {
                     return Ok::<_, ReconcileError>(None);
                 }
-                let page = tokio::task::spawn_blocking(move || {
-                    ledger.reconcile_page(tenant.as_ref(), employee.as_ref(), after.as_ref(), PAGE)
+                let (stretch, next, done) = tokio::task::spawn_blocking(move || {
+                    let mut stretch = Vec::new();
+                    let mut after = after;
+                    loop {
+                        let page = ledger.reconcile_page(
+                            tenant.as_ref(),
+                            employee.as_ref(),
+                            after.as_ref(),
+                            PAGE,
+                        )?;
+                        let done = page.len() < PAGE;
+                        if let Some(last) = page.last() {
+                            after = Some(last.entry.account.key());
+                        }
+                        stretch.extend(page);
+                        if done || stretch.len() >= INTERLEAVE {
+                            return Ok::<_, LedgerError>((stretch, after, done));
+                        }
+                    }
                 })
                 .await
                 .map_err(|error| ReconcileError::Internal(error.to_string()))??;
-                if page.is_empty() {
+                if stretch.is_empty() {
                     return Ok(None);
                 }
-                let next = page.last().map(|account| account.entry.account.key());
-                let done = page.len() < PAGE;
-                let page = futures::stream::iter(page.into_iter().map(Ok));
-                Ok(Some((page, (next, done))))
+                let stretch = futures::stream::iter(interleave(stretch).into_iter().map(Ok));
+                Ok(Some((stretch, (next, done))))
             }
         })
         .try_flatten()
@@ -361,6 +384,32 @@ fn finding(
         kind,
         error,
     }
+}
+
+/// Accounts in tenant order dealt out one tenant at a time — the first of
+/// each tenant, then the second of each, … — keeping each tenant's own
+/// order, so consecutive reads go to different tenants.
+pub fn interleave(accounts: Vec<ScannedAccount>) -> Vec<ScannedAccount> {
+    let mut tenants: Vec<std::collections::VecDeque<ScannedAccount>> = Vec::new();
+    for account in accounts {
+        match tenants.last_mut() {
+            Some(run) if run[0].entry.account.tenant_id == account.entry.account.tenant_id => {
+                run.push_back(account)
+            }
+            _ => tenants.push(std::collections::VecDeque::from([account])),
+        }
+    }
+    let mut dealt = Vec::with_capacity(tenants.iter().map(|run| run.len()).sum());
+    while !tenants.is_empty() {
+        tenants.retain_mut(|run| match run.pop_front() {
+            Some(account) => {
+                dealt.push(account);
+                true
+            }
+            None => false,
+        });
+    }
+    dealt
 }
 
 /// The `palworker.reconcile` event of a reconcile that started at

@@ -69,3 +69,53 @@ fn a_request_without_fields_reconciles_everything_for_real() {
     assert!(!request.dry_run);
     assert!(serde_json::from_str::<ReconcileRequest>(r#"{"tenant_id":"not a tenant"}"#).is_err());
 }
+
+#[test]
+fn accounts_are_dealt_out_one_tenant_at_a_time_each_tenant_in_its_order() {
+    use crate::ledger::ScannedAccount;
+    use crate::local::identities::{employee, object, tenant};
+    use palworker_core::InventoryEntry;
+    use palworker_events::{Account, DesiredLink, EmployeeId};
+
+    let scanned = |t: usize, e: usize| ScannedAccount {
+        entry: InventoryEntry {
+            account: Account {
+                tenant_id: TenantId::parse(&tenant(t)).unwrap(),
+                object_id: ObjectId::parse(&object(e, t)).unwrap(),
+                employee_id: EmployeeId::parse(&employee(e)).unwrap(),
+                credential: None,
+                contract_id: None,
+            },
+            desired: DesiredLink::Absent,
+            assignment_active: true,
+            last_event_seq: None,
+            current_action: None,
+            updated_at: chrono::Utc::now(),
+        },
+        busy: false,
+    };
+    // Tenant order, as the inventory is read: 0 has three, 1 one, 2 two.
+    let accounts = vec![
+        scanned(0, 0),
+        scanned(0, 1),
+        scanned(0, 2),
+        scanned(1, 0),
+        scanned(2, 0),
+        scanned(2, 1),
+    ];
+    let dealt: Vec<(usize, usize)> = super::interleave(accounts)
+        .iter()
+        .map(|account| {
+            let key = &account.entry.account;
+            let t = (0..3)
+                .position(|t| key.tenant_id.as_str() == tenant(t))
+                .unwrap();
+            let e = (0..3)
+                .position(|e| key.employee_id.as_str() == employee(e))
+                .unwrap();
+            (t, e)
+        })
+        .collect();
+    assert_eq!(dealt, [(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2)]);
+    assert!(super::interleave(Vec::new()).is_empty());
+}
