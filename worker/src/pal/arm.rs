@@ -355,6 +355,18 @@ pub(super) fn slot_period(per_tenant_rps: f64) -> Duration {
     Duration::from_secs_f64(1.0 / usable_rps(per_tenant_rps))
 }
 
+/// The share of a tenant's rate a reconcile's reads may take: a little
+/// under all of it, so the tenant's bucket refills while a reconcile reads
+/// it and an action that arrives finds its requests' slots waiting.
+pub(super) const RECONCILE_SHARE: f64 = 0.95;
+
+/// The reconcile reads' own pace per tenant: [`RECONCILE_SHARE`] of
+/// `limits.per_tenant_rps`, one at a time (no burst).
+pub(super) fn reconcile_quota(per_tenant_rps: f64) -> Quota {
+    let period = slot_period(usable_rps(per_tenant_rps) * RECONCILE_SHARE);
+    Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+}
+
 /// `limits.per_tenant_rps` as a quota: that many requests a second, in a
 /// burst of at most as many.
 pub(super) fn tenant_quota(per_tenant_rps: f64) -> Quota {

@@ -74,6 +74,9 @@ struct Inner {
     /// One async lock per (credential, tenant): concurrent misses fetch one token.
     token_fetch: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
     limiter: DefaultKeyedRateLimiter<TenantId>,
+    /// The pace of reconcile reads per tenant, under the tenant's rate
+    /// (`arm::RECONCILE_SHARE`): they take `limiter`'s slots too.
+    reconcile_limiter: DefaultKeyedRateLimiter<TenantId>,
     /// Action requests waiting for a tenant's slot: reconcile reads yield to them.
     action_waits: slots::ActionWaits,
     /// `1 / limits.per_tenant_rps`: how long a reconcile read that yielded waits.
@@ -125,6 +128,7 @@ impl PalClient {
                 throttled: Mutex::new(HashMap::new()),
                 token_fetch: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::keyed(arm::tenant_quota(per_tenant_rps)),
+                reconcile_limiter: RateLimiter::keyed(arm::reconcile_quota(per_tenant_rps)),
                 action_waits: slots::ActionWaits::default(),
                 slot_period: arm::slot_period(per_tenant_rps),
                 latency: latency::MeanLatency::default(),

@@ -7,7 +7,10 @@
 //! and is counted as waiting meanwhile. A reconcile's read takes a slot
 //! only when one is free *and* no action request of the tenant waits; so an
 //! action never waits behind reads queued before it — at most for the one
-//! slot a read took just before it arrived.
+//! slot a read took just before it arrived. And reads go at a little under
+//! the tenant's rate (`arm::RECONCILE_SHARE`, a limiter of their own), so
+//! the tenant's burst refills while a reconcile reads it: an action that
+//! arrives finds slots for its requests instead of an empty bucket.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -87,6 +90,9 @@ impl PalClient {
                 let wait = if inner.action_waits.any(tenant) {
                     // The action takes the next slot; look again after it.
                     inner.slot_period
+                } else if let Err(not_until) = inner.reconcile_limiter.check_key(tenant) {
+                    // Reads keep under the tenant's rate.
+                    not_until.wait_time_from(inner.reconcile_limiter.clock().now())
                 } else {
                     match inner.limiter.check_key(tenant) {
                         Ok(()) => return,
