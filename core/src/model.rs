@@ -109,6 +109,17 @@ impl ActionState {
         }
     }
 
+    /// Every state an action can end in (see [`ActionState::is_terminal`]).
+    pub const TERMINAL: [ActionState; 7] = [
+        ActionState::Done,
+        ActionState::Noop,
+        ActionState::Failed,
+        ActionState::Cancelled,
+        ActionState::Manual,
+        ActionState::Skipped,
+        ActionState::Orphaned,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

@@ -224,3 +224,15 @@ pub enum AuditWhat {
     /// or by the worker's periodic reconcile (`who` = `palworker`).
     Reconcile(Box<ReconcileReport>),
 }
+
+/// `text` cut to at most `max` characters for a table cell or a column,
+/// ending in `…` when it was cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}

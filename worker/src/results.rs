@@ -53,17 +53,6 @@ pub const ACTIONS_BUDGET_BYTES: usize = 512 * 1024;
 /// How often an idle publisher looks at the outbox.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// Every outcome an action can end in, for a completion's `counts`.
-const OUTCOMES: [ActionState; 7] = [
-    ActionState::Done,
-    ActionState::Noop,
-    ActionState::Failed,
-    ActionState::Cancelled,
-    ActionState::Manual,
-    ActionState::Skipped,
-    ActionState::Orphaned,
-];
-
 /// Why a batch of results was not published (it stays in the outbox).
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
@@ -310,8 +299,10 @@ type CompletedActions = (BTreeMap<&'static str, u64>, Vec<serde_json::Value>, u6
 
 /// [`CompletedActions`] of the event `seq`, read one action at a time.
 fn completed_actions(ledger: &Ledger, seq: EventSeq) -> Result<CompletedActions, LedgerError> {
-    let mut counts: BTreeMap<&'static str, u64> =
-        OUTCOMES.iter().map(|state| (state.as_str(), 0)).collect();
+    let mut counts: BTreeMap<&'static str, u64> = ActionState::TERMINAL
+        .iter()
+        .map(|state| (state.as_str(), 0))
+        .collect();
     let mut actions = Vec::new();
     let mut bytes = 0usize;
     let mut omitted = 0u64;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use palworker_config::Settings;
 use palworker_events::{EmployeeId, Event, TenantId};
 
+use palworker_core::views::shorten;
 use palworker_core::{
     AuditEntry, Finding, InventoryEntry, ReconcileReport, ReleaseSummary, StatusFilter, StatusRow,
 };
@@ -439,24 +440,14 @@ pub(super) fn print_status_row(
         out,
         "{:>8}  {:<24}  {:<26}  {:<8}  {:<36}  {:<12}  {:<10}  {:>3}  {}",
         action.action_id.get(),
-        truncate(&action.event_id, 24),
+        shorten(&action.event_id, 24),
         action.event_type.as_str(),
         action.op.as_str(),
         action.tenant_id.as_str(),
-        truncate(action.employee_id.as_str(), 12),
+        shorten(action.employee_id.as_str(), 12),
         row.state.as_str(),
         action.attempts,
-        truncate(note, 120)
+        shorten(note, 120)
     )?;
     Ok(())
-}
-
-pub(super) fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-        out.push('…');
-        out
-    }
 }

@@ -170,16 +170,8 @@ pub fn query(pairs: &[(&str, String)]) -> String {
     }
 }
 
-/// Escapes nothing (maud escapes); shortens long text for a table cell.
-pub fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-        out.push('…');
-        out
-    }
-}
+/// Long text shortened for a table cell (maud escapes it).
+pub use palworker_core::views::shorten;
 
 #[cfg(test)]
 mod tests {

@@ -92,16 +92,6 @@ pub struct MetricSet {
 /// HTTP methods palworker sends to PAL (the `method` label).
 pub const API_METHODS: [&str; 4] = ["GET", "PUT", "PATCH", "DELETE"];
 
-const TERMINAL_OUTCOMES: [ActionState; 7] = [
-    ActionState::Done,
-    ActionState::Noop,
-    ActionState::Failed,
-    ActionState::Cancelled,
-    ActionState::Manual,
-    ActionState::Skipped,
-    ActionState::Orphaned,
-];
-
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -335,7 +325,7 @@ impl Metrics {
             }
         }
         for op in Op::ALL {
-            for outcome in TERMINAL_OUTCOMES {
+            for outcome in ActionState::TERMINAL {
                 actions_total.with_label_values(&[op.as_str(), outcome.as_str()]);
             }
         }
