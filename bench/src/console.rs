@@ -23,14 +23,13 @@ use palworker_core::ActionState;
 use palworker_events::PartnerId;
 
 use crate::accounts::{account, parse_event, tenant};
+use crate::ledgers::end_every_due_action;
 use crate::machine::copy_dir;
 use crate::report::{Sample, Unit, line, log_run, medians};
 use crate::{BenchArgs, LEDGER_CACHE_BYTES, PARTNER_A, PARTNER_B, PARTNER_C};
 
 /// The accounts of this scenario (see `accounts`: sets never share an identity).
 const SET_CONSOLE: u8 = 0x0c;
-/// Actions claimed and finished per transaction while building the ledger.
-const BUILD_BATCH: usize = 1_024;
 /// Timed requests per page (after one to warm up).
 const PAGE_REPEATS: usize = 5;
 /// Issue 18's bound on a page.
@@ -135,48 +134,25 @@ fn build_ledger(path: &Path, actions: u64, tenants: u64) -> anyhow::Result<Built
     ledger.accept(&event, None, now, usize::MAX)?;
     let before = PartnerId::parse(PARTNER_A)?;
     let after = PartnerId::parse(PARTNER_B)?;
-    loop {
-        let now = Utc::now();
-        let due: Vec<_> = ledger
-            .due_actions(now, BUILD_BATCH, |_| false)?
-            .into_iter()
-            .map(|action| action.action_id)
-            .collect();
-        if due.is_empty() {
-            break;
+    end_every_due_action(&ledger, |action, now| {
+        if action.credential.is_none() {
+            // As the executor ends an account without a credential.
+            action.state = ActionState::Manual;
+            action.detail =
+                Some("no credential: the identity itself must change its link (bench)".to_owned());
+        } else if action.action_id.get() % 1_000 == 1 {
+            action.state = ActionState::Failed;
+            action.attempts = 3;
+            action.last_error = Some("permanent: PAL answered 403 Forbidden (bench)".to_owned());
+        } else {
+            action.state = ActionState::Done;
+            action.attempts = 1;
+            action.before_partner_id = Some(before.clone());
+            action.after_partner_id = Some(after.clone());
+            action.detail = Some(format!("PATCH {PARTNER_B}"));
+            action.verified_at = Some(now);
         }
-        let claimed = ledger.finish_and_claim(&[], &due, now)?.claimed;
-        let finished: Vec<_> = claimed
-            .into_iter()
-            .flatten()
-            .map(|mut action| {
-                if action.credential.is_none() {
-                    // As the executor ends an account without a credential.
-                    action.state = ActionState::Manual;
-                    action.detail = Some(
-                        "no credential: the identity itself must change its link (bench)"
-                            .to_owned(),
-                    );
-                } else if action.action_id.get() % 1_000 == 1 {
-                    action.state = ActionState::Failed;
-                    action.attempts = 3;
-                    action.last_error =
-                        Some("permanent: PAL answered 403 Forbidden (bench)".to_owned());
-                } else {
-                    action.state = ActionState::Done;
-                    action.attempts = 1;
-                    action.before_partner_id = Some(before.clone());
-                    action.after_partner_id = Some(after.clone());
-                    action.detail = Some(format!("PATCH {PARTNER_B}"));
-                    action.verified_at = Some(now);
-                }
-                action.completed_at = Some(now);
-                action.updated_at = now;
-                action
-            })
-            .collect();
-        ledger.finish_and_claim(&finished, &[], now)?;
-    }
+    })?;
     let tenant_0 = tenant(0);
     let held = parse_event(&events::partner_id_changed(
         "bench-console-held",

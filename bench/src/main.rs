@@ -99,6 +99,7 @@ mod console;
 mod execution;
 mod fanout;
 mod ingest;
+mod ledgers;
 mod machine;
 mod reconcile;
 mod report;

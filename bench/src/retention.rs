@@ -36,11 +36,12 @@ use palworker::clock::SystemClock;
 use palworker::ledger::{CheckMode, Ledger, Retention, SweepCursor, Swept};
 use palworker::local::{Harness, HarnessOptions, ServicePrincipal, TempDir, events};
 use palworker::sweeper;
-use palworker_core::{AcceptOutcome, ActionRecord, ActionState};
+use palworker_core::{AcceptOutcome, ActionState};
 use palworker_events::PartnerId;
 
 use crate::accounts::{assignment_event, object, parse_event, principals, tenant};
 use crate::broker;
+use crate::ledgers::end_every_due_action;
 use crate::machine::{free_port, load_average};
 use crate::report::{Sample, Unit, line, log_run, medians};
 use crate::worker::BenchWorker;
@@ -57,9 +58,6 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 /// How long the worker idles after the last wave before the size is read
 /// once more (sled reclaims segments lazily).
 const SETTLE: Duration = Duration::from_secs(10);
-/// Actions claimed and finished per transaction while building the sweep
-/// ledger (the executor's own group commit).
-const BUILD_BATCH: usize = 1_024;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// `audit.retention` as the line shows it: `0s` keeps the trail forever.
@@ -667,29 +665,9 @@ fn sweep_steps(path: &Path, accounts: &[(u64, u64)]) -> anyhow::Result<(f64, usi
 /// Claims and ends `done` every due action, a batch per transaction.
 fn finish_all(ledger: &Ledger, partner: &str) -> anyhow::Result<()> {
     let after = PartnerId::parse(partner)?;
-    loop {
-        let now = Utc::now();
-        let due: Vec<_> = ledger
-            .due_actions(now, BUILD_BATCH, |_| false)?
-            .into_iter()
-            .map(|action| action.action_id)
-            .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        let claimed = ledger.finish_and_claim(&[], &due, now)?.claimed;
-        let finished: Vec<ActionRecord> = claimed
-            .into_iter()
-            .flatten()
-            .map(|mut action| {
-                action.state = ActionState::Done;
-                action.after_partner_id = Some(after.clone());
-                action.detail = Some(format!("PUT {partner}"));
-                action.completed_at = Some(now);
-                action.updated_at = now;
-                action
-            })
-            .collect();
-        ledger.finish_and_claim(&finished, &[], now)?;
-    }
+    end_every_due_action(ledger, |action, _| {
+        action.state = ActionState::Done;
+        action.after_partner_id = Some(after.clone());
+        action.detail = Some(format!("PUT {partner}"));
+    })
 }

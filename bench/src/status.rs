@@ -22,6 +22,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
 use crate::accounts::{account, parse_event};
+use crate::ledgers::end_every_due_action;
 use crate::machine::{copy_dir, free_port};
 use crate::report::{Sample, Unit, line, log_run, medians};
 use crate::worker::BenchWorker;
@@ -31,8 +32,6 @@ use crate::{BenchArgs, IDLE_SETTLE, LEDGER_CACHE_BYTES, PARTNER_A, PARTNER_B, PH
 const SET_STATUS: u8 = 0x06;
 /// How often the worker's RSS is read while a command runs.
 const SAMPLE_EVERY: Duration = Duration::from_millis(5);
-/// Actions claimed and finished per transaction while building the ledger.
-const BUILD_BATCH: usize = 1_024;
 /// Issue 15's bound on what a streamed answer may add to the worker's RSS.
 const TARGET_GROWTH_MIB: f64 = 20.0;
 
@@ -100,32 +99,12 @@ fn build_ledger(path: &Path, actions: u64, tenants: u64) -> anyhow::Result<()> {
     ledger.accept(&event, None, now, usize::MAX)?;
     let before = PartnerId::parse(PARTNER_A)?;
     let after = PartnerId::parse(PARTNER_B)?;
-    loop {
-        let now = Utc::now();
-        let due: Vec<_> = ledger
-            .due_actions(now, BUILD_BATCH, |_| false)?
-            .into_iter()
-            .map(|action| action.action_id)
-            .collect();
-        if due.is_empty() {
-            break;
-        }
-        let claimed = ledger.finish_and_claim(&[], &due, now)?.claimed;
-        let finished: Vec<_> = claimed
-            .into_iter()
-            .flatten()
-            .map(|mut action| {
-                action.state = ActionState::Done;
-                action.before_partner_id = Some(before.clone());
-                action.after_partner_id = Some(after.clone());
-                action.detail = Some(format!("PATCH {PARTNER_B}"));
-                action.completed_at = Some(now);
-                action.updated_at = now;
-                action
-            })
-            .collect();
-        ledger.finish_and_claim(&finished, &[], now)?;
-    }
+    end_every_due_action(&ledger, |action, _| {
+        action.state = ActionState::Done;
+        action.before_partner_id = Some(before.clone());
+        action.after_partner_id = Some(after.clone());
+        action.detail = Some(format!("PATCH {PARTNER_B}"));
+    })?;
     ledger.flush()?;
     let counts = ledger.action_state_counts()?;
     anyhow::ensure!(
