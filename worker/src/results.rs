@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, SecondsFormat, Utc};
 use palworker_config::AmqpSettings;
 use palworker_core::{ActionId, ActionRecord, ActionState, EventSeq, Op};
@@ -32,7 +31,7 @@ use palworker_events::{EmployeeId, EventType, ObjectId, PartnerId, TenantId};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{PublishError, ResultMessage, ResultsChannel};
+use crate::amqp::{PublishError, ResultMessage, ResultsChannel, reconnect_schedule};
 use crate::availability::LedgerAvailability;
 use crate::ledger::{Ledger, LedgerError, Outgoing, PendingResult};
 use crate::telemetry::{Metrics, ResultKind, ResultPublished, ResultsPublishFailed};
@@ -398,15 +397,7 @@ impl ResultsPublisher {
     /// by the shutdown leaves its results in the outbox (those already
     /// published go out once more at the next start, with the same ids).
     pub async fn run(self, shutdown: CancellationToken) {
-        let schedule = || {
-            ExponentialBuilder::new()
-                .with_min_delay(self.settings.reconnect_initial)
-                .with_max_delay(self.settings.reconnect_max)
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times()
-                .build()
-        };
+        let schedule = || reconnect_schedule(&self.settings);
         let mut delays = schedule();
         let mut channel: Option<ResultsChannel> = None;
         loop {

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -20,7 +19,7 @@ use crate::health::Health;
 use crate::intake::{Checked, Disposition, Incoming, Intake};
 use crate::telemetry::{BrokerConnectionChanged, ConsumerStopped, Metrics};
 
-use super::{REASON_HEADER, Topology, connect, declare_topology};
+use super::{REASON_HEADER, Topology, connect, declare_topology, reconnect_schedule};
 
 /// How far a consumer session got before it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,15 +86,7 @@ impl Consumer {
     /// backoff (`amqp.reconnect_initial` … `amqp.reconnect_max`) whenever the
     /// connection or channel fails.
     pub async fn run(self, shutdown: CancellationToken) {
-        let schedule = || {
-            ExponentialBuilder::new()
-                .with_min_delay(self.settings.reconnect_initial)
-                .with_max_delay(self.settings.reconnect_max)
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times()
-                .build()
-        };
+        let schedule = || reconnect_schedule(&self.settings);
         let mut delays = schedule();
         let mut prefetch = Prefetch::Full;
         loop {

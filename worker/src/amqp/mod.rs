@@ -16,6 +16,7 @@
 //! | `publish.rs` | [`Publisher`] with confirms, [`ResultsChannel`] for the results |
 //! | `admin.rs` | [`BrokerAdmin`]: fetch, count, purge (tests, the demo, operators) |
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -84,6 +85,19 @@ fn events_queue_arguments(topology: &Topology) -> FieldTable {
         AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
     );
     arguments
+}
+
+/// The delays between connection attempts: exponential with jitter from
+/// `amqp.reconnect_initial` to `amqp.reconnect_max`, never giving up (the
+/// consumer's and the results publisher's).
+pub fn reconnect_schedule(settings: &AmqpSettings) -> backon::ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(settings.reconnect_initial)
+        .with_max_delay(settings.reconnect_max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Whether `queue` exists, asked on a channel of its own (a passive declare
