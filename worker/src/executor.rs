@@ -35,7 +35,7 @@ use crate::telemetry::{
     ActionFinished, ActionRetryScheduled, EventCompleted, LinkRevoked, Metrics, ScheduledActionsDue,
 };
 use palworker_core::retry::{self, RetryDecision};
-use palworker_core::{ActionId, ActionRecord, ActionState, Completion, Op, Rescheduled};
+use palworker_core::{ActionId, ActionRecord, ActionState, Completion, EventSeq, Op, Rescheduled};
 
 /// How the executor behaves.
 #[derive(Debug, Clone)]
@@ -100,6 +100,10 @@ pub struct Executor {
     settings: ExecutorSettings,
     control: ExecutorControl,
     availability: LedgerAvailability,
+    /// The revocation due time of the event whose removal ended last: a
+    /// plan's removals end one after another, so its record is read once,
+    /// not once per removal.
+    last_revocation_due: std::sync::Mutex<Option<(EventSeq, chrono::DateTime<chrono::Utc>)>>,
 }
 
 /// How one attempt ended.
@@ -238,6 +242,7 @@ impl Executor {
             settings,
             control,
             availability,
+            last_revocation_due: std::sync::Mutex::new(None),
         }
     }
 
@@ -582,11 +587,23 @@ impl Executor {
     /// `effective_at` (or acceptance), which the action itself does not keep
     /// when it was already past at acceptance.
     fn report_revoked(&self, action: &ActionRecord) {
-        let due = match self.ledger.event(action.event_seq) {
-            Ok(Some(record)) => revocation_due(&record),
-            // Unreadable (the ledger failing): the action's own due time.
-            _ => action.not_before.unwrap_or(action.created_at),
+        let mut last = self
+            .last_revocation_due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = match *last {
+            Some((seq, due)) if seq == action.event_seq => due,
+            _ => match self.ledger.event(action.event_seq) {
+                Ok(Some(record)) => {
+                    let due = revocation_due(&record);
+                    *last = Some((action.event_seq, due));
+                    due
+                }
+                // Unreadable (the ledger failing): the action's own due time.
+                _ => action.not_before.unwrap_or(action.created_at),
+            },
         };
+        drop(last);
         LinkRevoked { action, due }.emit(&self.metrics);
     }
 
