@@ -28,7 +28,7 @@ use palworker_core::{
 };
 
 use crate::clock::Clock;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, first_due};
 
 /// Audit records read per visit of the ledger while catching up.
 const FOLLOW_PAGE: usize = 4_096;
@@ -350,9 +350,7 @@ fn revocation_seconds(ledger: &Ledger, record: &AuditRecord) -> Result<Option<f6
         return Ok(None);
     };
     let due = match ledger.action(record.action.action_id)? {
-        Some(action) => action
-            .not_before
-            .map_or(action.created_at, |at| at.max(action.created_at)),
+        Some(action) => first_due(&action),
         None => return Ok(None),
     };
     Ok(Some(

@@ -80,7 +80,7 @@ pub fn revocation_due(record: &EventRecord) -> DateTime<Utc> {
 }
 
 /// When an action was first due (a retry's later attempts do not move it).
-fn first_due(action: &ActionRecord) -> DateTime<Utc> {
+pub fn first_due(action: &ActionRecord) -> DateTime<Utc> {
     action
         .not_before
         .map_or(action.created_at, |at| at.max(action.created_at))
