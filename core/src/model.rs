@@ -208,12 +208,36 @@ pub struct ActionRecord {
     pub verified_at: Option<DateTime<Utc>>,
 }
 
+impl EventRecord {
+    /// When its removals were to happen: the event's `effective_at`, else
+    /// its acceptance (SPEC §11.3: where the time to revocation starts).
+    pub fn revocation_due(&self) -> DateTime<Utc> {
+        self.event.effective_at().unwrap_or(self.accepted_at)
+    }
+}
+
 impl ActionRecord {
     pub fn account_key(&self) -> AccountKey {
         AccountKey {
             tenant_id: self.tenant_id.clone(),
             object_id: self.object_id.clone(),
         }
+    }
+
+    /// When the action was first due (a retry's later attempts do not move
+    /// it): its event's `effective_at` as the action keeps it, else its
+    /// creation.
+    pub fn first_due(&self) -> DateTime<Utc> {
+        self.not_before
+            .map_or(self.created_at, |at| at.max(self.created_at))
+    }
+
+    /// When its link was seen as it ended: verified, else completed, else
+    /// last updated (a removal's end, for the time to revocation).
+    pub fn removed_at(&self) -> DateTime<Utc> {
+        self.verified_at
+            .or(self.completed_at)
+            .unwrap_or(self.updated_at)
     }
 
     /// When the action may run next.

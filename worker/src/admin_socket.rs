@@ -26,8 +26,8 @@ use axum::extract::Extension;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-use crate::http::ServerLimits;
 use crate::operators::Operator;
+use crate::server::ServerLimits;
 
 /// The socket's file name in the ledger directory.
 pub const SOCKET_NAME: &str = "admin.sock";

@@ -18,7 +18,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::ExecutorControl;
+use crate::control::ExecutorControl;
 use crate::ledger::{Ledger, LedgerError};
 use crate::telemetry::{
     LedgerGauges, LedgerGaugesRead, LedgerRecovered, LedgerReopenFailed, LedgerUnavailable, Metrics,

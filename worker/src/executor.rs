@@ -12,13 +12,11 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
 use palworker_config::RetrySettings;
 use palworker_events::{AccountKey, DesiredLink, Escaped, PartnerId};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -26,7 +24,7 @@ use tracing::Instrument;
 use crate::availability::LedgerAvailability;
 use crate::clock::Clock;
 use crate::health::panic_message;
-use crate::ledger::{Ledger, LedgerError, revocation_due};
+use crate::ledger::{Ledger, LedgerError};
 use crate::pal::{
     Checkpoint, PalClient, PalError, Proceed, Reconcile, ReconcileError, Reconciled, Transient,
     WriteMode,
@@ -54,43 +52,7 @@ pub struct ExecutorSettings {
     pub shutdown_grace: Duration,
 }
 
-/// The running executor's controls, shared with the intake and the operator
-/// commands: wake it (a new plan, an approval, a retry), or pause it — a
-/// paused executor claims nothing; actions stay pending in the ledger and
-/// run once it is resumed, and what is in flight finishes. (The benchmarks
-/// measure ingest alone this way; the operators' pause of SPEC §11.2 builds
-/// on it.)
-#[derive(Clone, Default)]
-pub struct ExecutorControl {
-    wake: Arc<Notify>,
-    paused: Arc<AtomicBool>,
-}
-
-impl ExecutorControl {
-    /// Makes the executor look for due actions now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// From now on, claims nothing.
-    pub fn pause(&self) {
-        self.paused.store(true, Ordering::SeqCst);
-    }
-
-    /// Claims again, at once.
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-        self.wake();
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
-    }
-
-    async fn notified(&self) {
-        self.wake.notified().await
-    }
-}
+pub use crate::control::ExecutorControl;
 
 pub struct Executor {
     ledger: Arc<Ledger>,
@@ -595,7 +557,7 @@ impl Executor {
             Some((seq, due)) if seq == action.event_seq => due,
             _ => match self.ledger.event(action.event_seq) {
                 Ok(Some(record)) => {
-                    let due = revocation_due(&record);
+                    let due = record.revocation_due();
                     *last = Some((action.event_seq, due));
                     due
                 }

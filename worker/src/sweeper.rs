@@ -74,6 +74,12 @@ pub async fn run(
                 }
             }
         }
-        LedgerSwept { swept: total }.emit(&metrics);
+        LedgerSwept {
+            events: total.events,
+            actions: total.actions,
+            markers: total.markers,
+            audit: total.audit,
+        }
+        .emit(&metrics);
     }
 }

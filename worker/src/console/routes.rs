@@ -83,7 +83,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Who sends a request, and the session id when by cookie.
 fn viewer(console: &Console, headers: &HeaderMap) -> Option<(Viewer, Option<String>)> {
     if let Some(presented) = bearer(headers) {
-        let operator = crate::http::token_operator(&console.tokens, presented)?;
+        let operator = crate::server::token_operator(&console.tokens, presented)?;
         return Some((
             Viewer {
                 operator,
@@ -277,7 +277,7 @@ async fn audit_download(
         Err(error) => return error.into_response(),
     };
     let admin = console.admin.clone();
-    let mut response = crate::http::stream_lines(move |sink| {
+    let mut response = crate::server::stream_lines(move |sink| {
         admin.audit_entries(since, until, |entry| sink.push(&entry).is_ok())
     })
     .await;
@@ -504,7 +504,7 @@ async fn sign_in(
     }
     let next = safe_next(form.get("next").map(String::as_str).unwrap_or("/")).to_owned();
     let presented = form.get("token").map(String::as_str).unwrap_or("");
-    let Some(operator) = crate::http::token_operator(&console.tokens, presented) else {
+    let Some(operator) = crate::server::token_operator(&console.tokens, presented) else {
         tracing::warn!("A console sign-in with a wrong admin token was refused.");
         let body = queues::sign_in(!console.tokens.is_empty(), &next, true);
         return (

@@ -28,7 +28,7 @@ use palworker_core::{
 };
 
 use crate::clock::Clock;
-use crate::ledger::{Ledger, LedgerError, first_due};
+use crate::ledger::{Ledger, LedgerError};
 
 /// Audit records read per visit of the ledger while catching up.
 const FOLLOW_PAGE: usize = 4_096;
@@ -350,7 +350,7 @@ fn revocation_seconds(ledger: &Ledger, record: &AuditRecord) -> Result<Option<f6
         return Ok(None);
     };
     let due = match ledger.action(record.action.action_id)? {
-        Some(action) => first_due(&action),
+        Some(action) => action.first_due(),
         None => return Ok(None),
     };
     Ok(Some(

@@ -98,7 +98,7 @@ pub use operators::{PauseState, Requeued};
 pub use outbox::{Outgoing, PendingResult, needs_attention};
 pub use pages::Page;
 pub use reconcile::{Drifted, ScannedAccount, Seen};
-pub use report::{OpenWork, RevocationRow, first_due, removed_at, revocation_due};
+pub use report::{OpenWork, RevocationRow};
 pub use retention::{Retention, SweepCursor, Swept};
 
 /// How long opening waits for a file lock this process may still hold (a

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
-use palworker_core::{ActionId, ActionRecord, ActionState, EventRecord, EventSeq, Op};
+use palworker_core::{ActionId, ActionState, EventRecord, EventSeq, Op};
 use palworker_events::{EmployeeId, EventData, EventType, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -65,27 +65,6 @@ pub struct OpenWork {
     pub oldest_open_removal_due: Option<DateTime<Utc>>,
 }
 
-/// When a removal's link was verified gone.
-pub fn removed_at(action: &ActionRecord) -> DateTime<Utc> {
-    action
-        .verified_at
-        .or(action.completed_at)
-        .unwrap_or(action.updated_at)
-}
-
-/// When an event's removals were to happen: its `effective_at`, else its
-/// acceptance (SPEC §11.3).
-pub fn revocation_due(record: &EventRecord) -> DateTime<Utc> {
-    record.event.effective_at().unwrap_or(record.accepted_at)
-}
-
-/// When an action was first due (a retry's later attempts do not move it).
-pub fn first_due(action: &ActionRecord) -> DateTime<Utc> {
-    action
-        .not_before
-        .map_or(action.created_at, |at| at.max(action.created_at))
-}
-
 /// Whether a plan of this type can remove a link (the planner links and
 /// moves links for the others, never removes one).
 fn may_remove(event_type: EventType) -> bool {
@@ -123,7 +102,7 @@ impl Ledger {
             let exhausted = page.len() < EVENT_PAGE;
             for record in page {
                 if !may_remove(record.event.event_type)
-                    || since.is_some_and(|since| revocation_due(&record) < since)
+                    || since.is_some_and(|since| record.revocation_due() < since)
                 {
                     continue;
                 }
@@ -160,7 +139,7 @@ impl Ledger {
             match action.state {
                 ActionState::Done => {
                     removed += 1;
-                    let at = removed_at(&action);
+                    let at = action.removed_at();
                     last_removed_at = Some(last_removed_at.map_or(at, |last| last.max(at)));
                 }
                 ActionState::Orphaned => orphaned += 1,
@@ -179,7 +158,7 @@ impl Ledger {
         if removals == 0 {
             return Ok(None);
         }
-        let effective_at = revocation_due(record);
+        let effective_at = record.revocation_due();
         Ok(Some(RevocationRow {
             employee_ids: employees.into_iter().collect(),
             event_id: record.event.id.clone(),
@@ -233,7 +212,7 @@ impl Ledger {
                 continue;
             }
             if action.op == Op::Remove && !action.state.is_terminal() {
-                let due = first_due(&action);
+                let due = action.first_due();
                 work.oldest_open_removal_due = Some(
                     work.oldest_open_removal_due
                         .map_or(due, |oldest| oldest.min(due)),

@@ -115,7 +115,7 @@ pub struct LinkRevoked<'a> {
 
 impl LinkRevoked<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        let removed_at = crate::ledger::removed_at(self.action);
+        let removed_at = self.action.removed_at();
         let seconds = ((removed_at - self.due).num_milliseconds().max(0) as f64) / 1000.0;
         tracing::debug!(
             action_id = self.action.action_id.get(),

@@ -172,40 +172,38 @@ impl LoopEnded<'_> {
     }
 }
 
-/// A retention sweep removed what ended long ago.
+/// A retention sweep removed what ended long ago: how many of each.
 pub struct LedgerSwept {
-    pub swept: crate::ledger::Swept,
+    pub events: u64,
+    pub actions: u64,
+    pub markers: u64,
+    pub audit: u64,
 }
 
 impl LedgerSwept {
     pub fn emit(&self, metrics: &Metrics) {
-        let swept = self.swept;
-        if swept.events + swept.actions + swept.markers + swept.audit == 0 {
+        let counts = [
+            ("event", self.events),
+            ("action", self.actions),
+            ("marker", self.markers),
+            ("audit", self.audit),
+        ];
+        if counts.iter().all(|(_, n)| *n == 0) {
             return;
         }
         tracing::info!(
-            events = swept.events,
-            actions = swept.actions,
-            markers = swept.markers,
-            audit = swept.audit,
+            events = self.events,
+            actions = self.actions,
+            markers = self.markers,
+            audit = self.audit,
             "Retention: removed what ended longer ago than ledger.retention (audit records: audit.retention)."
         );
-        metrics
-            .ledger_pruned_total
-            .with_label_values(&["event"])
-            .inc_by(swept.events);
-        metrics
-            .ledger_pruned_total
-            .with_label_values(&["action"])
-            .inc_by(swept.actions);
-        metrics
-            .ledger_pruned_total
-            .with_label_values(&["marker"])
-            .inc_by(swept.markers);
-        metrics
-            .ledger_pruned_total
-            .with_label_values(&["audit"])
-            .inc_by(swept.audit);
+        for (kind, n) in counts {
+            metrics
+                .ledger_pruned_total
+                .with_label_values(&[kind])
+                .inc_by(n);
+        }
     }
 }
 
