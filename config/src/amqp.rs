@@ -6,12 +6,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use serde::Deserialize;
 use url::Url;
 
 use crate::credentials::secret_from_file;
 use crate::error::ConfigError;
-use crate::raw::RawAmqp;
+use crate::raw::{DeclareMode, RawAmqp};
 
 /// The broker URL when neither `amqp.url` nor `amqp.url_file` is set: the
 /// local RabbitMQ's default user and vhost.
@@ -50,28 +49,6 @@ pub struct AmqpSettings {
     pub reconnect_initial: Duration,
     /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
-}
-
-/// How the worker treats the AMQP topology at start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeclareMode {
-    /// Declare exchanges, queues and bindings (idempotent). TOML `"declare"`.
-    #[default]
-    Declare,
-    /// Only check passively that they exist, for brokers where the worker's
-    /// user may not declare. TOML `"passive"`.
-    Passive,
-}
-
-impl DeclareMode {
-    /// The TOML spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeclareMode::Declare => "declare",
-            DeclareMode::Passive => "passive",
-        }
-    }
 }
 
 /// An `amqp://` or `amqps://` URL, which usually holds a password.

@@ -49,10 +49,11 @@ use std::path::Path;
 
 pub use secrecy::{ExposeSecret, SecretString};
 
-pub use crate::amqp::{AmqpSettings, AmqpUrl, DeclareMode};
+pub use crate::amqp::{AmqpSettings, AmqpUrl};
 pub use crate::credentials::{CredentialSecret, CredentialSettings};
 pub use crate::error::ConfigError;
 pub use crate::pal::PalSettings;
+pub use crate::raw::DeclareMode;
 pub use crate::sections::{
     AuditSettings, HttpSettings, LedgerSettings, LimitsSettings, ReconcileSettings, RetrySettings,
     SecuritySettings, WorkerSettings,

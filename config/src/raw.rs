@@ -13,8 +13,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use crate::amqp::DeclareMode;
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawSettings {
@@ -341,4 +339,26 @@ fn number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     }
 
     deserializer.deserialize_any(NumberVisitor)
+}
+
+/// How the worker treats the AMQP topology at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeclareMode {
+    /// Declare exchanges, queues and bindings (idempotent). TOML `"declare"`.
+    #[default]
+    Declare,
+    /// Only check passively that they exist, for brokers where the worker's
+    /// user may not declare. TOML `"passive"`.
+    Passive,
+}
+
+impl DeclareMode {
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclareMode::Declare => "declare",
+            DeclareMode::Passive => "passive",
+        }
+    }
 }

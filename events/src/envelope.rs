@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::error::{
     AttributeProblem, DataProblem, EventError, MAX_MESSAGE_CHARS, echo, echo_at_most, json_kind,
 };
-use crate::event::EventType;
+use crate::event_type::EventType;
 use crate::fields::parse_rfc3339;
 use crate::uri::{check_uri_reference, is_absolute_uri};
 

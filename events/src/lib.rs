@@ -24,6 +24,7 @@ pub mod account;
 mod envelope;
 pub mod error;
 pub mod event;
+mod event_type;
 mod fields;
 pub mod ids;
 mod uri;
