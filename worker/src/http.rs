@@ -32,6 +32,7 @@ use palworker_core::{ActionId, StatusFilter};
 
 use crate::admin_socket::LocalPeer;
 use crate::health::Health;
+use crate::ledger::PauseState;
 use crate::operators::{
     Decision, EventRef, IMPORT_REQUEST_LIMIT, LedgerOperations, Operator, OperatorError,
     RetryTarget,
@@ -313,7 +314,7 @@ async fn pause(
     Extension(operator): Extension<Operator>,
 ) -> Result<Response, ApiError> {
     let admin = state.admin.acting_as(operator);
-    let answer = blocking(move || admin.set_paused_now(true)).await?;
+    let answer = blocking(move || admin.set_pause_now(PauseState::Paused)).await?;
     Ok(axum::Json(answer).into_response())
 }
 
@@ -322,7 +323,7 @@ async fn resume(
     Extension(operator): Extension<Operator>,
 ) -> Result<Response, ApiError> {
     let admin = state.admin.acting_as(operator);
-    let answer = blocking(move || admin.set_paused_now(false)).await?;
+    let answer = blocking(move || admin.set_pause_now(PauseState::Running)).await?;
     Ok(axum::Json(answer).into_response())
 }
 

@@ -17,6 +17,7 @@ use palworker_core::{
 
 use crate::clock::SystemClock;
 use crate::ledger::Ledger;
+use crate::ledger::PauseState;
 use crate::operators::{Decision, EventRef, Operations, OperatorError, RetryTarget};
 use crate::reconcile::{ReconcileRequest, Reconciler};
 
@@ -137,7 +138,7 @@ pub(super) async fn operate(
             }
         }
         OperatorCommand::Pause => {
-            let answer = target.set_paused(true).await?;
+            let answer = target.set_pause(PauseState::Paused).await?;
             println!(
                 "{}: nothing is written to PAL; events are still accepted and planned, actions wait until `palworker resume`",
                 if answer.was_paused {
@@ -148,7 +149,7 @@ pub(super) async fn operate(
             );
         }
         OperatorCommand::Resume => {
-            let answer = target.set_paused(false).await?;
+            let answer = target.set_pause(PauseState::Running).await?;
             println!(
                 "{}",
                 if answer.was_paused {

@@ -19,6 +19,7 @@ use super::pages::{self, EventQuery, EventsAnswer, EventsQuery};
 use super::queues::{self, Before};
 use super::session::{self, CSRF_FIELD};
 use super::{Console, ConsoleError, assets};
+use crate::ledger::PauseState;
 use crate::operators::{Decision, EventRef, LedgerOperations, RetryTarget};
 
 pub(super) fn router(console: Console) -> Router {
@@ -436,21 +437,21 @@ async fn retry_all(
     .await
 }
 
-async fn set_paused(
+async fn set_pause(
     console: Console,
     headers: HeaderMap,
     form: HashMap<String, String>,
-    paused: bool,
+    state: PauseState,
 ) -> Response {
     change(console, headers, form, "/".to_owned(), move |admin| {
-        let answer = admin.set_paused_now(paused)?;
-        Ok(match (paused, answer.was_paused) {
-            (true, false) => {
+        let answer = admin.set_pause_now(state)?;
+        Ok(match (state, answer.was_paused) {
+            (PauseState::Paused, false) => {
                 "Writes to PAL paused: events are still accepted and planned; actions wait."
             }
-            (true, true) => "Writes to PAL were already paused.",
-            (false, true) => "Writes to PAL resumed: pending actions run now.",
-            (false, false) => "Writes to PAL were not paused.",
+            (PauseState::Paused, true) => "Writes to PAL were already paused.",
+            (PauseState::Running, true) => "Writes to PAL resumed: pending actions run now.",
+            (PauseState::Running, false) => "Writes to PAL were not paused.",
         }
         .to_owned())
     })
@@ -462,7 +463,7 @@ async fn pause(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    set_paused(console, headers, form, true).await
+    set_pause(console, headers, form, PauseState::Paused).await
 }
 
 async fn resume(
@@ -470,7 +471,7 @@ async fn resume(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    set_paused(console, headers, form, false).await
+    set_pause(console, headers, form, PauseState::Running).await
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -653,7 +653,7 @@ fn write_marker(
         outbox::plan_held(outbox, record)?;
     }
     if record.completed_at.is_some() {
-        outbox::event_completed(outbox, record, false)?;
+        outbox::event_completed(outbox, record, outbox::Completing::First)?;
     }
     Ok(())
 }

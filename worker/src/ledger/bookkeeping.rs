@@ -157,9 +157,13 @@ pub(super) fn decrement_open(
         count_open_events(open_events, -1)?;
     }
     // Completed before: an operator's retry reopened it.
-    let again = record.completed_at.is_some();
+    let completing = if record.completed_at.is_some() {
+        outbox::Completing::Again
+    } else {
+        outbox::Completing::First
+    };
     record.completed_at = Some(now);
     events.insert(&key, encode(&record))?;
-    outbox::event_completed(outbox, &record, again)?;
+    outbox::event_completed(outbox, &record, completing)?;
     Ok(Some(record))
 }

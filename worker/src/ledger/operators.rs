@@ -310,7 +310,7 @@ impl Ledger {
                 index.remove(held_key(seq))?;
                 audit::append(audit, who, [(now, rejection.clone())])?;
                 // Every action ended (cancelled): its publisher hears so.
-                outbox::event_completed(outbox, &record, false)?;
+                outbox::event_completed(outbox, &record, outbox::Completing::First)?;
                 Ok(())
             })
             .map_err(tx_error)?;

@@ -82,13 +82,22 @@ pub fn needs_attention(state: ActionState) -> bool {
     )
 }
 
+/// Whether an event completes for the first time, or again after an
+/// operator's retry reopened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Completing {
+    First,
+    Again,
+}
+
 /// Owes the publishers the completion of `record` (which shows its
-/// `completed_at`); `again` when it had completed before.
+/// `completed_at`).
 pub(super) fn event_completed(
     outbox: &TransactionalTree,
     record: &EventRecord,
-    again: bool,
+    completing: Completing,
 ) -> TxResult<()> {
+    let again = completing == Completing::Again;
     let outgoing = Outgoing::EventCompleted {
         seq: record.seq,
         event_id: record.event.id.clone(),

@@ -24,6 +24,7 @@ use super::{
     AuditCheck, Decision, EventRef, IMPORT_BATCH_ACCOUNTS, IMPORT_BATCH_BYTES, Operations,
     OperatorError, PauseAnswer, RetryTarget, StreamFailure,
 };
+use crate::ledger::PauseState;
 use crate::ledger::RevocationRow;
 use crate::reconcile::{ReconcileLine, ReconcileRequest};
 
@@ -333,11 +334,10 @@ impl Operations for AdminApiClient {
             .await
     }
 
-    async fn set_paused(&self, paused: bool) -> Result<PauseAnswer, OperatorError> {
-        let path = if paused {
-            "/admin/pause"
-        } else {
-            "/admin/resume"
+    async fn set_pause(&self, state: PauseState) -> Result<PauseAnswer, OperatorError> {
+        let path = match state {
+            PauseState::Paused => "/admin/pause",
+            PauseState::Running => "/admin/resume",
         };
         self.json(self.request(Method::POST, path)).await
     }

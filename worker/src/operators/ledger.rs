@@ -258,12 +258,8 @@ impl LedgerOperations {
 
     /// Pauses or resumes writes to PAL: recorded in the ledger (a restart
     /// keeps it) and the audit trail, and applied to the running executor.
-    pub fn set_paused_now(&self, paused: bool) -> Result<PauseAnswer, OperatorError> {
-        let state = if paused {
-            PauseState::Paused
-        } else {
-            PauseState::Running
-        };
+    pub fn set_pause_now(&self, state: PauseState) -> Result<PauseAnswer, OperatorError> {
+        let paused = state == PauseState::Paused;
         let before = self
             .ledger
             .set_pause(state, self.operator.as_str(), Utc::now())?;
@@ -382,8 +378,8 @@ impl Operations for LedgerOperations {
         self.verify_audit_now()
     }
 
-    async fn set_paused(&self, paused: bool) -> Result<PauseAnswer, OperatorError> {
-        self.set_paused_now(paused)
+    async fn set_pause(&self, state: PauseState) -> Result<PauseAnswer, OperatorError> {
+        self.set_pause_now(state)
     }
 
     async fn export_ledger(

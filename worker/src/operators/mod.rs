@@ -26,6 +26,7 @@ use palworker_core::{
 use palworker_events::ImportedAccount;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::PauseState;
 use crate::ledger::RevocationRow;
 use crate::reconcile::ReconcileRequest;
 
@@ -167,8 +168,8 @@ pub trait Operations {
     /// Checks the audit trail's whole hash chain.
     async fn verify_audit(&self) -> Result<AuditCheck, OperatorError>;
 
-    /// Pauses (`true`) or resumes (`false`) writes to PAL.
-    async fn set_paused(&self, paused: bool) -> Result<PauseAnswer, OperatorError>;
+    /// Pauses writes to PAL (`PauseState::Paused`) or resumes them.
+    async fn set_pause(&self, state: PauseState) -> Result<PauseAnswer, OperatorError>;
 
     /// Writes a consistent snapshot of the whole ledger (JSON Lines, see
     /// `ledger::export`) to `out`; how many records.
