@@ -36,6 +36,7 @@ mod amqp;
 mod credentials;
 mod error;
 mod pal;
+mod partitions;
 mod raw;
 mod sections;
 mod sources;
@@ -53,6 +54,7 @@ pub use crate::amqp::{AmqpSettings, AmqpUrl};
 pub use crate::credentials::{CredentialSecret, CredentialSettings};
 pub use crate::error::ConfigError;
 pub use crate::pal::PalSettings;
+pub use crate::partitions::PartitionSettings;
 pub use crate::raw::DeclareMode;
 pub use crate::sections::{
     AuditSettings, HttpSettings, LedgerSettings, LimitsSettings, ReconcileSettings, RetrySettings,
@@ -87,6 +89,8 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// `[reconcile]`: comparing PAL with the desired links.
     pub reconcile: ReconcileSettings,
+    /// `[partitions]`: tenant partitions, the router and the admin APIs.
+    pub partitions: PartitionSettings,
 }
 
 impl Settings {
@@ -149,18 +153,31 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let raw = sources::extract(toml, &env)?;
         // Section order: the first problem reported is the first in the file.
+        let amqp = raw.amqp.into_settings()?;
+        let pal = raw.pal.into_settings()?;
+        let credentials = credentials::credentials(raw.credentials, &env)?;
+        let ledger = raw.ledger.into_settings()?;
+        let retry = raw.retry.into_settings()?;
+        let limits = raw.limits.into_settings()?;
+        let worker = raw.worker.into_settings();
+        let http = raw.http.into_settings(&env)?;
+        let security = raw.security.into_settings()?;
+        let audit = raw.audit.into_settings();
+        let reconcile = raw.reconcile.into_settings();
+        let partitions = raw.partitions.into_settings(&security)?;
         Ok(Settings {
-            amqp: raw.amqp.into_settings()?,
-            pal: raw.pal.into_settings()?,
-            credentials: credentials::credentials(raw.credentials, &env)?,
-            ledger: raw.ledger.into_settings()?,
-            retry: raw.retry.into_settings()?,
-            limits: raw.limits.into_settings()?,
-            worker: raw.worker.into_settings(),
-            http: raw.http.into_settings(&env)?,
-            security: raw.security.into_settings()?,
-            audit: raw.audit.into_settings(),
-            reconcile: raw.reconcile.into_settings(),
+            amqp,
+            pal,
+            credentials,
+            ledger,
+            retry,
+            limits,
+            worker,
+            http,
+            security,
+            audit,
+            reconcile,
+            partitions,
         })
     }
 }

@@ -27,6 +27,7 @@ pub(crate) struct RawSettings {
     pub security: RawSecurity,
     pub audit: RawAudit,
     pub reconcile: RawReconcile,
+    pub partitions: RawPartitions,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +148,27 @@ impl Default for RawReconcile {
     fn default() -> Self {
         RawReconcile {
             interval: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// `[partitions]` (SPEC §10).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawPartitions {
+    pub count: u32,
+    pub index: u32,
+    pub admin_urls: Vec<String>,
+    pub router_user: Option<String>,
+}
+
+impl Default for RawPartitions {
+    fn default() -> Self {
+        RawPartitions {
+            count: 1,
+            index: 0,
+            admin_urls: Vec::new(),
+            router_user: None,
         }
     }
 }

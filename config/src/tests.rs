@@ -472,7 +472,7 @@ fn invalid_configs_are_refused_naming_the_key() {
         Case {
             toml: "[limit]\nconcurrency = 10",
             env: &[],
-            message: "config key `limit`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http`, `security`, `audit` or `reconcile`)",
+            message: "config key `limit`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http`, `security`, `audit`, `reconcile` or `partitions`)",
             key: Some("limit"),
         },
         Case {
@@ -502,7 +502,7 @@ fn invalid_configs_are_refused_naming_the_key() {
         Case {
             toml: "",
             env: &[("PALWORKER__LIMITS_CONCURRENCY", "3")],
-            message: "config key `limits_concurrency`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http`, `security`, `audit` or `reconcile`)",
+            message: "config key `limits_concurrency`: unknown key (expected one of `amqp`, `pal`, `credentials`, `ledger`, `retry`, `limits`, `worker`, `http`, `security`, `audit`, `reconcile` or `partitions`)",
             key: Some("limits_concurrency"),
         },
         Case {
@@ -543,6 +543,48 @@ fn invalid_configs_are_refused_naming_the_key() {
             env: &[],
             message: "config key `security.publishers.hr-system`: invalid type: found string \"hr.\", expected a list",
             key: Some("security.publishers.hr-system"),
+        },
+        Case {
+            toml: "[partitions]\ncount = 0",
+            env: &[],
+            message: "config key `partitions.count`: the partition count must be at least 1",
+            key: Some("partitions.count"),
+        },
+        Case {
+            toml: "[partitions]\ncount = 3\nindex = 3",
+            env: &[],
+            message: "config key `partitions.index`: partition index 3 is outside 0..3",
+            key: Some("partitions.index"),
+        },
+        Case {
+            toml: "[partitions]\ncount = 3\nadmin_urls = [\"http://p0:9090\"]",
+            env: &[],
+            message: "config key `partitions.admin_urls`: lists 1 URL(s); it must list one per partition (partitions.count = 3) or none",
+            key: Some("partitions.admin_urls"),
+        },
+        Case {
+            toml: "[partitions]\ncount = 2\nadmin_urls = [\"http://p0:9090\", \"ftp://p1\"]",
+            env: &[],
+            message: "config key `partitions.admin_urls[1]`: must be http:// or https:// (got `ftp`)",
+            key: Some("partitions.admin_urls[1]"),
+        },
+        Case {
+            toml: "[partitions]\ncount = 1\nadmin_urls = [\"http://ops:s3cret@p0:9090\"]",
+            env: &[],
+            message: "config key `partitions.admin_urls[0]`: must not carry a query or credentials (the admin token is configured in http.admin_tokens)",
+            key: Some("partitions.admin_urls[0]"),
+        },
+        Case {
+            toml: "[partitions]\ncount = 2\n[security.publishers]\nhr-system = [\"hr.\"]",
+            env: &[],
+            message: "config key `partitions.router_user`: is required when partitions.count > 1 and security.publishers is set: a partition checks the original publisher the router forwards only from the router's own broker user",
+            key: Some("partitions.router_user"),
+        },
+        Case {
+            toml: "[partitions]\nindex = \"one\"",
+            env: &[],
+            message: "config key `partitions.index`: invalid type: found string \"one\", expected an integer",
+            key: Some("partitions.index"),
         },
         Case {
             toml: "[limits]\nconcurrency = 1\nconcurrency = 2",
@@ -1029,4 +1071,28 @@ fn named_admin_tokens_come_from_files_or_the_environment_and_the_single_one_is_a
         .unwrap_err()
         .to_string();
     assert!(error.contains("http.admin_tokens.x"), "{error}");
+}
+
+#[test]
+fn partitions_default_to_one_and_read_from_the_environment() {
+    let settings = Settings::from_toml_str("", env(&[])).unwrap();
+    assert_eq!(settings.partitions.count.get(), 1);
+    assert_eq!(settings.partitions.index.get(), 0);
+    assert!(!settings.partitions.is_partitioned());
+    assert!(settings.partitions.admin_urls.is_empty());
+
+    let settings = Settings::from_toml_str(
+        "[partitions]\ncount = 3\nadmin_urls = [\"http://p0:9090\", \"http://p1:9090/\", \"https://p2.example:9443/pal\"]\nrouter_user = \"palworker-router\"\n[security.publishers]\nhr-system = [\"hr.\"]",
+        env(&[("PALWORKER__PARTITIONS__INDEX", "2")]),
+    )
+    .unwrap();
+    let partitions = &settings.partitions;
+    assert!(partitions.is_partitioned());
+    assert_eq!(partitions.count.get(), 3);
+    assert_eq!(partitions.index.routing_key(), "p2");
+    assert_eq!(partitions.router_user.as_deref(), Some("palworker-router"));
+    assert_eq!(
+        partitions.admin_url(partitions.index).map(|u| u.as_str()),
+        Some("https://p2.example:9443/pal")
+    );
 }

@@ -27,6 +27,7 @@ pub mod event;
 mod event_type;
 mod fields;
 pub mod ids;
+pub mod partition;
 mod uri;
 
 pub use account::{
@@ -35,4 +36,5 @@ pub use account::{
 };
 pub use error::{AttributeProblem, DataProblem, Escaped, EventError, FieldProblem, RejectReason};
 pub use event::{Event, EventData, EventType, UnknownEventType};
+pub use partition::{PartitionCount, PartitionError, PartitionIndex};
 pub use ids::{ContractId, CredentialName, EmployeeId, IdError, ObjectId, PartnerId, TenantId};
