@@ -36,5 +36,5 @@ pub use account::{
 };
 pub use error::{AttributeProblem, DataProblem, Escaped, EventError, FieldProblem, RejectReason};
 pub use event::{Event, EventData, EventType, UnknownEventType};
-pub use partition::{PartitionCount, PartitionError, PartitionIndex};
 pub use ids::{ContractId, CredentialName, EmployeeId, IdError, ObjectId, PartnerId, TenantId};
+pub use partition::{PartitionCount, PartitionError, PartitionIndex};

@@ -13,13 +13,13 @@ use palworker_config::Settings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::Consumer;
+use crate::amqp::{Consumer, Router, Topology};
 use crate::availability::{self, LedgerAvailability};
 use crate::clock::Clock;
 use crate::executor::{Executor, ExecutorControl, ExecutorSettings};
 use crate::health::Health;
 use crate::http;
-use crate::intake::{Intake, IntakeSettings};
+use crate::intake::{Intake, IntakeSettings, Validator};
 use crate::ledger::Ledger;
 use crate::ledger::{PauseState, Retention};
 use crate::operators::{Attached, LedgerOperations, Operator};
@@ -145,8 +145,21 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<
         control.clone(),
         health.clone(),
     );
+    if settings.partitions.is_partitioned() {
+        tracing::info!(
+            partition = %settings.partitions.index,
+            count = settings.partitions.count.get(),
+            "This worker owns one tenant partition; `palworker route` feeds it."
+        );
+    }
     let consumer = Consumer::new(
         settings.amqp.clone(),
+        Topology::for_worker(&settings.amqp, &settings.partitions),
+        settings
+            .partitions
+            .is_partitioned()
+            .then(|| settings.partitions.router_user.clone())
+            .flatten(),
         intake,
         metrics.clone(),
         health.clone(),
@@ -310,6 +323,86 @@ pub async fn run(
     let app = start(settings, clock).await?;
     shutdown.await;
     app.stop().await
+}
+
+/// A running router (`palworker route`, SPEC §10).
+pub struct RunningRouter {
+    pub metrics: Metrics,
+    pub health: Health,
+    pub http_addr: SocketAddr,
+    stop_routing: CancellationToken,
+    stop_http: CancellationToken,
+    router: JoinHandle<()>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts the router: no ledger; the events queue to the partition queues,
+/// and `/metrics`, `/healthz`, `/readyz` on `http.listen`.
+pub async fn start_router(settings: Settings) -> anyhow::Result<RunningRouter> {
+    let metrics = Metrics::new();
+    let health = Health::new(LedgerAvailability::new(metrics.clone()), metrics.clone());
+    if settings.security.is_open() {
+        tracing::warn!(
+            "security.publishers is empty: the router forwards events from ANY publisher. \
+             Set an allow-list before production use."
+        );
+    }
+    let validator = Validator::new(IntakeSettings {
+        max_message_bytes: settings.amqp.max_message_bytes,
+        max_actions_per_event: settings.limits.max_actions_per_event,
+        security: settings.security.clone(),
+    });
+    let router = Router::new(
+        settings.amqp.clone(),
+        &settings.partitions,
+        validator,
+        metrics.clone(),
+        health.clone(),
+    )?;
+    let listener = http::bind(settings.http.listen).await?;
+    let http_addr = listener.local_addr()?;
+    let stop_http = CancellationToken::new();
+    let stop_routing = CancellationToken::new();
+    let http = tokio::spawn(http::serve(
+        listener,
+        http::probes(metrics.clone(), health.clone()),
+        stop_http.clone().cancelled_owned(),
+    ));
+    let router = health.supervise(
+        "router",
+        stop_routing.clone(),
+        router.run(stop_routing.clone()),
+    );
+    tracing::info!(http = %http_addr, "palworker route is running.");
+    Ok(RunningRouter {
+        metrics,
+        health,
+        http_addr,
+        stop_routing,
+        stop_http,
+        router,
+        http,
+    })
+}
+
+impl RunningRouter {
+    /// Graceful stop: copies already published are confirmed and their
+    /// deliveries acknowledged; the rest return to the events queue.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop_routing.cancel();
+        let _ = self.router.await;
+        self.stop_http.cancel();
+        let _ = self.http.await;
+        tracing::info!("The router stopped.");
+        Ok(())
+    }
+}
+
+/// Runs the router until `shutdown` resolves.
+pub async fn route(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let router = start_router(settings).await?;
+    shutdown.await;
+    router.stop().await
 }
 
 /// How long records are kept (`ledger.retention`, `ledger.dedup_retention`,

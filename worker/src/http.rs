@@ -117,23 +117,56 @@ pub fn router(
 
 pub use crate::server::{ServerLimits, bind, serve, serve_with_limits};
 
-async fn metrics_handler(State(state): State<AppState>) -> Response {
-    let ledger = state.admin.ledger().clone();
-    if let Ok(bytes) = tokio::task::spawn_blocking(move || ledger.size_on_disk()).await {
-        LedgerSizeMeasured { bytes }.emit(&state.metrics);
-    }
+/// The router's endpoints (`palworker route` has no ledger and no admin
+/// API): `/metrics`, `/healthz`, `/readyz`.
+pub fn probes(metrics: Metrics, health: Health) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(metrics): State<Metrics>| async move { exposition(&metrics) }),
+        )
+        .with_state(metrics)
+        .route(
+            "/healthz",
+            get(|State(health): State<Health>| async move { liveness(&health) }),
+        )
+        .route(
+            "/readyz",
+            get(|State(health): State<Health>| async move { readiness(&health) }),
+        )
+        .with_state(health)
+}
+
+/// The Prometheus text of every metric.
+fn exposition(metrics: &Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }
 
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    let ledger = state.admin.ledger().clone();
+    if let Ok(bytes) = tokio::task::spawn_blocking(move || ledger.size_on_disk()).await {
+        LedgerSizeMeasured { bytes }.emit(&state.metrics);
+    }
+    exposition(&state.metrics)
+}
+
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.health.liveness() {
+    liveness(&state.health)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    readiness(&state.health)
+}
+
+fn liveness(health: &Health) -> Response {
+    match health.liveness() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -143,8 +176,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    match state.health.readiness() {
+fn readiness(health: &Health) -> Response {
+    match health.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

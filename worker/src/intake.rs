@@ -93,6 +93,122 @@ pub struct IntakeSettings {
     pub security: SecuritySettings,
 }
 
+/// Validates deliveries: the part of the intake that needs no ledger (the
+/// router's too, SPEC §10).
+#[derive(Clone)]
+pub struct Validator {
+    settings: Arc<IntakeSettings>,
+}
+
+impl Validator {
+    pub fn new(settings: IntakeSettings) -> Self {
+        Validator {
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// Validates one delivery (see [`Checked`]).
+    pub fn check(&self, message: Incoming<'_>) -> Checked {
+        match self.validate(message) {
+            Ok(event) => Checked::Valid {
+                event,
+                publisher: message.user_id.map(str::to_owned),
+            },
+            Err(rejection) => Checked::Rejected(rejection),
+        }
+    }
+
+    /// Validates one delivery: the event, or why it is dead-lettered.
+    fn validate(&self, message: Incoming<'_>) -> Result<Event, Box<Rejection>> {
+        if message.body.len() > self.settings.max_message_bytes {
+            return Err(Box::new(Rejection {
+                event: None,
+                reason: RejectReason::TooLarge,
+                detail: format!(
+                    "too_large: the message has {} bytes, more than amqp.max_message_bytes ({})",
+                    message.body.len(),
+                    self.settings.max_message_bytes
+                ),
+                declared: None,
+            }));
+        }
+        if let Some(content_type) = message.content_type {
+            let essence = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence != "application/cloudevents+json" && essence != "application/json" {
+                return Err(Box::new(Rejection {
+                    event: None,
+                    reason: RejectReason::UnsupportedContentType,
+                    detail: format!(
+                        "unsupported_content_type: `{}` (expected application/cloudevents+json or application/json, structured mode)",
+                        truncate(&content_type.escape_debug().to_string(), 64)
+                    ),
+                    declared: None,
+                }));
+            }
+        }
+        let event = match Event::from_json_slice(message.body) {
+            Ok(event) => event,
+            Err(error) => {
+                return Err(Box::new(Rejection {
+                    event: None,
+                    reason: error.reason(),
+                    detail: error.to_string(),
+                    declared: declared_type(message.body),
+                }));
+            }
+        };
+        if !self
+            .settings
+            .security
+            .allows(message.user_id, event.event_type.as_str())
+        {
+            let detail = match message.user_id {
+                Some(user) => format!(
+                    "publisher_not_allowed: AMQP user_id `{}` may not publish `{}`",
+                    truncate(&user.escape_debug().to_string(), 64),
+                    event.event_type.as_str()
+                ),
+                None => format!(
+                    "publisher_not_allowed: no AMQP user_id on a `{}` event and security.publishers is set",
+                    event.event_type.as_str()
+                ),
+            };
+            return Err(Box::new(Rejection {
+                event: Some(event),
+                reason: RejectReason::PublisherNotAllowed,
+                detail,
+                declared: None,
+            }));
+        }
+        Ok(event)
+    }
+}
+
+impl Rejection {
+    /// Logs and counts the rejection; the disposition that dead-letters it.
+    pub fn dead_lettered(self, metrics: &Metrics) -> Disposition {
+        let Rejection {
+            event,
+            reason,
+            detail,
+            declared,
+        } = self;
+        EventDeadLettered {
+            event_type: event.as_ref().map(|e| e.event_type).or(declared),
+            event_id: event.as_ref().map(|e| e.id.as_str()),
+            reason,
+            detail: &detail,
+        }
+        .emit(metrics);
+        Disposition::DeadLetter { reason, detail }
+    }
+}
+
 /// Validates, plans and stores deliveries.
 #[derive(Clone)]
 pub struct Intake {
@@ -100,6 +216,7 @@ pub struct Intake {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     settings: Arc<IntakeSettings>,
+    validator: Validator,
     executor: ExecutorControl,
     health: Health,
 }
@@ -121,11 +238,13 @@ impl Intake {
         executor: ExecutorControl,
         health: Health,
     ) -> Self {
+        let validator = Validator::new(settings);
         Intake {
             ledger,
             metrics,
             clock,
-            settings: Arc::new(settings),
+            settings: validator.settings.clone(),
+            validator,
             executor,
             health,
         }
@@ -133,13 +252,7 @@ impl Intake {
 
     /// Validates one delivery (see [`Checked`]).
     pub fn check(&self, message: Incoming<'_>) -> Checked {
-        match self.validate(message) {
-            Ok(event) => Checked::Valid {
-                event,
-                publisher: message.user_id.map(str::to_owned),
-            },
-            Err(rejection) => Checked::Rejected(rejection),
-        }
+        self.validator.check(message)
     }
 
     /// Starts the intake thread of a consumer session: it stores what the
@@ -221,22 +334,7 @@ impl Intake {
                     }
                     Disposition::Ack
                 }
-                Processed::Rejected(rejection) => {
-                    let Rejection {
-                        event,
-                        reason,
-                        detail,
-                        declared,
-                    } = *rejection;
-                    EventDeadLettered {
-                        event_type: event.as_ref().map(|e| e.event_type).or(declared),
-                        event_id: event.as_ref().map(|e| e.id.as_str()),
-                        reason,
-                        detail: &detail,
-                    }
-                    .emit(&self.metrics);
-                    Disposition::DeadLetter { reason, detail }
-                }
+                Processed::Rejected(rejection) => rejection.dead_lettered(&self.metrics),
                 Processed::Failed(error) => {
                     if !self.health.ledger.report(&error) {
                         tracing::error!(error = %error, "Storing an event failed; it will be redelivered.");
@@ -367,76 +465,6 @@ impl Intake {
             Ok(outcome) => Processed::Stored(event, outcome),
             Err(error) => Processed::Failed(error),
         }
-    }
-
-    /// Validates one delivery: the event, or why it is dead-lettered.
-    fn validate(&self, message: Incoming<'_>) -> Result<Event, Box<Rejection>> {
-        if message.body.len() > self.settings.max_message_bytes {
-            return Err(Box::new(Rejection {
-                event: None,
-                reason: RejectReason::TooLarge,
-                detail: format!(
-                    "too_large: the message has {} bytes, more than amqp.max_message_bytes ({})",
-                    message.body.len(),
-                    self.settings.max_message_bytes
-                ),
-                declared: None,
-            }));
-        }
-        if let Some(content_type) = message.content_type {
-            let essence = content_type
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if essence != "application/cloudevents+json" && essence != "application/json" {
-                return Err(Box::new(Rejection {
-                    event: None,
-                    reason: RejectReason::UnsupportedContentType,
-                    detail: format!(
-                        "unsupported_content_type: `{}` (expected application/cloudevents+json or application/json, structured mode)",
-                        truncate(&content_type.escape_debug().to_string(), 64)
-                    ),
-                    declared: None,
-                }));
-            }
-        }
-        let event = match Event::from_json_slice(message.body) {
-            Ok(event) => event,
-            Err(error) => {
-                return Err(Box::new(Rejection {
-                    event: None,
-                    reason: error.reason(),
-                    detail: error.to_string(),
-                    declared: declared_type(message.body),
-                }));
-            }
-        };
-        if !self
-            .settings
-            .security
-            .allows(message.user_id, event.event_type.as_str())
-        {
-            let detail = match message.user_id {
-                Some(user) => format!(
-                    "publisher_not_allowed: AMQP user_id `{}` may not publish `{}`",
-                    truncate(&user.escape_debug().to_string(), 64),
-                    event.event_type.as_str()
-                ),
-                None => format!(
-                    "publisher_not_allowed: no AMQP user_id on a `{}` event and security.publishers is set",
-                    event.event_type.as_str()
-                ),
-            };
-            return Err(Box::new(Rejection {
-                event: Some(event),
-                reason: RejectReason::PublisherNotAllowed,
-                detail,
-                declared: None,
-            }));
-        }
-        Ok(event)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::health::Health;
 use crate::intake::{Checked, Disposition, Incoming, Intake};
 use crate::telemetry::{BrokerConnectionChanged, ConsumerStopped, Metrics};
 
+use super::partitions::{forwarded_publisher, publisher_of};
 use super::{REASON_HEADER, Topology, connect, declare_topology, reconnect_schedule};
 
 /// How far a consumer session got before it ended.
@@ -66,15 +67,28 @@ struct Consuming {
 pub struct Consumer {
     settings: AmqpSettings,
     topology: Topology,
+    /// `partitions.router_user` when this worker owns a partition: whose
+    /// forwarded publisher header it believes.
+    router_user: Option<String>,
     intake: Intake,
     metrics: Metrics,
     health: Health,
 }
 
 impl Consumer {
-    pub fn new(settings: AmqpSettings, intake: Intake, metrics: Metrics, health: Health) -> Self {
+    /// A consumer of `topology`'s consumed queue; `router_user` as
+    /// [`super::partitions::publisher_of`] takes it.
+    pub fn new(
+        settings: AmqpSettings,
+        topology: Topology,
+        router_user: Option<String>,
+        intake: Intake,
+        metrics: Metrics,
+        health: Health,
+    ) -> Self {
         Consumer {
-            topology: Topology::from_settings(&settings),
+            topology,
+            router_user,
             settings,
             intake,
             metrics,
@@ -204,7 +218,7 @@ impl Consumer {
         let tag = format!("palworker-{}", uuid::Uuid::new_v4());
         let consumer = channel
             .basic_consume(
-                self.topology.queue.as_str().into(),
+                self.topology.consumed_queue().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -299,7 +313,11 @@ impl Consumer {
                 .content_type()
                 .as_ref()
                 .map(|s| s.as_str()),
-            user_id: delivery.properties.user_id().as_ref().map(|s| s.as_str()),
+            user_id: publisher_of(
+                delivery.properties.user_id().as_ref().map(|s| s.as_str()),
+                forwarded_publisher(delivery.properties.headers().as_ref()),
+                self.router_user.as_deref(),
+            ),
         })
     }
 
@@ -336,39 +354,13 @@ impl Consumer {
                 }
                 Disposition::Requeue => requeue(delivery).await?,
                 Disposition::DeadLetter { detail, .. } => {
-                    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-                    headers.insert(
-                        REASON_HEADER.into(),
-                        AMQPValue::LongString(detail.as_str().into()),
-                    );
-                    headers.insert(
-                        "x-palworker-routing-key".into(),
-                        AMQPValue::LongString(delivery.routing_key.as_str().into()),
-                    );
-                    let mut properties = BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers);
-                    if let Some(content_type) = delivery.properties.content_type() {
-                        properties = properties.with_content_type(content_type.clone());
-                    }
-                    let confirm = dead_letters
-                        .basic_publish(
-                            self.topology.dead_letter_exchange.as_str().into(),
-                            delivery.routing_key.clone(),
-                            BasicPublishOptions::default(),
-                            &delivery.data,
-                            properties,
-                        )
-                        .await?
-                        .await?;
-                    if confirm.is_ack() {
-                        delivery.acker.ack(BasicAckOptions::default()).await?;
-                    } else {
-                        tracing::error!(
-                            "The broker refused the dead-letter copy; the message is requeued."
-                        );
-                        requeue(delivery).await?;
-                    }
+                    dead_letter(
+                        dead_letters,
+                        &self.topology.dead_letter_exchange,
+                        delivery,
+                        &detail,
+                    )
+                    .await?;
                 }
             }
         }
@@ -379,8 +371,48 @@ impl Consumer {
     }
 }
 
+/// Publishes a copy of `delivery` to the dead-letter exchange with the
+/// reason `detail` and its routing key in headers, on a channel with
+/// confirms; acknowledges it once the copy is confirmed, else requeues it.
+pub(super) async fn dead_letter(
+    channel: &Channel,
+    exchange: &str,
+    delivery: &Delivery,
+    detail: &str,
+) -> lapin::Result<()> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(detail.into()));
+    headers.insert(
+        "x-palworker-routing-key".into(),
+        AMQPValue::LongString(delivery.routing_key.as_str().into()),
+    );
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(content_type) = delivery.properties.content_type() {
+        properties = properties.with_content_type(content_type.clone());
+    }
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            delivery.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirm.is_ack() {
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    } else {
+        tracing::error!("The broker refused the dead-letter copy; the message is requeued.");
+        requeue(delivery).await?;
+    }
+    Ok(())
+}
+
 /// Rejects a delivery back to its queue, to be delivered again.
-async fn requeue(delivery: &Delivery) -> lapin::Result<()> {
+pub(super) async fn requeue(delivery: &Delivery) -> lapin::Result<()> {
     delivery
         .acker
         .nack(BasicNackOptions {

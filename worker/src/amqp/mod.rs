@@ -15,6 +15,8 @@
 //! | `consumer.rs` | [`Consumer`]: the consuming loop, reconnection, acks on the right channel |
 //! | `publish.rs` | [`Publisher`] with confirms, [`ResultsChannel`] for the results |
 //! | `admin.rs` | [`BrokerAdmin`]: fetch, count, purge (tests, the demo, operators) |
+//! | `router.rs` | [`Router`]: `palworker route`, the events queue to the partition queues (SPEC §10) |
+//! | `partitions.rs` | the partition names, whose forwarded publisher a partition trusts, `topology --partitions` |
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{
@@ -23,15 +25,22 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use palworker_config::{AmqpSettings, DeclareMode};
+use palworker_config::{AmqpSettings, DeclareMode, PartitionSettings};
 
 mod admin;
 mod consumer;
+mod partitions;
 mod publish;
+mod router;
 
 pub use admin::{BrokerAdmin, FetchedMessage};
 pub use consumer::Consumer;
+pub use partitions::{
+    PUBLISHER_HEADER, PartitionTopology, definitions_json, partition_queue, partitions_exchange,
+    url_vhost,
+};
 pub use publish::{PublishError, Publisher, ResultMessage, ResultsChannel};
+pub use router::Router;
 
 /// Routing keys the events queue is bound with (SPEC §4).
 pub const EVENT_BINDINGS: [&str; 3] = ["hr.#", "project.#", "partner.#"];
@@ -45,11 +54,15 @@ pub struct Topology {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
-    /// `x-delivery-limit` of the events queue.
+    /// `x-delivery-limit` of the events queue (and of partition queues).
     pub delivery_limit: u32,
+    /// The partitions exchange and the partition queues this process
+    /// declares (SPEC §10): none for the single process.
+    pub partitions: Option<PartitionTopology>,
 }
 
 impl Topology {
+    /// The single process's topology: it consumes the events queue.
     pub fn from_settings(settings: &AmqpSettings) -> Self {
         Topology {
             exchange: settings.exchange.clone(),
@@ -57,7 +70,35 @@ impl Topology {
             dead_letter_exchange: settings.dead_letter_exchange.clone(),
             dead_letter_queue: settings.dead_letter_queue.clone(),
             delivery_limit: settings.delivery_limit,
+            partitions: None,
         }
+    }
+
+    /// What `palworker run` declares and consumes: the events queue when
+    /// there is one partition, else its own partition's queue.
+    pub fn for_worker(settings: &AmqpSettings, partitions: &PartitionSettings) -> Self {
+        let mut topology = Topology::from_settings(settings);
+        if partitions.is_partitioned() {
+            topology.partitions = Some(PartitionTopology::owned(settings, partitions.index));
+        }
+        topology
+    }
+
+    /// What `palworker route` declares: every partition's queue, so that no
+    /// copy is published before its queue exists; it consumes the events
+    /// queue.
+    pub fn for_router(settings: &AmqpSettings, partitions: &PartitionSettings) -> Self {
+        let mut topology = Topology::from_settings(settings);
+        topology.partitions = Some(PartitionTopology::all(settings, partitions.count));
+        topology
+    }
+
+    /// The queue this process consumes.
+    pub fn consumed_queue(&self) -> &str {
+        self.partitions
+            .as_ref()
+            .and_then(PartitionTopology::owned_queue)
+            .unwrap_or(&self.queue)
     }
 }
 
@@ -142,7 +183,11 @@ pub async fn declare_topology(
     let channel = connection.create_channel().await?;
     let declared = declare_on(&channel, topology, passive, events_queue).await;
     let _ = channel.close(200, "declared".into()).await;
-    declared
+    declared?;
+    if let Some(partitions) = &topology.partitions {
+        partitions::declare(connection, topology, partitions, passive).await?;
+    }
+    Ok(())
 }
 
 /// Whether the events queue is there already, or is created with these arguments.
@@ -235,6 +280,19 @@ async fn declare_on(
 
 /// Deletes the topology (tests and the demo clean up after themselves).
 pub async fn delete_topology(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
+    if let Some(partitions) = &topology.partitions {
+        for (_, queue) in &partitions.queues {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        channel
+            .exchange_delete(
+                partitions.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await?;
+    }
     for queue in [&topology.queue, &topology.dead_letter_queue] {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

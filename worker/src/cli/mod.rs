@@ -68,7 +68,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker: consume, plan, execute, serve HTTP. Stops gracefully on SIGTERM/SIGINT.
+    /// With partitions.count > 1 it owns partition partitions.index (SPEC §10).
     Run,
+    /// The router (partitions.count > 1): the events queue to each event's
+    /// tenant partitions, with publisher confirms; serves /metrics,
+    /// /healthz and /readyz. Stateless: run as many as you like.
+    Route,
+    /// Print the RabbitMQ definitions (JSON, the management plugin's
+    /// import format) of the topology for N partitions: exchanges, queues
+    /// with their arguments, bindings. Users and permissions are not printed.
+    Topology {
+        /// How many partitions (default: partitions.count).
+        #[arg(long, value_name = "N")]
+        partitions: Option<u32>,
+    },
     #[command(flatten)]
     Operator(OperatorCommand),
     /// Publish one CloudEvent (or a JSON Lines file of them) with publisher confirms.
@@ -365,6 +378,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 crate::app::shutdown_signal(),
             )
             .await
+        }
+        Command::Route => {
+            let settings = load_settings(cli.config.as_deref())?;
+            if !settings.partitions.is_partitioned() {
+                return Err(UsageError(
+                    "partitions.count is 1: there is nothing to route (`palworker run` consumes the events queue itself)".to_owned(),
+                )
+                .into());
+            }
+            crate::app::route(settings, crate::app::shutdown_signal()).await
+        }
+        Command::Topology { partitions } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let count = match partitions {
+                Some(count) => palworker_events::PartitionCount::new(count)
+                    .map_err(|e| UsageError(format!("--partitions {count}: {e}")))?,
+                None => settings.partitions.count,
+            };
+            let vhost = crate::amqp::url_vhost(&settings.amqp.url).ok_or_else(|| {
+                UsageError("amqp.url is not a URL the AMQP client can use".to_owned())
+            })?;
+            let definitions = crate::amqp::definitions_json(&settings.amqp, count, &vhost);
+            println!("{}", serde_json::to_string_pretty(&definitions)?);
+            Ok(())
         }
         Command::Publish {
             file,

@@ -1,7 +1,7 @@
 //! Happenings of deliveries and events.
 
 use palworker_core::{EventOutcome, EventRecord};
-use palworker_events::{Escaped, Event, EventType, RejectReason};
+use palworker_events::{Escaped, Event, EventType, PartitionIndex, RejectReason};
 
 use super::Metrics;
 
@@ -155,5 +155,49 @@ impl EventCompleted<'_> {
             seconds,
             "Event completed: every action is terminal."
         );
+    }
+}
+
+/// The router published an event's copies to its partitions and the
+/// broker confirmed every one (SPEC §10).
+pub struct EventRouted<'a> {
+    pub event: &'a Event,
+    pub partitions: &'a [PartitionIndex],
+}
+
+impl EventRouted<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::debug!(
+            event_id = %self.event.escaped_id(),
+            event_type = self.event.event_type.as_str(),
+            partitions = ?self.partitions.iter().map(|p| p.get()).collect::<Vec<_>>(),
+            "Event routed."
+        );
+        for partition in self.partitions {
+            metrics
+                .routed_total
+                .with_label_values(&[partition.routing_key().as_str()])
+                .inc();
+        }
+    }
+}
+
+/// `palworker route` started for this many partitions: each partition's
+/// series of `palworker_routed_total` is exported from 0.
+pub struct RouterStarted {
+    pub count: palworker_events::PartitionCount,
+}
+
+impl RouterStarted {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::info!(
+            partitions = self.count.get(),
+            "The router is running: events go to their tenants' partitions."
+        );
+        for partition in self.count.all() {
+            metrics
+                .routed_total
+                .with_label_values(&[partition.routing_key().as_str()]);
+        }
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! | file | happenings of |
 //! | --- | --- |
-//! | `intake.rs` | deliveries: accepted, duplicate, held, dead-lettered; events completed |
+//! | `intake.rs` | deliveries: accepted, duplicate, held, dead-lettered, routed to partitions; events completed |
 //! | `actions.rs` | actions: finished, retried, superseded; operators' approvals, rejections, retries; PAL requests |
 //! | `system.rs` | the broker connection, the ledger's gauges |
 //! | `results.rs` | results to the publishers: published, failing |
@@ -29,7 +29,10 @@ pub use actions::{
     PlanApproved, PlanRejected, ScheduledActionsDue, TokenRefreshed, Verification,
     VerificationFinished, emit_superseded,
 };
-pub use intake::{EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld};
+pub use intake::{
+    EventAccepted, EventCompleted, EventDeadLettered, EventDuplicate, EventHeld, EventRouted,
+    RouterStarted,
+};
 pub use reconcile::{ReconcileFailed, ReconcileFinished};
 pub use results::{ResultKind, ResultPublished, ResultsPublishFailed};
 pub use system::{
@@ -87,6 +90,7 @@ pub struct MetricSet {
     results_pending: IntGauge,
     results_published_total: IntCounterVec,
     drift_total: IntCounterVec,
+    routed_total: IntCounterVec,
 }
 
 /// HTTP methods palworker sends to PAL (the `method` label).
@@ -269,6 +273,15 @@ impl Metrics {
             results_published_total.with_label_values(&[kind.as_str()]);
         }
 
+        let routed_total = IntCounterVec::new(
+            Opts::new(
+                "palworker_routed_total",
+                "Copies of events the router published to a partition and the broker confirmed, by partition (p0, p1, …).",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
+
         let drift_total = IntCounterVec::new(
             Opts::new(
                 "palworker_drift_total",
@@ -306,6 +319,7 @@ impl Metrics {
             Box::new(results_pending.clone()),
             Box::new(drift_total.clone()),
             Box::new(results_published_total.clone()),
+            Box::new(routed_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -371,6 +385,7 @@ impl Metrics {
             results_pending,
             results_published_total,
             drift_total,
+            routed_total,
         }))
     }
 
