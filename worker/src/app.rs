@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use backon::BackoffBuilder;
 use palworker_config::Settings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use crate::executor::{Executor, ExecutorControl, ExecutorSettings};
 use crate::health::Health;
 use crate::http;
 use crate::intake::{Intake, IntakeSettings, Validator};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
 use crate::ledger::{PauseState, Retention};
 use crate::operators::{Attached, LedgerOperations, Operator};
 use crate::pal::PalClient;
@@ -31,12 +32,65 @@ use crate::telemetry::{LedgerGaugesRead, Metrics, WritesPaused};
 
 /// Opens the ledger named by the settings (blocking IO on a worker thread).
 pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<Ledger>> {
-    let path = settings.ledger.path.clone();
-    let cache = settings.ledger.cache_capacity_bytes;
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&path, cache))
+    let ledger = try_open_ledger(settings)
         .await?
         .with_context(|| format!("opening the ledger at `{}`", settings.ledger.path.display()))?;
     Ok(Arc::new(ledger))
+}
+
+async fn try_open_ledger(settings: &Settings) -> anyhow::Result<Result<Ledger, LedgerError>> {
+    let path = settings.ledger.path.clone();
+    let cache = settings.ledger.cache_capacity_bytes;
+    Ok(tokio::task::spawn_blocking(move || Ledger::open(&path, cache)).await?)
+}
+
+/// The longest wait between two looks at a ledger another worker holds.
+const STANDBY_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A partition worker's ledger (SPEC §10): when another worker of the same
+/// partition holds it — a standby started beside the active one, or the
+/// replacement of a worker that is still stopping — it stands by, looking
+/// again with backoff, and starts the moment the ledger is free. A single
+/// process fails at once instead (two of them on one ledger is a mistake).
+async fn open_ledger_or_stand_by(settings: &Settings) -> anyhow::Result<Arc<Ledger>> {
+    if !settings.partitions.is_partitioned() {
+        return open_ledger(settings).await;
+    }
+    let mut delays = backon::ExponentialBuilder::new()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(STANDBY_POLL_MAX)
+        .without_max_times()
+        .build();
+    let mut standing_by = false;
+    loop {
+        match try_open_ledger(settings).await? {
+            Ok(ledger) => {
+                if standing_by {
+                    tracing::info!(
+                        partition = %settings.partitions.index,
+                        "The ledger is free: taking over the partition."
+                    );
+                }
+                return Ok(Arc::new(ledger));
+            }
+            Err(LedgerError::Locked(_)) => {
+                if !standing_by {
+                    standing_by = true;
+                    tracing::info!(
+                        partition = %settings.partitions.index,
+                        ledger = %settings.ledger.path.display(),
+                        "Another worker holds this partition's ledger: standing by until it is free."
+                    );
+                }
+                tokio::time::sleep(delays.next().unwrap_or(STANDBY_POLL_MAX)).await;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("opening the ledger at `{}`", settings.ledger.path.display())
+                });
+            }
+        }
+    }
 }
 
 /// A running worker.
@@ -62,7 +116,7 @@ pub struct RunningApp {
 
 /// Starts every part of the worker and returns once they run.
 pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<RunningApp> {
-    let ledger = open_ledger(&settings).await?;
+    let ledger = open_ledger_or_stand_by(&settings).await?;
     let metrics = Metrics::new();
     {
         let ledger = ledger.clone();
@@ -320,7 +374,12 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let app = start(settings, clock).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A partition's standby may be told to stop before it ever starts.
+    let app = tokio::select! {
+        app = start(settings, clock) => app?,
+        _ = &mut shutdown => return Ok(()),
+    };
     shutdown.await;
     app.stop().await
 }

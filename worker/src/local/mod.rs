@@ -13,6 +13,7 @@
 //! | `events.rs` | CloudEvent builders for the six event types |
 //! | `identities.rs` | generated tenants, identities, employees and service principals, and their events |
 //! | `raw_amqp.rs` | a hand-written AMQP publisher for frames no client library sends |
+//! | `partitioned.rs` | [`PartitionedHarness`]: a router and partition workers, each partition its own ledger (SPEC §10) |
 //! | `process.rs` | the real binary as a child process: a worker, a CLI command (also for a [`Harness`]'s configuration) |
 //! | `broker.rs` | `rabbitmqctl`: broker users, a sandbox virtual host |
 //! | `demo.rs` | `palworker demo` |
@@ -26,6 +27,7 @@ pub mod events;
 mod harness;
 pub mod identities;
 mod inspect;
+mod partitioned;
 pub mod process;
 pub mod raw_amqp;
 
@@ -36,6 +38,7 @@ pub use harness::{
     TempDir, principal_secret,
 };
 pub use inspect::{is_write, request_identity, sample, writes_per_identity};
+pub use partitioned::{PartitionedHarness, Role};
 
 /// How often the waits look at their condition again.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

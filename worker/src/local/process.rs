@@ -53,13 +53,35 @@ impl WorkerProcess {
         env: &[(String, String)],
         log: &Path,
     ) -> std::io::Result<WorkerProcess> {
+        Self::spawn_command(binary, config, global_args, "run", env, log)
+    }
+
+    /// `binary --config config route`: the router of a partitioned
+    /// deployment (SPEC §10), as [`WorkerProcess::spawn`] starts a worker.
+    pub fn spawn_router(
+        binary: &Path,
+        config: &Path,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> std::io::Result<WorkerProcess> {
+        Self::spawn_command(binary, config, &[], "route", env, log)
+    }
+
+    fn spawn_command(
+        binary: &Path,
+        config: &Path,
+        global_args: &[&str],
+        subcommand: &str,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> std::io::Result<WorkerProcess> {
         let log_file = std::fs::File::create(log)?;
         let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(config)
             .args(global_args)
-            .arg("run")
+            .arg(subcommand)
             // The production default: the worker pays for its per-event and
             // per-action log lines, written to a file as a service manager would.
             .env("RUST_LOG", "info")

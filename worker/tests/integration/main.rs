@@ -17,6 +17,7 @@
 //! | `crash` | `kill -9` of a worker process mid-flight, then a restart |
 //! | `proof` | verified writes, drift, orphans, time to revocation (SPEC §11.3) |
 //! | `results` | results to the publishers: completed, attention, the outbox across `kill -9` (SPEC §11.3) |
+//! | `partitions` | a router and three partition workers: the same links, writes and audit as one process; takeover; a killed router (SPEC §10) |
 //! | `process` | a worker process's JSON logs and secret hygiene |
 //! | `cli` | the command line's exit codes and messages |
 //! | `console` | the operator's console in headless Chromium: sign-in, find, approve, retry, audit download, CSRF |
@@ -33,6 +34,7 @@ mod faults;
 mod local_operator;
 mod months;
 mod operators;
+mod partitions;
 mod process;
 mod proof;
 mod results;

@@ -1,0 +1,183 @@
+//! Tenant partitions on the real broker (SPEC §10): one router and three
+//! partition workers, each with its own ledger and HTTP port, against the
+//! simulator with 30 tenants. The same events give the same links, the
+//! same writes and the same audited outcomes as one process; a standby
+//! worker takes a killed worker's partition over; a killed router loses
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use palworker::local::identities::{assignment, employee, principals, tenant};
+use palworker::local::{
+    Harness, HarnessOptions, PartitionedHarness, events, sample, writes_per_identity,
+};
+use palworker_core::{AuditEntry, AuditWhat};
+use palworker_events::TenantId;
+use serde_json::Value;
+
+const TENANTS: usize = 30;
+const EMPLOYEES: usize = 4;
+const SETTLE: Duration = Duration::from_secs(120);
+/// Quick retries and a generous rate, so the scenarios run in seconds.
+const LIMITS: &str = "[limits]\nper_tenant_rps = 50\nconcurrency = 32\n";
+
+fn options(name: &str) -> HarnessOptions {
+    HarnessOptions {
+        principals: principals(EMPLOYEES, TENANTS),
+        name: name.to_owned(),
+        extra_toml: LIMITS.to_owned(),
+        ..HarnessOptions::default()
+    }
+}
+
+/// The scenario, in phases that each settle before the next: onboarding,
+/// a departure with a successor and an assignment's end, a contract end,
+/// a partner-id change for three tenants, then one for every tenant and a
+/// transfer.
+fn phases() -> Vec<Vec<Value>> {
+    let mut onboarding = Vec::new();
+    for e in 0..3 {
+        for t in 0..TENANTS {
+            onboarding.push(assignment(&format!("start-{e}-{t}"), e, t, "1111111"));
+        }
+    }
+    for t in 0..10 {
+        onboarding.push(assignment(&format!("start-3-{t}"), 3, t, "2222222"));
+    }
+    vec![
+        onboarding,
+        vec![
+            events::employee_departed("departed-0", &employee(0), Some(&employee(1)), None),
+            events::assignment_ended("ended-2-3", &employee(2), &tenant(3)),
+        ],
+        vec![events::contract_ended("contract-4", &tenant(4), None)],
+        vec![events::partner_id_changed(
+            "change-some",
+            "1111111",
+            "3333333",
+            Some(&[tenant(7).as_str(), tenant(8).as_str(), tenant(20).as_str()]),
+        )],
+        vec![
+            events::partner_id_changed("change-all", "2222222", "4444444", None),
+            events::employee_transferred("transferred-2", &employee(2), "5555555"),
+        ],
+    ]
+}
+
+/// Every identity's link, by (employee, tenant).
+type Links = BTreeMap<(usize, usize), Option<String>>;
+
+fn links_of(harness: &Harness) -> Links {
+    let mut links = BTreeMap::new();
+    for e in 0..EMPLOYEES {
+        for t in 0..TENANTS {
+            links.insert((e, t), harness.linked(e, t));
+        }
+    }
+    links
+}
+
+/// The audited action outcomes, without times, ids or hashes: (event,
+/// tenant, object, op, desired partner, outcome), sorted.
+fn outcomes(entries: &[AuditEntry]) -> Vec<String> {
+    let mut outcomes: Vec<String> = entries
+        .iter()
+        .filter_map(|entry| match &entry.what {
+            AuditWhat::ActionOutcome(record) => Some(format!(
+                "{} {} {} {:?} {:?} {:?}",
+                record.action.event_id,
+                record.action.tenant_id,
+                record.action.object_id,
+                record.action.op,
+                record.action.desired_partner_id,
+                record.outcome
+            )),
+            _ => None,
+        })
+        .collect();
+    outcomes.sort();
+    outcomes
+}
+
+async fn single_process_run() -> (Links, BTreeMap<(String, String), usize>, Vec<String>) {
+    let mut h = Harness::start(options("partition-single")).await.unwrap();
+    for phase in phases() {
+        for event in &phase {
+            h.publish(event).await.unwrap();
+        }
+        h.wait_until_settled(SETTLE).await.unwrap();
+    }
+    let links = links_of(&h);
+    let writes = writes_per_identity(&h.simulator.requests());
+    let audit = outcomes(&h.app().ledger.audit_entries_from(0, usize::MAX).unwrap());
+    h.shutdown().await.unwrap();
+    (links, writes, audit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_partitions_write_every_link_as_one_process_does_and_once() {
+    let (single_links, single_writes, single_audit) = single_process_run().await;
+
+    let mut p = PartitionedHarness::start(options("partition-three"), 3)
+        .await
+        .unwrap();
+    for phase in phases() {
+        for event in &phase {
+            p.publish(event).await.unwrap();
+        }
+        p.wait_until_settled(SETTLE).await.unwrap();
+    }
+    let links = links_of(&p.harness);
+    assert_eq!(links, single_links, "every link as in single-process mode");
+    // Some links are gone, some changed, some stayed: the scenario did something.
+    assert!(links.values().any(Option::is_none));
+    assert!(links.values().any(|l| l.as_deref() == Some("3333333")));
+    assert!(links.values().any(|l| l.as_deref() == Some("4444444")));
+
+    let writes = writes_per_identity(&p.harness.simulator.requests());
+    let total: usize = writes.values().sum();
+    assert!(total > 120, "the scenario wrote {total} times");
+    assert_eq!(
+        writes, single_writes,
+        "each identity written as often as by one process (no partition wrote another's tenant, none wrote twice)"
+    );
+
+    // Each partition's ledger holds only its own tenants, and together
+    // they audited the same outcomes as the one process.
+    let mut audit = Vec::new();
+    for partition in p.count.all() {
+        let app = p.worker(partition);
+        let entries = app.ledger.audit_entries_from(0, usize::MAX).unwrap();
+        assert!(!entries.is_empty(), "{partition} did work");
+        for entry in &entries {
+            if let AuditWhat::ActionOutcome(record) = &entry.what {
+                assert_eq!(p.count.of(&record.action.tenant_id), partition);
+            }
+        }
+        audit.extend(entries);
+        // Spanning events reached every partition; a tenant's only its own.
+        let departed = app.ledger.find_events("departed-0", None).unwrap();
+        assert_eq!(departed.len(), 1, "a departure goes to every partition");
+        let contract = app.ledger.find_events("contract-4", None).unwrap();
+        let owner = p.count.of(&TenantId::parse(&tenant(4)).unwrap());
+        assert_eq!(contract.len(), usize::from(owner == partition));
+    }
+    assert_eq!(outcomes(&audit), single_audit, "the same audited outcomes");
+
+    // The router counted its copies per partition.
+    let router = p.router.as_ref().unwrap().metrics.render();
+    let routed: u64 = p
+        .count
+        .all()
+        .map(|partition| {
+            sample(
+                &router,
+                &format!("palworker_routed_total{{partition=\"{partition}\"}}"),
+            )
+            .unwrap_or(0.0) as u64
+        })
+        .sum();
+    assert_eq!(routed, p.copies);
+    p.shutdown().await.unwrap();
+}
