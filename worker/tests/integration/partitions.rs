@@ -8,13 +8,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use palworker::amqp::BrokerAdmin;
 use palworker::local::identities::{assignment, employee, principals, tenant};
+use palworker::local::process::WorkerProcess;
 use palworker::local::{
-    Harness, HarnessOptions, PartitionedHarness, events, sample, writes_per_identity,
+    Harness, HarnessOptions, PartitionedHarness, Role, TempDir, events, sample, wait_until,
+    writes_per_identity,
 };
 use palworker_core::{AuditEntry, AuditWhat};
 use palworker_events::TenantId;
 use serde_json::Value;
+
+use crate::worker_binary;
 
 const TENANTS: usize = 30;
 const EMPLOYEES: usize = 4;
@@ -179,5 +184,201 @@ async fn three_partitions_write_every_link_as_one_process_does_and_once() {
         })
         .sum();
     assert_eq!(routed, p.copies);
+    p.shutdown().await.unwrap();
+}
+
+/// Onboarding of employees `0..3` in every tenant: one event per identity.
+fn onboarding() -> Vec<Value> {
+    let mut events = Vec::new();
+    for e in 0..3 {
+        for t in 0..TENANTS {
+            events.push(assignment(&format!("start-{e}-{t}"), e, t, "1111111"));
+        }
+    }
+    events
+}
+
+/// Every onboarded identity is linked, and was written exactly once.
+fn assert_onboarded_once(harness: &Harness) {
+    let writes = writes_per_identity(&harness.simulator.requests());
+    for e in 0..3 {
+        for t in 0..TENANTS {
+            assert_eq!(
+                harness.linked(e, t).as_deref(),
+                Some("1111111"),
+                "E-{e} in tenant {t}"
+            );
+            let identity = (tenant(t), palworker::local::identities::object(e, t));
+            assert_eq!(
+                writes.get(&identity),
+                Some(&1),
+                "E-{e} in tenant {t} written once"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_worker_takes_over_a_killed_workers_partition() {
+    let mut p = PartitionedHarness::prepare(options("partition-takeover"), 3)
+        .await
+        .unwrap();
+    p.start_router().await.unwrap();
+    let owned = p.count.index(0).unwrap();
+    for partition in p.count.all().filter(|&partition| partition != owned) {
+        p.start_worker(partition).await.unwrap();
+    }
+    // Partition 0's worker and its standby: two processes, one ledger
+    // directory (the standby's volume is the same one, handed over).
+    let dir = TempDir::new("palworker-takeover").unwrap();
+    let config = dir.path().join("p0.toml");
+    std::fs::write(&config, p.config_of(Role::Partition(owned)).unwrap()).unwrap();
+    let env = p.harness.config_env.clone();
+    let mut active = WorkerProcess::spawn(
+        worker_binary(),
+        &config,
+        &env,
+        &dir.path().join("active.log"),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the first worker runs",
+        || active.log().contains("palworker is running"),
+        || active.log_tail(20),
+    )
+    .await
+    .unwrap();
+    let mut standby = WorkerProcess::spawn(
+        worker_binary(),
+        &config,
+        &env,
+        &dir.path().join("standby.log"),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the second worker stands by",
+        || standby.log().contains("standing by"),
+        || standby.log_tail(20),
+    )
+    .await
+    .unwrap();
+
+    // Half the onboarding, then the active worker dies mid-stream.
+    let all = onboarding();
+    let owned_tenants: Vec<usize> = (0..TENANTS)
+        .filter(|&t| p.count.of(&TenantId::parse(&tenant(t)).unwrap()) == owned)
+        .collect();
+    assert!(
+        owned_tenants.len() >= 5,
+        "partition 0 owns {owned_tenants:?}"
+    );
+    let (first, rest) = all.split_at(all.len() / 2);
+    for event in first {
+        p.publish(event).await.unwrap();
+    }
+    let some_owned_linked = || {
+        owned_tenants
+            .iter()
+            .any(|&t| (0..3).any(|e| p.harness.linked(e, t).is_some()))
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "partition 0 linked something",
+        some_owned_linked,
+        || active.log_tail(20),
+    )
+    .await
+    .unwrap();
+    active.kill_9().await.unwrap();
+    for event in rest {
+        p.publish(event).await.unwrap();
+    }
+
+    // The standby takes the ledger and the queue over and finishes.
+    let all_linked = || {
+        (0..3).all(|e| (0..TENANTS).all(|t| p.harness.linked(e, t).as_deref() == Some("1111111")))
+    };
+    wait_until(SETTLE, "every identity linked", all_linked, || {
+        standby.log_tail(30)
+    })
+    .await
+    .unwrap();
+    assert!(
+        standby.log().contains("taking over the partition"),
+        "{}",
+        standby.log_tail(30)
+    );
+    standby.terminate(Duration::from_secs(30)).await.unwrap();
+    let admin = BrokerAdmin::connect(p.harness.settings.amqp.url.expose())
+        .await
+        .unwrap();
+    assert_eq!(admin.message_count(&p.queue_of(owned)).await.unwrap(), 0);
+    admin.close().await;
+    // Nothing of partition 0 was lost: its ledger holds each of its events.
+    let ledger = palworker::ledger::Ledger::open(&p.ledger_path(owned), 1 << 20).unwrap();
+    for e in 0..3 {
+        for &t in &owned_tenants {
+            let id = format!("start-{e}-{t}");
+            assert_eq!(ledger.find_events(&id, None).unwrap().len(), 1, "{id}");
+        }
+    }
+    assert_eq!(ledger.pending_count(), 0);
+    drop(ledger);
+    p.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_router_loses_nothing_and_its_copies_are_deduplicated() {
+    let mut p = PartitionedHarness::prepare(options("partition-router-kill"), 3)
+        .await
+        .unwrap();
+    for partition in p.count.all() {
+        p.start_worker(partition).await.unwrap();
+    }
+    let dir = TempDir::new("palworker-router-kill").unwrap();
+    let config = dir.path().join("router.toml");
+    std::fs::write(&config, p.config_of(Role::Router).unwrap()).unwrap();
+    let env = p.harness.config_env.clone();
+    let mut router = WorkerProcess::spawn_router(
+        worker_binary(),
+        &config,
+        &env,
+        &dir.path().join("router.log"),
+    )
+    .unwrap();
+    for event in onboarding() {
+        p.publish(&event).await.unwrap();
+    }
+    // Killed while it routes: some copies are confirmed and acked, some
+    // published but not acked, some not published yet.
+    wait_until(
+        Duration::from_secs(60),
+        "the router forwarded some events",
+        || p.deliveries_seen() > 10,
+        || router.log_tail(20),
+    )
+    .await
+    .unwrap();
+    router.kill_9().await.unwrap();
+    // Another router (an in-process one) takes the rest.
+    p.start_router().await.unwrap();
+    p.wait_until_settled(SETTLE).await.unwrap();
+    assert_onboarded_once(&p.harness);
+    for partition in p.count.all() {
+        let ledger = &p.worker(partition).ledger;
+        for e in 0..3 {
+            for t in 0..TENANTS {
+                let id = format!("start-{e}-{t}");
+                let owner = p.count.of(&TenantId::parse(&tenant(t)).unwrap());
+                assert_eq!(
+                    ledger.find_events(&id, None).unwrap().len(),
+                    usize::from(owner == partition),
+                    "{id} in {partition}"
+                );
+            }
+        }
+    }
     p.shutdown().await.unwrap();
 }
