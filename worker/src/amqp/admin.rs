@@ -129,6 +129,25 @@ impl BrokerAdmin {
         Ok(())
     }
 
+    /// Removes the binding of `queue` to `exchange` with `binding` (tests:
+    /// a partition queue the router cannot reach).
+    pub async fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        binding: &str,
+    ) -> anyhow::Result<()> {
+        self.channel
+            .queue_unbind(
+                queue.into(),
+                exchange.into(),
+                binding.into(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Deletes a queue (tests clean up after themselves).
     pub async fn delete_queue(&self, queue: &str) -> anyhow::Result<()> {
         self.channel

@@ -5,7 +5,9 @@
 //! it concerns, on the direct exchange `{exchange}.partitions` with routing
 //! key `p{i}`, mandatory and with publisher confirms. It acknowledges a
 //! delivery only when every copy is confirmed; a copy the broker refuses
-//! or cannot route returns the delivery to the queue. A router killed
+//! or cannot route (a partition queue missing) is published again after a
+//! growing pause ([`refused_copy_delay`]) while the delivery stays
+//! unacknowledged. A router killed
 //! between a copy and its ack loses nothing: the delivery comes back, the
 //! copies are published again, and each partition's ledger drops the
 //! duplicate by `(source, id)`.
@@ -41,7 +43,7 @@ use crate::telemetry::{
     BrokerConnectionChanged, ConsumerStopped, EventRouted, Metrics, RouterStarted,
 };
 
-use super::consumer::{dead_letter, requeue};
+use super::consumer::dead_letter;
 use super::partitions::PUBLISHER_HEADER;
 use super::{Topology, connect, declare_topology, reconnect_schedule};
 
@@ -57,19 +59,40 @@ pub struct Router {
     health: Health,
 }
 
-/// A valid delivery whose copies are published and not all confirmed yet.
+/// A valid delivery whose copies are not all confirmed yet.
 struct Routing {
     delivery: Delivery,
     event: Event,
+    /// The original publisher, forwarded in [`PUBLISHER_HEADER`].
+    publisher: Option<String>,
+    /// Every partition the event goes to.
     partitions: Vec<PartitionIndex>,
+    /// Those whose copy is not confirmed yet.
+    unconfirmed: Vec<PartitionIndex>,
+    /// Times a copy was refused so far.
+    refusals: u32,
 }
 
 /// What the broker said of a delivery's copies.
 enum Routed {
     /// Every copy confirmed: acknowledge.
     Confirmed,
-    /// A copy was refused or had no queue: requeue, say why.
-    Refused(String),
+    /// These partitions' copies were refused or had no queue bound.
+    Refused {
+        partitions: Vec<PartitionIndex>,
+        why: String,
+    },
+}
+
+/// The wait before publishing refused copies again, after `refusals`
+/// refusals: 100 ms doubling up to `max`. The delivery stays
+/// unacknowledged meanwhile — returning it to the queue would count
+/// towards the queue's delivery limit and dead-letter a good event
+/// because a partition queue is missing for a while.
+pub fn refused_copy_delay(refusals: u32, max: std::time::Duration) -> std::time::Duration {
+    let base = std::time::Duration::from_millis(100);
+    base.saturating_mul(1u32 << refusals.saturating_sub(1).min(16))
+        .min(max)
 }
 
 impl Router {
@@ -144,21 +167,32 @@ impl Router {
             BrokerConnectionChanged::Up.emit(&self.metrics);
         }
         let mut confirming = FuturesUnordered::new();
+        let mut waiting = FuturesUnordered::new();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     // Settle what is published; the rest returns to the queue
                     // when the channel closes.
+                    // (Deliveries waiting to publish again return to the queue.)
                     while let Some((routing, routed)) = confirming.next().await {
-                        self.settle(routing, routed?).await?;
+                        let _unacked_returns_to_the_queue = self.settle(routing, routed?).await?;
                     }
                     let _ = channel.close(200, "palworker router shutting down".into()).await;
                     let _ = connection.close(200, "palworker router shutting down".into()).await;
                     return Ok(());
                 }
                 Some((routing, routed)) = confirming.next(), if !confirming.is_empty() => {
-                    self.settle(routing, routed?).await?;
+                    if let Some(routing) = self.settle(routing, routed?).await? {
+                        let delay = refused_copy_delay(routing.refusals, self.settings.reconnect_max);
+                        waiting.push(async move {
+                            tokio::time::sleep(delay).await;
+                            routing
+                        });
+                    }
+                }
+                Some(routing) = waiting.next(), if !waiting.is_empty() => {
+                    confirming.push(self.publish(&out, routing).await?);
                 }
                 next = consumer.next() => {
                     let delivery = match next {
@@ -168,14 +202,15 @@ impl Router {
                     match self.check(&delivery) {
                         Checked::Valid { event, publisher } => {
                             let partitions = self.count.of_event(&event);
-                            let confirms = self
-                                .publish_copies(&out, &delivery, publisher.as_deref(), &partitions)
-                                .await?;
-                            let routing = Routing { delivery, event, partitions };
-                            confirming.push(async move {
-                                let routed = confirmed(confirms, &routing.partitions).await;
-                                (routing, routed)
-                            });
+                            let routing = Routing {
+                                delivery,
+                                event,
+                                publisher,
+                                unconfirmed: partitions.clone(),
+                                partitions,
+                                refusals: 0,
+                            };
+                            confirming.push(self.publish(&out, routing).await?);
                         }
                         Checked::Rejected(rejection) => {
                             if let Disposition::DeadLetter { detail, .. } =
@@ -206,6 +241,27 @@ impl Router {
                 .as_ref()
                 .map(|s| s.as_str()),
             user_id: delivery.properties.user_id().as_ref().map(|s| s.as_str()),
+        })
+    }
+
+    /// Publishes the copies `routing` still owes; a future of the broker's
+    /// confirmations.
+    async fn publish(
+        &self,
+        out: &Channel,
+        routing: Routing,
+    ) -> lapin::Result<impl Future<Output = (Routing, lapin::Result<Routed>)> + use<>> {
+        let confirms = self
+            .publish_copies(
+                out,
+                &routing.delivery,
+                routing.publisher.as_deref(),
+                &routing.unconfirmed,
+            )
+            .await?;
+        Ok(async move {
+            let routed = confirmed(confirms, &routing.unconfirmed).await;
+            (routing, routed)
         })
     }
 
@@ -269,9 +325,9 @@ impl Router {
         Ok(confirms)
     }
 
-    /// Acknowledges a delivery whose copies are all confirmed, or returns it
-    /// to the queue.
-    async fn settle(&self, routing: Routing, routed: Routed) -> lapin::Result<()> {
+    /// Acknowledges a delivery whose copies are all confirmed; else gives
+    /// it back to publish the refused copies again later.
+    async fn settle(&self, mut routing: Routing, routed: Routed) -> lapin::Result<Option<Routing>> {
         match routed {
             Routed::Confirmed => {
                 routing
@@ -284,17 +340,21 @@ impl Router {
                     partitions: &routing.partitions,
                 }
                 .emit(&self.metrics);
+                Ok(None)
             }
-            Routed::Refused(why) => {
+            Routed::Refused { partitions, why } => {
+                routing.refusals += 1;
                 tracing::error!(
                     event_id = %routing.event.escaped_id(),
                     reason = %why,
-                    "A copy for a partition was not taken; the event returns to the queue."
+                    refusals = routing.refusals,
+                    "A partition did not take its copy; it is published again after a pause \
+                     (is every partition queue declared and bound? `palworker topology`)."
                 );
-                requeue(&routing.delivery).await?;
+                routing.unconfirmed = partitions;
+                Ok(Some(routing))
             }
         }
-        Ok(())
     }
 }
 
@@ -303,7 +363,8 @@ async fn confirmed(
     confirms: Vec<PublisherConfirm>,
     partitions: &[PartitionIndex],
 ) -> lapin::Result<Routed> {
-    let mut refused = None;
+    let mut refused = Vec::new();
+    let mut reason = None;
     for (confirm, partition) in confirms.into_iter().zip(partitions) {
         let why = match confirm.await? {
             Confirmation::Ack(None) => continue,
@@ -313,7 +374,31 @@ async fn confirmed(
                 format!("no confirmation for {partition} (confirms are off)")
             }
         };
-        refused.get_or_insert(why);
+        refused.push(*partition);
+        reason.get_or_insert(why);
     }
-    Ok(refused.map_or(Routed::Confirmed, Routed::Refused))
+    Ok(match reason {
+        None => Routed::Confirmed,
+        Some(why) => Routed::Refused {
+            partitions: refused,
+            why,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::refused_copy_delay;
+
+    #[test]
+    fn refused_copies_wait_longer_each_time_up_to_the_maximum() {
+        let max = Duration::from_secs(2);
+        let delays: Vec<u128> = (1..=7)
+            .map(|refusals| refused_copy_delay(refusals, max).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(refused_copy_delay(u32::MAX, max), max);
+    }
 }

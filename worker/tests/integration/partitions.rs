@@ -337,6 +337,13 @@ async fn a_killed_router_loses_nothing_and_its_copies_are_deduplicated() {
     for partition in p.count.all() {
         p.start_worker(partition).await.unwrap();
     }
+    // Partition 2's queue will not be reachable: the router holds every
+    // event with a copy for it, unacknowledged, publishing that copy again
+    // and again, while the other partitions' copies are confirmed.
+    let stuck = p.count.index(2).unwrap();
+    let admin = BrokerAdmin::connect(p.harness.settings.amqp.url.expose())
+        .await
+        .unwrap();
     let dir = TempDir::new("palworker-router-kill").unwrap();
     let config = dir.path().join("router.toml");
     std::fs::write(&config, p.config_of(Role::Router).unwrap()).unwrap();
@@ -348,36 +355,99 @@ async fn a_killed_router_loses_nothing_and_its_copies_are_deduplicated() {
         &dir.path().join("router.log"),
     )
     .unwrap();
-    for event in onboarding() {
-        p.publish(&event).await.unwrap();
-    }
-    // Killed while it routes: some copies are confirmed and acked, some
-    // published but not acked, some not published yet.
+    // (After the router declared the topology, which binds every queue.)
     wait_until(
         Duration::from_secs(60),
-        "the router forwarded some events",
-        || p.deliveries_seen() > 10,
+        "the router consumes",
+        || router.log().contains("consuming"),
+        || router.log_tail(20),
+    )
+    .await
+    .unwrap();
+    let exchange = palworker::amqp::partitions_exchange(&p.harness.settings.amqp.exchange);
+    admin
+        .unbind_queue(&p.queue_of(stuck), &exchange, &stuck.routing_key())
+        .await
+        .unwrap();
+    let onboarding = onboarding();
+    for event in &onboarding {
+        p.publish(event).await.unwrap();
+    }
+    // A departure of an employee with no accounts spans every partition.
+    let spanning = events::employee_departed("departed-nobody", "E-none", None, None);
+    p.publish(&spanning).await.unwrap();
+    let stuck_copies = onboarding
+        .iter()
+        .chain([&spanning])
+        .filter(|event| {
+            let event =
+                palworker_events::Event::from_json_slice(&serde_json::to_vec(event).unwrap())
+                    .unwrap();
+            p.count.of_event(&event).contains(&stuck)
+        })
+        .count() as u64;
+    wait_until(
+        Duration::from_secs(60),
+        "partitions 0 and 1 took their copies",
+        || p.deliveries_seen() >= p.copies - stuck_copies,
+        || router.log_tail(20),
+    )
+    .await
+    .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the router says a partition did not take its copy",
+        || router.log().contains("did not take its copy"),
         || router.log_tail(20),
     )
     .await
     .unwrap();
     router.kill_9().await.unwrap();
-    // Another router (an in-process one) takes the rest.
+    // Nothing was acknowledged that a partition did not get.
+    assert!(
+        admin
+            .message_count(&p.harness.settings.amqp.queue)
+            .await
+            .unwrap() as u64
+            >= stuck_copies
+    );
+
+    // The queue is bound again, another router (in-process) takes over.
+    admin.declare(&p.router_topology()).await.unwrap();
+    admin.close().await;
     p.start_router().await.unwrap();
     p.wait_until_settled(SETTLE).await.unwrap();
     assert_onboarded_once(&p.harness);
     for partition in p.count.all() {
-        let ledger = &p.worker(partition).ledger;
+        let worker = p.worker(partition);
         for e in 0..3 {
             for t in 0..TENANTS {
                 let id = format!("start-{e}-{t}");
                 let owner = p.count.of(&TenantId::parse(&tenant(t)).unwrap());
                 assert_eq!(
-                    ledger.find_events(&id, None).unwrap().len(),
+                    worker.ledger.find_events(&id, None).unwrap().len(),
                     usize::from(owner == partition),
                     "{id} in {partition}"
                 );
             }
+        }
+        assert_eq!(
+            worker
+                .ledger
+                .find_events("departed-nobody", None)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Partitions 0 and 1 got the spanning event's copy twice (once from
+        // each router) and kept one.
+        let duplicates = worker
+            .metrics
+            .deliveries(palworker_core::EventOutcome::Duplicate);
+        if partition == stuck {
+            assert_eq!(duplicates, 0);
+        } else {
+            assert!(duplicates >= 1, "{partition} saw the copy again");
         }
     }
     p.shutdown().await.unwrap();
