@@ -61,6 +61,11 @@ pub struct Cli {
     /// name. Default: `admin`, or the only token configured.
     #[arg(long, global = true, value_name = "NAME")]
     pub operator: Option<String>,
+    /// With partitions (SPEC §10): send an operator command to this
+    /// partition only. Without it, commands gather from every partition
+    /// in partitions.admin_urls.
+    #[arg(long, global = true, value_name = "I")]
+    pub partition: Option<u32>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -427,9 +432,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ledger(LedgerCommand::Export { file }) => {
             let settings = load_settings(cli.config.as_deref())?;
-            match Target::connect(&settings, cli.operator.as_deref(), Create::No).await? {
+            let (target, _) = Target::connect_partitioned(
+                &settings,
+                cli.operator.as_deref(),
+                Create::No,
+                cli.partition,
+            )
+            .await?;
+            match target {
                 Target::Local(operations) => export_ledger(&operations, &file).await,
                 Target::Remote(client) => export_ledger(&client, &file).await,
+                Target::Partitions(partitions) => export_ledger(&partitions, &file).await,
             }
         }
         Command::Ledger(LedgerCommand::Import { file }) => {
@@ -444,14 +457,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 OperatorCommand::Inventory(InventoryCommand::Import { .. }) => Create::Yes,
                 _ => Create::No,
             };
-            match Target::connect(&settings, cli.operator.as_deref(), create).await? {
+            let (target, only) = Target::connect_partitioned(
+                &settings,
+                cli.operator.as_deref(),
+                create,
+                cli.partition,
+            )
+            .await?;
+            match target {
                 // A reconcile on a stopped worker's ledger reads PAL itself.
                 Target::Local(operations) if matches!(command, OperatorCommand::Reconcile(_)) => {
                     let reconciler = local_reconciler(&settings, operations.ledger().clone())?;
-                    operate(&operations.with_reconciler(reconciler), command).await
+                    operate(&operations.with_reconciler(reconciler), command, only).await
                 }
-                Target::Local(operations) => operate(&operations, command).await,
-                Target::Remote(client) => operate(&client, command).await,
+                Target::Local(operations) => operate(&operations, command, only).await,
+                Target::Remote(client) => operate(&client, command, only).await,
+                Target::Partitions(partitions) => operate(&partitions, command, None).await,
             }
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use palworker_config::Settings;
-use palworker_events::{EmployeeId, Event, TenantId};
+use palworker_events::{EmployeeId, Event, PartitionCount, PartitionIndex, TenantId};
 
 use palworker_core::views::shorten;
 use palworker_core::{
@@ -17,6 +17,7 @@ use palworker_core::{
 
 use crate::clock::SystemClock;
 use crate::ledger::Ledger;
+
 use crate::ledger::PauseState;
 use crate::operators::{Decision, EventRef, Operations, OperatorError, RetryTarget};
 use crate::reconcile::{ReconcileRequest, Reconciler};
@@ -32,10 +33,19 @@ pub(super) fn read_event(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Runs an operator command against either target.
+/// One partition of several, when a command goes to it alone.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OnePartition {
+    pub count: PartitionCount,
+    pub index: PartitionIndex,
+}
+
+/// Runs an operator command against either target; `only`: the target is
+/// one partition of several, so an import refuses other partitions' rows.
 pub(super) async fn operate(
     target: &impl Operations,
     command: OperatorCommand,
+    only: Option<OnePartition>,
 ) -> anyhow::Result<()> {
     match command {
         OperatorCommand::Plan { event } => {
@@ -50,6 +60,19 @@ pub(super) async fn operate(
             let accounts = palworker_events::parse_import(&text)
                 .map_err(|error| UsageError(format!("`{}`: {error}", file.display())))?;
             drop(text);
+            if let Some(OnePartition { count, index }) = only
+                && let Some(foreign) = accounts
+                    .iter()
+                    .find(|row| count.of(&row.account.tenant_id) != index)
+            {
+                return Err(UsageError(format!(
+                    "`{}`: tenant {} belongs to partition {}, not {index}; without --partition each row goes to its own partition",
+                    file.display(),
+                    foreign.account.tenant_id,
+                    count.of(&foreign.account.tenant_id)
+                ))
+                .into());
+            }
             let progress = crate::progress::spinner("importing accounts");
             let imported = target.import(accounts).await.map_err(|error| match error {
                 OperatorError::Refused(message) => {

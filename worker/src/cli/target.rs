@@ -8,15 +8,18 @@ use anyhow::Context;
 use palworker_config::Settings;
 
 use crate::ledger::{Ledger, LedgerError};
-use crate::operators::{AdminApiClient, Attached, LedgerOperations, Operator, Reached};
+use crate::operators::{AdminApiClient, Attached, LedgerOperations, Operator, Partitions, Reached};
 
 use super::UsageError;
+use super::operate::OnePartition;
 
 /// Where operator commands go: the ledger itself when no worker holds it,
 /// else the running worker's admin API.
 pub(super) enum Target {
     Local(LedgerOperations),
     Remote(AdminApiClient),
+    /// Every partition's admin API (`partitions.admin_urls`).
+    Partitions(Partitions),
 }
 
 /// Whether a command may create the ledger when there is none yet.
@@ -27,6 +30,65 @@ pub(super) enum Create {
 }
 
 impl Target {
+    /// Where a command goes in a partitioned deployment (SPEC §10):
+    /// `--partition I` — that partition's admin API from
+    /// `partitions.admin_urls`, or, without them, this machine's partition
+    /// ([`Target::connect`]); no `--partition` — every partition when
+    /// `admin_urls` lists them. One process: [`Target::connect`]. With the
+    /// target, the partition it is when it is one of several.
+    pub(super) async fn connect_partitioned(
+        settings: &Settings,
+        operator: Option<&str>,
+        create: Create,
+        partition: Option<u32>,
+    ) -> anyhow::Result<(Target, Option<OnePartition>)> {
+        let partitions = &settings.partitions;
+        let count = partitions.count;
+        let Some(index) = partition else {
+            if partitions.is_partitioned() && !partitions.admin_urls.is_empty() {
+                let token = admin_token(settings, operator)?;
+                let clients = count
+                    .all()
+                    .zip(&partitions.admin_urls)
+                    .map(|(index, url)| {
+                        AdminApiClient::at_url(
+                            url,
+                            token.clone(),
+                            Reached::Partition(index.to_string()),
+                        )
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                return Ok((Target::Partitions(Partitions::new(count, clients)?), None));
+            }
+            let only = partitions.is_partitioned().then_some(OnePartition {
+                count,
+                index: partitions.index,
+            });
+            return Ok((Target::connect(settings, operator, create).await?, only));
+        };
+        let index = count.index(index).map_err(|error| {
+            UsageError(format!("--partition {index}: {error} (partitions.count)"))
+        })?;
+        let only = OnePartition { count, index };
+        if let Some(url) = partitions.admin_url(index) {
+            let token = admin_token(settings, operator)?;
+            let client = AdminApiClient::at_url(url, token, Reached::Partition(index.to_string()))?;
+            return Ok((Target::Remote(client), Some(only)));
+        }
+        if index != partitions.index {
+            return Err(UsageError(format!(
+                "--partition {}: partitions.admin_urls is empty, so only this machine's partition ({}, partitions.index) can be reached",
+                index.get(),
+                partitions.index.get()
+            ))
+            .into());
+        }
+        Ok((
+            Target::connect(settings, operator, create).await?,
+            Some(only),
+        ))
+    }
+
     pub(super) async fn connect(
         settings: &Settings,
         operator: Option<&str>,

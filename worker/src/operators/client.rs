@@ -49,6 +49,8 @@ pub enum Reached {
     /// There is no ledger at this path on this machine (a backup job, an
     /// operator's workstation): the worker must be elsewhere.
     NoLocalLedger(std::path::PathBuf),
+    /// One partition of a partitioned deployment (`partitions.admin_urls`).
+    Partition(String),
 }
 
 /// A running worker's admin API.
@@ -85,6 +87,25 @@ impl AdminApiClient {
         })
     }
 
+    /// The admin API at `url` (a partition's, from `partitions.admin_urls`).
+    pub fn at_url(
+        url: &url::Url,
+        token: Option<SecretString>,
+        reached: Reached,
+    ) -> anyhow::Result<Self> {
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        Ok(AdminApiClient {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(READ_TIMEOUT)
+                .build()?,
+            endpoint: base.clone(),
+            base,
+            token,
+            reached,
+        })
+    }
+
     /// The admin API of the worker on this machine, through its admin
     /// socket (`admin_socket`): no token; the worker knows who connects.
     pub fn over_socket(socket: &std::path::Path, reached: Reached) -> anyhow::Result<Self> {
@@ -116,6 +137,10 @@ impl AdminApiClient {
         let response = request.send().await.map_err(|e| match &self.reached {
             Reached::LedgerInUse => anyhow::anyhow!(
                 "the ledger is in use by a running worker, and its admin API at {} did not answer: {e}",
+                self.endpoint
+            ),
+            Reached::Partition(partition) => anyhow::anyhow!(
+                "partition {partition}'s admin API at {} did not answer: {e}",
                 self.endpoint
             ),
             Reached::NoLocalLedger(path) => anyhow::anyhow!(

@@ -1,6 +1,8 @@
 //! Operator commands (SPEC §8, §11.2): status, retry, approve, reject,
 //! pause and resume, audit export and verify, ledger export, inventory
 //! import and list, plan preview, reconcile.
+//! [`Partitions`] sends them to every partition of a partitioned
+//! deployment and puts the answers together (SPEC §10).
 //!
 //! The CLI talks to one trait, [`Operations`], whether the worker runs or not:
 //! [`LedgerOperations`] works on a ledger directly (a stopped worker's, or —
@@ -17,6 +19,7 @@
 mod client;
 mod ledger;
 mod operator;
+mod partitioned;
 
 use chrono::{DateTime, Utc};
 use palworker_core::{
@@ -35,6 +38,7 @@ pub(crate) use client::read_lines;
 pub use client::{AdminApiClient, Reached};
 pub use ledger::{Attached, LedgerOperations};
 pub use operator::Operator;
+pub use partitioned::{Partitions, split_accounts};
 
 /// Accounts per admin API request of `inventory import`: one request
 /// imports them in transactions of 256 (`Ledger::import_accounts`) and

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use palworker::amqp::BrokerAdmin;
-use palworker::local::identities::{assignment, employee, principals, tenant};
-use palworker::local::process::WorkerProcess;
+use palworker::local::identities::{assignment, credential, employee, object, principals, tenant};
+use palworker::local::process::{CliOutput, WorkerProcess, run_cli};
 use palworker::local::{
     Harness, HarnessOptions, PartitionedHarness, Role, TempDir, events, sample, wait_until,
     writes_per_identity,
@@ -450,5 +450,228 @@ async fn a_killed_router_loses_nothing_and_its_copies_are_deduplicated() {
             assert!(duplicates >= 1, "{partition} saw the copy again");
         }
     }
+    p.shutdown().await.unwrap();
+}
+
+/// Runs the CLI with `config` and the harness's environment.
+async fn cli(p: &PartitionedHarness, config: &std::path::Path, args: &[&str]) -> CliOutput {
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    run_cli(worker_binary(), &full, &p.harness.config_env)
+        .await
+        .unwrap()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_commands_gather_from_every_partition_or_go_to_one() {
+    let mut p = PartitionedHarness::start(
+        HarnessOptions {
+            extra_toml: format!("{LIMITS}max_actions_per_event = 4\n"),
+            ..options("partition-operators")
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    let dir = TempDir::new("palworker-partition-cli").unwrap();
+    let urls: Vec<String> = p
+        .count
+        .all()
+        .map(|partition| format!("\"http://{}\"", p.worker(partition).http_addr))
+        .collect();
+    let config = dir.path().join("operator.toml");
+    std::fs::write(
+        &config,
+        palworker_config::Settings::layer_toml(
+            &p.config_of(Role::Router).unwrap(),
+            &format!("[partitions]\nadmin_urls = [{}]\n", urls.join(", ")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let owned_by = |t: usize| p.count.of(&TenantId::parse(&tenant(t)).unwrap());
+    let one = p.count.index(1).unwrap();
+    let in_one = (0..TENANTS).filter(|&t| owned_by(t) == one).count();
+
+    // inventory import: each row to its tenant's partition.
+    let rows: Vec<String> = (0..TENANTS)
+        .map(|t| {
+            serde_json::json!({"tenant_id": tenant(t), "object_id": object(3, t),
+                "employee_id": employee(3), "credential": credential(3)})
+            .to_string()
+        })
+        .collect();
+    let file = dir.path().join("accounts.jsonl");
+    std::fs::write(&file, rows.join("\n")).unwrap();
+    let imported = cli(
+        &p,
+        &config,
+        &["inventory", "import", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(imported.code, 0, "{}", imported.stderr);
+    assert!(
+        imported
+            .stdout
+            .contains(&format!("imported {TENANTS} account(s)"))
+    );
+    for partition in p.count.all() {
+        let entries = p
+            .worker(partition)
+            .ledger
+            .inventory_list(None, None)
+            .unwrap();
+        assert!(!entries.is_empty());
+        assert!(
+            entries
+                .iter()
+                .all(|entry| p.count.of(&entry.account.tenant_id) == partition)
+        );
+    }
+    // One partition alone refuses another partition's rows.
+    let refused = cli(
+        &p,
+        &config,
+        &[
+            "--partition",
+            "1",
+            "inventory",
+            "import",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("belongs to partition"),
+        "{}",
+        refused.stderr
+    );
+
+    let listed = cli(&p, &config, &["inventory", "list", "--json"]).await;
+    assert_eq!(
+        json_lines(&listed.stdout).len(),
+        TENANTS,
+        "{}",
+        listed.stderr
+    );
+    let listed = cli(
+        &p,
+        &config,
+        &["--partition", "1", "inventory", "list", "--json"],
+    )
+    .await;
+    assert_eq!(json_lines(&listed.stdout).len(), in_one);
+
+    // A departure too large for any partition: held in each, approved at once.
+    for t in 0..TENANTS {
+        p.publish(&assignment(&format!("start-0-{t}"), 0, t, "1111111"))
+            .await
+            .unwrap();
+    }
+    p.wait_until_settled(SETTLE).await.unwrap();
+    p.publish(&events::employee_departed(
+        "departed-0",
+        &employee(0),
+        None,
+        None,
+    ))
+    .await
+    .unwrap();
+    p.wait_until_settled(SETTLE).await.unwrap();
+    let held = cli(&p, &config, &["status", "--event", "departed-0", "--json"]).await;
+    let rows = json_lines(&held.stdout);
+    assert_eq!(rows.len(), TENANTS, "{}", held.stderr);
+    assert!(rows.iter().all(|row| row["state"] == "held"));
+    let approved = cli(&p, &config, &["approve", "departed-0"]).await;
+    assert_eq!(approved.code, 0, "{}", approved.stderr);
+    p.wait_until_settled(SETTLE).await.unwrap();
+    assert!((0..TENANTS).all(|t| p.harness.linked(0, t).is_none()));
+    let unknown = cli(&p, &config, &["approve", "no-such-event"]).await;
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("no accepted event has id"), "{}", unknown.stderr);
+
+    // The audit trails, one chain per partition, and time to revocation.
+    let audit = cli(&p, &config, &["audit", "export"]).await;
+    let expected: usize = p
+        .count
+        .all()
+        .map(|partition| {
+            p.worker(partition)
+                .ledger
+                .audit_entries_from(0, usize::MAX)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        json_lines(&audit.stdout).len(),
+        expected,
+        "{}",
+        audit.stderr
+    );
+    let verified = cli(&p, &config, &["audit", "verify"]).await;
+    assert_eq!(verified.code, 0, "{}", verified.stderr);
+    let report = cli(&p, &config, &["report", "revocations", "--format", "json"]).await;
+    let revocations = json_lines(&report.stdout);
+    assert_eq!(
+        revocations.len(),
+        3,
+        "one row per partition: {}",
+        report.stdout
+    );
+    assert!(
+        revocations
+            .iter()
+            .all(|row| row["event_id"] == "departed-0")
+    );
+
+    // reconcile reads every partition's accounts and adds their reports up.
+    let accounts: u64 = p
+        .count
+        .all()
+        .map(|partition| p.worker(partition).ledger.inventory_size().unwrap())
+        .sum();
+    let reconcile = cli(&p, &config, &["reconcile", "--json"]).await;
+    assert_eq!(reconcile.code, 0, "{}", reconcile.stderr);
+    let last = json_lines(&reconcile.stdout).pop().unwrap();
+    assert_eq!(
+        last["accounts"],
+        serde_json::json!(accounts),
+        "{}",
+        reconcile.stdout
+    );
+    assert_eq!(last["missing"], serde_json::json!(0));
+
+    // pause and resume reach every partition.
+    let paused = cli(&p, &config, &["pause"]).await;
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    assert!(
+        p.count
+            .all()
+            .all(|partition| p.worker(partition).executor.is_paused())
+    );
+    let resumed = cli(&p, &config, &["resume"]).await;
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(
+        p.count
+            .all()
+            .all(|partition| !p.worker(partition).executor.is_paused())
+    );
+
+    // A ledger export is one partition's.
+    let whole = cli(&p, &config, &["ledger", "export", "-"]).await;
+    assert_ne!(whole.code, 0);
+    assert!(whole.stderr.contains("--partition"), "{}", whole.stderr);
+    let one_export = cli(&p, &config, &["--partition", "1", "ledger", "export", "-"]).await;
+    assert_eq!(one_export.code, 0, "{}", one_export.stderr);
+    assert!(one_export.stdout.contains("palworker_ledger_end"));
     p.shutdown().await.unwrap();
 }
