@@ -21,6 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::codec::read_u64;
 use super::queries::evicting;
 use super::{Ledger, LedgerError, Result};
 
@@ -213,6 +214,18 @@ impl Ledger {
                 "the export ends after {records} records without its end line: it was cut off"
             )));
         }
+        // Sequence numbers and action ids come from sled's id generator,
+        // which is not in any tree: a new ledger's starts at 0. Move it past
+        // every imported one, so a new event never takes an imported
+        // event's sequence number (and overwrites it).
+        let highest = [&store.events, &store.actions]
+            .into_iter()
+            .map(|tree| Ok(tree.last()?.map_or(0, |(key, _)| read_u64(&key))))
+            .collect::<Result<Vec<u64>>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        while store.db.generate_id()? <= highest {}
         store.db.flush()?;
         Ok(Transferred { records })
     }

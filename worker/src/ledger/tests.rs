@@ -905,6 +905,40 @@ fn an_export_imported_into_an_empty_ledger_is_the_same_ledger() {
 }
 
 #[test]
+fn events_accepted_after_an_import_never_reuse_an_imported_sequence_or_action_id() {
+    let (_dir, ledger) = ledger();
+    let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+    import_linked(&ledger, 5);
+    for n in 0..5 {
+        accept_pending(&ledger, &assignment_for(&format!("old-{n}"), "111"), now);
+    }
+    let mut export = Vec::new();
+    ledger.export(&mut export).unwrap();
+    let (_other_dir, copy) = self::ledger();
+    copy.import(export.as_slice()).unwrap();
+    accept_pending(&copy, &assignment_for("new", "222"), now);
+    // Every imported event is still itself, and the new one is new.
+    for n in 0..5 {
+        let id = format!("old-{n}");
+        let found = copy.find_events(&id, None).unwrap();
+        assert_eq!(found.len(), 1, "{id}");
+        assert_eq!(found[0].event.id, id);
+    }
+    let new = copy.find_events("new", None).unwrap();
+    assert_eq!(new.len(), 1);
+    let old_seqs: Vec<EventSeq> = (0..5)
+        .map(|n| copy.find_events(&format!("old-{n}"), None).unwrap()[0].seq)
+        .collect();
+    assert!(!old_seqs.contains(&new[0].seq));
+    assert_eq!(
+        copy.actions(&palworker_core::StatusFilter::default())
+            .unwrap()
+            .len(),
+        6
+    );
+}
+
+#[test]
 fn a_large_plan_cut_off_between_chunks_lets_its_written_actions_end_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("ledger");

@@ -596,7 +596,11 @@ async fn operator_commands_gather_from_every_partition_or_go_to_one() {
     assert!((0..TENANTS).all(|t| p.harness.linked(0, t).is_none()));
     let unknown = cli(&p, &config, &["approve", "no-such-event"]).await;
     assert_eq!(unknown.code, 1, "{}", unknown.stderr);
-    assert!(unknown.stderr.contains("no accepted event has id"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no accepted event has id"),
+        "{}",
+        unknown.stderr
+    );
 
     // The audit trails, one chain per partition, and time to revocation.
     let audit = cli(&p, &config, &["audit", "export"]).await;
