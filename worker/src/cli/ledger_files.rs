@@ -233,3 +233,85 @@ pub(super) fn print_difference(
     }
     Ok(())
 }
+
+/// `ledger repartition --count M --out DIR EXPORT…`: the exports of every
+/// partition in, `DIR/partition-{i}.jsonl` for each of M partitions out
+/// (`ledger::repartition`), each written beside as `.partial` and renamed
+/// once all are complete. DIR must not hold those files yet.
+pub(super) async fn repartition_exports(
+    count: u32,
+    out: &Path,
+    exports: Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let count = palworker_events::PartitionCount::new(count)
+        .map_err(|error| UsageError(format!("--count {count}: {error}")))?;
+    if exports.is_empty() {
+        return Err(UsageError("name at least one ledger export".to_owned()).into());
+    }
+    let out = out.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&out).with_context(|| format!("creating `{}`", out.display()))?;
+        let finals: Vec<PathBuf> = count
+            .all()
+            .map(|partition| out.join(crate::ledger::export_file_name(partition)))
+            .collect();
+        if let Some(existing) = finals.iter().find(|file| file.exists()) {
+            return Err(UsageError(format!(
+                "`{}` exists: re-partition into an empty directory",
+                existing.display()
+            ))
+            .into());
+        }
+        let mut sources: Vec<(String, Box<dyn std::io::BufRead>)> = Vec::new();
+        for export in &exports {
+            let file = std::fs::File::open(export)
+                .with_context(|| format!("opening `{}`", export.display()))?;
+            sources.push((
+                export.display().to_string(),
+                Box::new(std::io::BufReader::new(file)),
+            ));
+        }
+        let partials: Vec<PathBuf> = finals.iter().map(|file| partial_path(file)).collect();
+        let written = (|| -> anyhow::Result<crate::ledger::Repartitioned> {
+            let mut files = partials
+                .iter()
+                .map(|path| {
+                    std::fs::File::create(path)
+                        .map(std::io::BufWriter::new)
+                        .with_context(|| format!("creating `{}`", path.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut outputs: Vec<&mut dyn Write> =
+                files.iter_mut().map(|file| file as &mut dyn Write).collect();
+            let moved =
+                crate::ledger::repartition(sources, count, &mut outputs, chrono::Utc::now())?;
+            for file in files {
+                file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            }
+            Ok(moved)
+        })();
+        let moved = match written {
+            Ok(moved) => moved,
+            Err(error) => {
+                for partial in &partials {
+                    let _ = std::fs::remove_file(partial);
+                }
+                return Err(error);
+            }
+        };
+        for (partial, file) in partials.iter().zip(&finals) {
+            std::fs::rename(partial, file)
+                .with_context(|| format!("renaming `{}`", partial.display()))?;
+        }
+        for (file, accounts) in finals.iter().zip(&moved.accounts) {
+            println!("{}: {accounts} account(s)", file.display());
+        }
+        println!(
+            "{} deduplication marker(s) in every partition{}; import each file with `palworker ledger import` into partition i's new ledger",
+            moved.markers,
+            if moved.paused { ", paused" } else { "" }
+        );
+        Ok(())
+    })
+    .await?
+}

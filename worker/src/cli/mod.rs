@@ -39,7 +39,7 @@ mod ledger_files;
 mod operate;
 mod target;
 
-use ledger_files::{CheckOutput, check_ledger, export_ledger, import_ledger};
+use ledger_files::{CheckOutput, check_ledger, export_ledger, import_ledger, repartition_exports};
 use operate::{local_reconciler, operate};
 use target::{Create, Target};
 
@@ -125,6 +125,22 @@ pub enum LedgerCommand {
     /// Load an export into a new ledger at `ledger.path` (which must not
     /// exist yet, or be empty): the restore, or a move to another machine.
     Import { file: PathBuf },
+    /// Split or merge the exports of N partitions into M (SPEC §10): each
+    /// account goes to its tenant's partition; writes
+    /// DIR/partition-{i}.jsonl for i in 0..M, to `ledger import` into each
+    /// new partition. Refuses ledgers with open work. Events, actions and
+    /// audit trails stay in the source exports (their archive).
+    Repartition {
+        /// The number of partitions to make.
+        #[arg(long, value_name = "M")]
+        count: u32,
+        /// The directory to write the new exports to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The exports of every current partition.
+        #[arg(required = true)]
+        exports: Vec<PathBuf>,
+    },
     /// Recompute every counter and index from the records and print each
     /// difference (exit 1 if any). Needs the worker stopped.
     Check {
@@ -445,6 +461,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Target::Partitions(partitions) => export_ledger(&partitions, &file).await,
             }
         }
+        Command::Ledger(LedgerCommand::Repartition {
+            count,
+            out,
+            exports,
+        }) => repartition_exports(count, &out, exports).await,
         Command::Ledger(LedgerCommand::Import { file }) => {
             let settings = load_settings(cli.config.as_deref())?;
             import_ledger(&settings, &file).await

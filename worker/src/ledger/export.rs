@@ -26,10 +26,10 @@ use super::queries::evicting;
 use super::{Ledger, LedgerError, Result};
 
 /// The export format's version.
-const FORMAT: u32 = 1;
+pub(super) const FORMAT: u32 = 1;
 
 /// Every tree, in export order.
-const TREES: [&str; 10] = [
+pub(super) const TREES: [&str; 10] = [
     "inventory",
     "index",
     "events",
@@ -43,35 +43,35 @@ const TREES: [&str; 10] = [
 ];
 
 #[derive(Serialize, Deserialize)]
-struct Header {
-    palworker_ledger: u32,
-    exported_at: chrono::DateTime<Utc>,
-    trees: Vec<String>,
+pub(super) struct Header {
+    pub(super) palworker_ledger: u32,
+    pub(super) exported_at: chrono::DateTime<Utc>,
+    pub(super) trees: Vec<String>,
 }
 
 /// The last line: how many record lines came before it.
 #[derive(Serialize, Deserialize)]
-struct End {
-    palworker_ledger_end: u64,
+pub(super) struct End {
+    pub(super) palworker_ledger_end: u64,
 }
 
 /// A line after the header.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Body {
+pub(super) enum Body {
     End(End),
     Line(Line),
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
-enum Bytes {
+pub(super) enum Bytes {
     Text(String),
     Binary { b64: String },
 }
 
 impl Bytes {
-    fn of(bytes: &[u8]) -> Bytes {
+    pub(super) fn of(bytes: &[u8]) -> Bytes {
         match std::str::from_utf8(bytes) {
             Ok(text) => Bytes::Text(text.to_owned()),
             Err(_) => Bytes::Binary {
@@ -80,7 +80,7 @@ impl Bytes {
         }
     }
 
-    fn into_bytes(self) -> std::result::Result<Vec<u8>, String> {
+    pub(super) fn into_bytes(self) -> std::result::Result<Vec<u8>, String> {
         match self {
             Bytes::Text(text) => Ok(text.into_bytes()),
             Bytes::Binary { b64 } => STANDARD.decode(b64).map_err(|e| e.to_string()),
@@ -89,10 +89,10 @@ impl Bytes {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Line {
-    tree: String,
-    key: Bytes,
-    value: Bytes,
+pub(super) struct Line {
+    pub(super) tree: String,
+    pub(super) key: Bytes,
+    pub(super) value: Bytes,
 }
 
 /// What an export or import went through.
@@ -218,13 +218,16 @@ impl Ledger {
         // which is not in any tree: a new ledger's starts at 0. Move it past
         // every imported one, so a new event never takes an imported
         // event's sequence number (and overwrites it).
-        let highest = [&store.events, &store.actions]
-            .into_iter()
-            .map(|tree| Ok(tree.last()?.map_or(0, |(key, _)| read_u64(&key))))
-            .collect::<Result<Vec<u64>>>()?
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        // Deduplication markers of pruned events name sequence numbers too.
+        let mut highest = 0;
+        for tree in [&store.events, &store.actions] {
+            if let Some((key, _)) = tree.last()? {
+                highest = highest.max(read_u64(&key));
+            }
+        }
+        for marker in store.index.scan_prefix(b"eid:") {
+            highest = highest.max(read_u64(&marker?.1));
+        }
         while store.db.generate_id()? <= highest {}
         store.db.flush()?;
         Ok(Transferred { records })

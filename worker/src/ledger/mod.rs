@@ -42,6 +42,7 @@
 //! | `operators.rs` | approve, reject, retry — operator transitions |
 //! | `retention.rs` | pruning what ended long ago, in bounded steps |
 //! | `export.rs` | every record as JSON Lines, and back: backup, restore, migration |
+//! | `repartition.rs` | exports of N partitions split or merged into M by the tenant's partition |
 //! | `audit.rs` | the hash-chained audit trail, appended in the transactions it records |
 //! | `outbox.rs` | results owed to the publishers, written in the transactions they report |
 //! | `reconcile.rs` | a reconcile's scan of the inventory and its plan, stored like an event's with its audit record |
@@ -67,6 +68,7 @@ mod pages;
 mod proof_tests;
 mod queries;
 mod reconcile;
+mod repartition;
 mod report;
 mod retention;
 #[cfg(test)]
@@ -98,6 +100,7 @@ pub use operators::{PauseState, Requeued};
 pub use outbox::{Outgoing, PendingResult, needs_attention};
 pub use pages::Page;
 pub use reconcile::{Drifted, ScannedAccount, Seen};
+pub use repartition::{Repartitioned, export_file_name, repartition};
 pub use report::{OpenWork, RevocationRow};
 pub use retention::{Retention, SweepCursor, Swept};
 

@@ -679,3 +679,210 @@ async fn operator_commands_gather_from_every_partition_or_go_to_one() {
     assert!(one_export.stdout.contains("palworker_ledger_end"));
     p.shutdown().await.unwrap();
 }
+
+/// A configuration file for the CLI: the harness's, with its ledger at `ledger`.
+fn config_with_ledger(
+    h: &Harness,
+    dir: &std::path::Path,
+    name: &str,
+    ledger: &std::path::Path,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = palworker_config::Settings::layer_toml(
+        &h.config_toml,
+        &format!("[ledger]\npath = \"{}\"\n", ledger.display()),
+    )
+    .unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn run(h: &Harness, config: &std::path::Path, args: &[&str]) -> CliOutput {
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let output = run_cli(worker_binary(), &full, &h.config_env)
+        .await
+        .unwrap();
+    assert_eq!(output.code, 0, "{args:?}: {}", output.stderr);
+    output
+}
+
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repartitioning_one_to_three_to_one_keeps_every_account_and_marker() {
+    let mut h = Harness::start(options("partition-repartition"))
+        .await
+        .unwrap();
+    for e in 0..2 {
+        for t in 0..TENANTS {
+            h.publish(&assignment(&format!("start-{e}-{t}"), e, t, "1111111"))
+                .await
+                .unwrap();
+        }
+    }
+    h.wait_until_settled(SETTLE).await.unwrap();
+    // Quiescent: the results owed to the publishers are published too.
+    h.wait_for(SETTLE, "every result published", |h| {
+        h.app().ledger.pending_result_count() == 0
+    })
+    .await
+    .unwrap();
+    h.stop_worker().await.unwrap();
+    let dir = TempDir::new("palworker-repartition").unwrap();
+    let d = dir.path();
+    let original = config_with_ledger(&h, d, "original", &h.settings.ledger.path);
+    let inventory = sorted_lines(
+        &run(&h, &original, &["inventory", "list", "--json"])
+            .await
+            .stdout,
+    );
+    assert_eq!(inventory.len(), 2 * TENANTS);
+    let one = d.join("one.jsonl");
+    run(&h, &original, &["ledger", "export", one.to_str().unwrap()]).await;
+
+    // 1 → 3.
+    let three = d.join("three");
+    let split = run(
+        &h,
+        &original,
+        &[
+            "ledger",
+            "repartition",
+            "--count",
+            "3",
+            "--out",
+            three.to_str().unwrap(),
+            one.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(
+        split.stdout.contains("partition-2.jsonl"),
+        "{}",
+        split.stdout
+    );
+    let count = palworker_events::PartitionCount::new(3).unwrap();
+    let mut gathered = Vec::new();
+    let mut exports = Vec::new();
+    for partition in count.all() {
+        let i = partition.get();
+        let config = config_with_ledger(
+            &h,
+            d,
+            &format!("p{i}"),
+            &d.join(format!("p{i}")).join("ledger"),
+        );
+        let file = three.join(format!("partition-{i}.jsonl"));
+        run(&h, &config, &["ledger", "import", file.to_str().unwrap()]).await;
+        run(&h, &config, &["ledger", "check"]).await;
+        let listed = run(&h, &config, &["inventory", "list", "--json"])
+            .await
+            .stdout;
+        for row in json_lines(&listed) {
+            let tenant = TenantId::parse(row["account"]["tenant_id"].as_str().unwrap()).unwrap();
+            assert_eq!(count.of(&tenant), partition, "{row}");
+        }
+        gathered.extend(sorted_lines(&listed));
+        let export = d.join(format!("p{i}.jsonl"));
+        run(&h, &config, &["ledger", "export", export.to_str().unwrap()]).await;
+        exports.push(export);
+    }
+    gathered.sort();
+    assert_eq!(gathered, inventory, "1 → 3: the same inventory list");
+
+    // 3 → 1.
+    let merged = d.join("merged");
+    let mut args = vec![
+        "ledger",
+        "repartition",
+        "--count",
+        "1",
+        "--out",
+        merged.to_str().unwrap(),
+    ];
+    args.extend(exports.iter().map(|e| e.to_str().unwrap()));
+    run(&h, &original, &args).await;
+    let back_ledger = d.join("back").join("ledger");
+    let back = config_with_ledger(&h, d, "back", &back_ledger);
+    let file = merged.join("partition-0.jsonl");
+    run(&h, &back, &["ledger", "import", file.to_str().unwrap()]).await;
+    run(&h, &back, &["ledger", "check"]).await;
+    let listed = run(&h, &back, &["inventory", "list", "--json"])
+        .await
+        .stdout;
+    assert_eq!(
+        sorted_lines(&listed),
+        inventory,
+        "1 → 3 → 1: the same inventory list"
+    );
+    // An event delivered again after the moves is still a duplicate.
+    let ledger = palworker::ledger::Ledger::open(&back_ledger, 1 << 20).unwrap();
+    assert!(
+        ledger
+            .is_duplicate("urn:palworker:harness", "start-1-7")
+            .unwrap()
+    );
+    drop(ledger);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repartitioning_refuses_a_ledger_with_open_work() {
+    let mut h = Harness::start(HarnessOptions {
+        extra_toml: format!("{LIMITS}max_actions_per_event = 4\n"),
+        ..options("partition-repartition-open")
+    })
+    .await
+    .unwrap();
+    for t in 0..TENANTS {
+        h.publish(&assignment(&format!("start-0-{t}"), 0, t, "1111111"))
+            .await
+            .unwrap();
+    }
+    h.wait_until_settled(SETTLE).await.unwrap();
+    h.publish(&events::employee_departed(
+        "departed-0",
+        &employee(0),
+        None,
+        None,
+    ))
+    .await
+    .unwrap();
+    h.wait_until_settled(SETTLE).await.unwrap();
+    h.stop_worker().await.unwrap();
+    let dir = TempDir::new("palworker-repartition-open").unwrap();
+    let config = config_with_ledger(&h, dir.path(), "held", &h.settings.ledger.path);
+    let export = dir.path().join("held.jsonl");
+    run(&h, &config, &["ledger", "export", export.to_str().unwrap()]).await;
+    let out = dir.path().join("out");
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend([
+        "ledger",
+        "repartition",
+        "--count",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        export.to_str().unwrap(),
+    ]);
+    let refused = run_cli(worker_binary(), &full, &h.config_env)
+        .await
+        .unwrap();
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("open work (a plan held for approval"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !out.join("partition-0.jsonl").exists() && !out.join("partition-0.jsonl.partial").exists()
+    );
+    h.shutdown().await.unwrap();
+}
