@@ -101,6 +101,7 @@ mod fanout;
 mod ingest;
 mod ledgers;
 mod machine;
+mod partitions;
 mod reconcile;
 mod report;
 mod restart;
@@ -129,6 +130,7 @@ pub enum Scenario {
     Retention,
     Console,
     Reconcile,
+    Partitions,
 }
 
 /// `palworker-bench` options.
@@ -249,6 +251,7 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Retention,
             Scenario::Console,
             Scenario::Reconcile,
+            Scenario::Partitions,
         ]
     } else {
         args.scenario.clone()
@@ -289,6 +292,7 @@ async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Retention => retention::run(&url, &args, &worker).await,
             Scenario::Console => console::run(&url, &args).await,
             Scenario::Reconcile => reconcile::run(&url, &args).await,
+            Scenario::Partitions => partitions::run(&url, &args, &worker).await,
         }
         .with_context(|| format!("bench scenario {scenario:?} failed"))?;
         for line in lines {
