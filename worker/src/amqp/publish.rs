@@ -37,11 +37,35 @@ impl Publisher {
         content_type: &str,
         user_id: Option<&str>,
     ) -> anyhow::Result<()> {
+        self.publish_with_headers(routing_key, body, content_type, user_id, &[])
+            .await
+    }
+
+    /// [`Publisher::publish`] with text headers (tests: a header only the
+    /// router may set).
+    pub async fn publish_with_headers(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        content_type: &str,
+        user_id: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(content_type.into());
         if let Some(user) = user_id {
             properties = properties.with_user_id(user.into());
+        }
+        if !headers.is_empty() {
+            let mut table = lapin::types::FieldTable::default();
+            for (name, value) in headers {
+                table.insert(
+                    (*name).into(),
+                    lapin::types::AMQPValue::LongString((*value).into()),
+                );
+            }
+            properties = properties.with_headers(table);
         }
         let confirm = self
             .channel

@@ -114,8 +114,16 @@ impl PartitionedHarness {
     }
 
     pub async fn start_router(&mut self) -> anyhow::Result<()> {
+        self.start_router_with("").await
+    }
+
+    /// Starts the router with `overlay` (TOML) laid over its configuration
+    /// (another broker user, say).
+    pub async fn start_router_with(&mut self, overlay: &str) -> anyhow::Result<()> {
         anyhow::ensure!(self.router.is_none(), "the router is already running");
-        self.router = Some(app::start_router(self.settings_of(Role::Router)?).await?);
+        let config = Settings::layer_toml(&self.config_of(Role::Router)?, overlay)?;
+        let settings = Settings::from_toml_str(&config, self.harness.config_env.clone())?;
+        self.router = Some(app::start_router(settings).await?);
         Ok(())
     }
 

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use palworker::amqp::BrokerAdmin;
+use palworker::amqp::{BrokerAdmin, Publisher};
+use palworker::local::broker::BrokerUser;
 use palworker::local::identities::{assignment, credential, employee, object, principals, tenant};
 use palworker::local::process::{CliOutput, WorkerProcess, run_cli};
 use palworker::local::{
@@ -885,4 +886,104 @@ async fn repartitioning_refuses_a_ledger_with_open_work() {
         !out.join("partition-0.jsonl").exists() && !out.join("partition-0.jsonl.partial").exists()
     );
     h.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_allow_list_holds_through_the_router_and_a_forged_header_is_not_believed() {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let router_user = BrokerUser::create(format!("router-{suffix}"), "router-pw".into())
+        .await
+        .unwrap();
+    let allowed = BrokerUser::create(format!("projects-{suffix}"), "allowed-pw".into())
+        .await
+        .unwrap();
+    let intruder = BrokerUser::create(format!("intruder-{suffix}"), "intruder-pw".into())
+        .await
+        .unwrap();
+    let mut p = PartitionedHarness::prepare(
+        HarnessOptions {
+            extra_toml: format!(
+                "{LIMITS}[security.publishers]\n\"{}\" = [\"project.\"]\n[partitions]\nrouter_user = \"{}\"\n",
+                allowed.name(),
+                router_user.name()
+            ),
+            ..options("partition-allow-list")
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    for partition in p.count.all() {
+        p.start_worker(partition).await.unwrap();
+    }
+    p.start_router_with(&format!("[amqp]\nurl = \"{}\"\n", router_user.amqp_url()))
+        .await
+        .unwrap();
+    let exchange = p.harness.settings.amqp.exchange.clone();
+    let event = |t: usize| assignment(&format!("start-0-{t}"), 0, t, "1111111");
+
+    // The allowed publisher's event reaches its partition, which records
+    // the original publisher, not the router.
+    let publisher = Publisher::connect(&allowed.amqp_url(), &exchange)
+        .await
+        .unwrap();
+    publisher
+        .publish_event(&event(0), Some(allowed.name()))
+        .await
+        .unwrap();
+    publisher.close().await;
+    // The intruder's is dead-lettered by the router.
+    let publisher = Publisher::connect(&intruder.amqp_url(), &exchange)
+        .await
+        .unwrap();
+    publisher
+        .publish_event(&event(1), Some(intruder.name()))
+        .await
+        .unwrap();
+    publisher.close().await;
+    // The intruder publishing straight to a partition with the header the
+    // router sets: the partition judges the intruder, not the header.
+    let owner = p.count.of(&TenantId::parse(&tenant(2)).unwrap());
+    let publisher = Publisher::connect(
+        &intruder.amqp_url(),
+        &palworker::amqp::partitions_exchange(&exchange),
+    )
+    .await
+    .unwrap();
+    publisher
+        .publish_with_headers(
+            &owner.routing_key(),
+            &serde_json::to_vec(&event(2)).unwrap(),
+            "application/cloudevents+json",
+            Some(intruder.name()),
+            &[(palworker::amqp::PUBLISHER_HEADER, allowed.name())],
+        )
+        .await
+        .unwrap();
+    publisher.close().await;
+    p.copies += 2; // the allowed event's copy and the forged one
+    p.wait_until_settled(SETTLE).await.unwrap();
+
+    assert_eq!(p.harness.linked(0, 0).as_deref(), Some("1111111"));
+    assert_eq!(p.harness.linked(0, 1), None);
+    assert_eq!(p.harness.linked(0, 2), None);
+    let stored = p
+        .worker(p.count.of(&TenantId::parse(&tenant(0)).unwrap()))
+        .ledger
+        .resolve_event("start-0-0", None)
+        .unwrap();
+    assert_eq!(stored.publisher.as_deref(), Some(allowed.name()));
+    let dead = p.harness.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for message in &dead {
+        let reason = message.reason.as_deref().unwrap();
+        assert!(reason.starts_with("publisher_not_allowed"), "{reason}");
+        assert!(
+            reason.contains(intruder.name()),
+            "judged as the intruder: {reason}"
+        );
+    }
+    let router = p.router.as_ref().unwrap().metrics.render();
+    assert!(router.contains(r#"palworker_dead_letters_total{reason="publisher_not_allowed"} 1"#));
+    p.shutdown().await.unwrap();
 }
