@@ -151,9 +151,24 @@ impl Router {
         channel
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
-        // Copies and dead letters go out on one channel with confirms.
-        let out = connection.create_channel().await?;
-        out.confirm_select(ConfirmSelectOptions::default()).await?;
+        // Dead letters on a channel with confirms, and the copies on one
+        // channel with confirms per partition: the broker returns an
+        // unroutable mandatory copy ahead of its confirm, and the client
+        // hands a return to whichever confirm of the channel comes next —
+        // with every copy of a channel bound for the same queue, a return
+        // can only be taken for a copy that was as unroutable.
+        let dead_letters = connection.create_channel().await?;
+        dead_letters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut out = Vec::with_capacity(self.count.get() as usize);
+        for _ in self.count.all() {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            out.push(channel);
+        }
         let tag = format!("palworker-router-{}", uuid::Uuid::new_v4());
         let mut consumer = channel
             .basic_consume(
@@ -217,7 +232,7 @@ impl Router {
                                 rejection.dead_lettered(&self.metrics)
                             {
                                 dead_letter(
-                                    &out,
+                                    &dead_letters,
                                     &self.topology.dead_letter_exchange,
                                     &delivery,
                                     &detail,
@@ -248,7 +263,7 @@ impl Router {
     /// confirmations.
     async fn publish(
         &self,
-        out: &Channel,
+        out: &[Channel],
         routing: Routing,
     ) -> lapin::Result<impl Future<Output = (Routing, lapin::Result<Routed>)> + use<>> {
         let confirms = self
@@ -269,7 +284,7 @@ impl Router {
     /// confirmations to wait for, in partition order.
     async fn publish_copies(
         &self,
-        out: &Channel,
+        out: &[Channel],
         delivery: &Delivery,
         publisher: Option<&str>,
         partitions: &[PartitionIndex],
@@ -309,17 +324,18 @@ impl Router {
         let mut confirms = Vec::with_capacity(partitions.len());
         for partition in partitions {
             confirms.push(
-                out.basic_publish(
-                    exchange.into(),
-                    partition.routing_key().as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &delivery.data,
-                    properties.clone(),
-                )
-                .await?,
+                out[partition.get() as usize]
+                    .basic_publish(
+                        exchange.into(),
+                        partition.routing_key().as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &delivery.data,
+                        properties.clone(),
+                    )
+                    .await?,
             );
         }
         Ok(confirms)
