@@ -31,7 +31,8 @@ const LIMITS: &str = "[limits]\nper_tenant_rps = 50\nconcurrency = 32\n";
 fn options(name: &str) -> HarnessOptions {
     HarnessOptions {
         principals: principals(EMPLOYEES, TENANTS),
-        name: name.to_owned(),
+        // Under the CI's expiry policy for queues a failed test leaves.
+        name: format!("palworker-test-{name}"),
         extra_toml: LIMITS.to_owned(),
         ..HarnessOptions::default()
     }
