@@ -155,65 +155,10 @@ impl Ledger {
                 "the ledger is not empty: import into a new directory".into(),
             ));
         }
-        let mut lines = input.lines();
-        let refuse =
-            |line: usize, why: String| LedgerError::Rejected(format!("line {line}: {why}"));
-        let header = lines
-            .next()
-            .ok_or_else(|| refuse(1, "empty file, not a ledger export".into()))?
-            .map_err(|e| refuse(1, e.to_string()))?;
-        let header: Header = serde_json::from_str(&header)
-            .map_err(|e| refuse(1, format!("not a palworker ledger export: {e}")))?;
-        if header.palworker_ledger != FORMAT {
-            return Err(refuse(
-                1,
-                format!(
-                    "export format {} is not supported (this version reads {FORMAT})",
-                    header.palworker_ledger
-                ),
-            ));
-        }
-        let mut records = 0u64;
-        let mut ended = false;
-        for (index, line) in lines.enumerate() {
-            let number = index + 2;
-            let line = line.map_err(|e| refuse(number, e.to_string()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            if ended {
-                return Err(refuse(number, "a line after the export's end line".into()));
-            }
-            let line =
-                match serde_json::from_str(&line).map_err(|e| refuse(number, e.to_string()))? {
-                    Body::End(end) if end.palworker_ledger_end == records => {
-                        ended = true;
-                        continue;
-                    }
-                    Body::End(end) => {
-                        return Err(refuse(
-                            number,
-                            format!(
-                                "the end line counts {} records, the file has {records}",
-                                end.palworker_ledger_end
-                            ),
-                        ));
-                    }
-                    Body::Line(line) => line,
-                };
-            if !TREES.contains(&line.tree.as_str()) {
-                return Err(refuse(number, format!("unknown tree `{}`", line.tree)));
-            }
-            let key = line.key.into_bytes().map_err(|e| refuse(number, e))?;
-            let value = line.value.into_bytes().map_err(|e| refuse(number, e))?;
-            store.tree(&line.tree).insert(key, value)?;
-            records += 1;
-        }
-        if !ended {
-            return Err(LedgerError::Rejected(format!(
-                "the export ends after {records} records without its end line: it was cut off"
-            )));
-        }
+        let records = read_export(input, |tree, key, value| {
+            store.tree(tree).insert(key, value)?;
+            Ok(())
+        })?;
         // Sequence numbers and action ids come from sled's id generator,
         // which is not in any tree: a new ledger's starts at 0. Move it past
         // every imported one, so a new event never takes an imported
@@ -232,6 +177,73 @@ impl Ledger {
         store.db.flush()?;
         Ok(Transferred { records })
     }
+}
+
+/// Reads an export: checks its header, hands each record (tree, key,
+/// value) to `record` in order, and checks its end line; how many records.
+/// Errors name the line; an export without its end line was cut off.
+pub(super) fn read_export(
+    input: impl BufRead,
+    mut record: impl FnMut(&str, Vec<u8>, Vec<u8>) -> Result<()>,
+) -> Result<u64> {
+    let mut lines = input.lines();
+    let refuse = |line: usize, why: String| LedgerError::Rejected(format!("line {line}: {why}"));
+    let header = lines
+        .next()
+        .ok_or_else(|| refuse(1, "empty file, not a ledger export".into()))?
+        .map_err(|e| refuse(1, e.to_string()))?;
+    let header: Header = serde_json::from_str(&header)
+        .map_err(|e| refuse(1, format!("not a palworker ledger export: {e}")))?;
+    if header.palworker_ledger != FORMAT {
+        return Err(refuse(
+            1,
+            format!(
+                "export format {} is not supported (this version reads {FORMAT})",
+                header.palworker_ledger
+            ),
+        ));
+    }
+    let mut records = 0u64;
+    let mut ended = false;
+    for (index, line) in lines.enumerate() {
+        let number = index + 2;
+        let line = line.map_err(|e| refuse(number, e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if ended {
+            return Err(refuse(number, "a line after the export's end line".into()));
+        }
+        let line = match serde_json::from_str(&line).map_err(|e| refuse(number, e.to_string()))? {
+            Body::End(end) if end.palworker_ledger_end == records => {
+                ended = true;
+                continue;
+            }
+            Body::End(end) => {
+                return Err(refuse(
+                    number,
+                    format!(
+                        "the end line counts {} records, the file has {records}",
+                        end.palworker_ledger_end
+                    ),
+                ));
+            }
+            Body::Line(line) => line,
+        };
+        if !TREES.contains(&line.tree.as_str()) {
+            return Err(refuse(number, format!("unknown tree `{}`", line.tree)));
+        }
+        let key = line.key.into_bytes().map_err(|e| refuse(number, e))?;
+        let value = line.value.into_bytes().map_err(|e| refuse(number, e))?;
+        record(&line.tree, key, value)?;
+        records += 1;
+    }
+    if !ended {
+        return Err(LedgerError::Rejected(format!(
+            "the export ends after {records} records without its end line: it was cut off"
+        )));
+    }
+    Ok(records)
 }
 
 impl super::Store {

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use palworker_events::{PartitionCount, PartitionIndex, TenantId};
 
 use super::codec::{INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, millis, read_u64};
-use super::export::{Body, Bytes, End, FORMAT, Header, Line, TREES};
+use super::export::{Bytes, End, FORMAT, Header, Line, TREES, read_export};
 use super::{LedgerError, Result};
 
 /// What a re-partition moved: accounts per output partition, and the
@@ -153,53 +153,12 @@ pub fn repartition(
     let mut markers = 0u64;
     let mut paused = false;
     for (name, source) in sources {
-        let refuse = |line: usize, why: String| {
-            LedgerError::Rejected(format!("`{name}` line {line}: {why}"))
-        };
-        let mut lines = source.lines();
-        let first = lines
-            .next()
-            .ok_or_else(|| refuse(1, "empty file, not a ledger export".into()))?
-            .map_err(|e| refuse(1, e.to_string()))?;
-        let header: Header = serde_json::from_str(&first)
-            .map_err(|e| refuse(1, format!("not a palworker ledger export: {e}")))?;
-        if header.palworker_ledger != FORMAT {
-            return Err(refuse(
-                1,
-                format!("export format {} is not supported", header.palworker_ledger),
-            ));
-        }
-        let mut records = 0u64;
-        let mut ended = false;
-        for (index, line) in lines.enumerate() {
-            let number = index + 2;
-            let line = line.map_err(|e| refuse(number, e.to_string()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            if ended {
-                return Err(refuse(number, "a line after the export's end line".into()));
-            }
-            let line = match serde_json::from_str(&line)
-                .map_err(|e| refuse(number, e.to_string()))?
-            {
-                Body::End(End {
-                    palworker_ledger_end,
-                }) if palworker_ledger_end == records => {
-                    ended = true;
-                    continue;
-                }
-                Body::End(_) => return Err(refuse(number, "the end line's count is wrong".into())),
-                Body::Line(line) => line,
-            };
-            records += 1;
-            let key = line.key.into_bytes().map_err(|e| refuse(number, e))?;
-            let value = line.value.into_bytes().map_err(|e| refuse(number, e))?;
-            match route(&line.tree, &key, &value, now) {
+        read_export(source, |tree, key, value| {
+            match route(tree, &key, &value, now) {
                 Route::Tenant(tenant) => {
                     let output = &mut outputs[count.of(&tenant).get() as usize];
-                    output.write(&line.tree, &key, &value)?;
-                    if line.tree == "inventory" {
+                    output.write(tree, &key, &value)?;
+                    if tree == "inventory" {
                         output.accounts += 1;
                     }
                 }
@@ -210,25 +169,24 @@ pub fn repartition(
                         paused = true;
                     }
                     for output in &mut outputs {
-                        output.write(&line.tree, &key, &value)?;
+                        output.write(tree, &key, &value)?;
                     }
                 }
                 Route::Drop => {}
                 Route::Open(what) => {
                     return Err(LedgerError::Rejected(format!(
-                        "`{name}` has open work ({what}, tree `{}`): re-partition quiescent ledgers — \
+                        "has open work ({what}, tree `{tree}`): re-partition quiescent ledgers — \
                          stop the routers, let the partitions finish their actions and results, \
-                         approve or reject held plans, then export again",
-                        line.tree
+                         approve or reject held plans, then export again"
                     )));
                 }
             }
-        }
-        if !ended {
-            return Err(LedgerError::Rejected(format!(
-                "`{name}` ends after {records} records without its end line: it was cut off"
-            )));
-        }
+            Ok(())
+        })
+        .map_err(|error| match error {
+            LedgerError::Rejected(why) => LedgerError::Rejected(format!("`{name}` {why}")),
+            other => other,
+        })?;
     }
     let mut accounts = Vec::with_capacity(outputs.len());
     for output in &mut outputs {
