@@ -281,10 +281,9 @@ pub(super) async fn repartition_exports(
                         .with_context(|| format!("creating `{}`", path.display()))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let mut outputs: Vec<&mut dyn Write> =
+            let outputs: Vec<&mut dyn Write> =
                 files.iter_mut().map(|file| file as &mut dyn Write).collect();
-            let moved =
-                crate::ledger::repartition(sources, count, &mut outputs, chrono::Utc::now())?;
+            let moved = crate::ledger::repartition(sources, count, outputs, chrono::Utc::now())?;
             for file in files {
                 file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             }

@@ -26,10 +26,10 @@ use super::queries::evicting;
 use super::{Ledger, LedgerError, Result};
 
 /// The export format's version.
-pub(super) const FORMAT: u32 = 1;
+const FORMAT: u32 = 1;
 
 /// Every tree, in export order.
-pub(super) const TREES: [&str; 10] = [
+const TREES: [&str; 10] = [
     "inventory",
     "index",
     "events",
@@ -43,35 +43,35 @@ pub(super) const TREES: [&str; 10] = [
 ];
 
 #[derive(Serialize, Deserialize)]
-pub(super) struct Header {
-    pub(super) palworker_ledger: u32,
-    pub(super) exported_at: chrono::DateTime<Utc>,
-    pub(super) trees: Vec<String>,
+struct Header {
+    palworker_ledger: u32,
+    exported_at: chrono::DateTime<Utc>,
+    trees: Vec<String>,
 }
 
 /// The last line: how many record lines came before it.
 #[derive(Serialize, Deserialize)]
-pub(super) struct End {
-    pub(super) palworker_ledger_end: u64,
+struct End {
+    palworker_ledger_end: u64,
 }
 
 /// A line after the header.
 #[derive(Deserialize)]
 #[serde(untagged)]
-pub(super) enum Body {
+enum Body {
     End(End),
     Line(Line),
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
-pub(super) enum Bytes {
+enum Bytes {
     Text(String),
     Binary { b64: String },
 }
 
 impl Bytes {
-    pub(super) fn of(bytes: &[u8]) -> Bytes {
+    fn of(bytes: &[u8]) -> Bytes {
         match std::str::from_utf8(bytes) {
             Ok(text) => Bytes::Text(text.to_owned()),
             Err(_) => Bytes::Binary {
@@ -80,7 +80,7 @@ impl Bytes {
         }
     }
 
-    pub(super) fn into_bytes(self) -> std::result::Result<Vec<u8>, String> {
+    fn into_bytes(self) -> std::result::Result<Vec<u8>, String> {
         match self {
             Bytes::Text(text) => Ok(text.into_bytes()),
             Bytes::Binary { b64 } => STANDARD.decode(b64).map_err(|e| e.to_string()),
@@ -89,10 +89,10 @@ impl Bytes {
 }
 
 #[derive(Serialize, Deserialize)]
-pub(super) struct Line {
-    pub(super) tree: String,
-    pub(super) key: Bytes,
-    pub(super) value: Bytes,
+struct Line {
+    tree: String,
+    key: Bytes,
+    value: Bytes,
 }
 
 /// What an export or import went through.
@@ -107,39 +107,15 @@ impl Ledger {
     pub fn export(&self, out: &mut (impl Write + ?Sized)) -> Result<Transferred> {
         let _snapshot = self.snapshot();
         let store = self.store()?;
-        let io =
-            |error: std::io::Error| LedgerError::Rejected(format!("writing the export: {error}"));
-        let header = Header {
-            palworker_ledger: FORMAT,
-            exported_at: Utc::now(),
-            trees: TREES.iter().map(|t| (*t).to_owned()).collect(),
-        };
-        serde_json::to_writer(&mut *out, &header).map_err(|e| io(e.into()))?;
-        out.write_all(b"\n").map_err(io)?;
-        let mut records = 0u64;
+        let mut export = ExportWriter::start(out, Utc::now())?;
         for name in TREES {
             let tree = store.tree(name);
             for item in evicting(tree, tree.iter()) {
                 let (key, value) = item?;
-                let line = Line {
-                    tree: name.to_owned(),
-                    key: Bytes::of(&key),
-                    value: Bytes::of(&value),
-                };
-                serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
-                out.write_all(b"\n").map_err(io)?;
-                records += 1;
+                export.record(name, &key, &value)?;
             }
         }
-        serde_json::to_writer(
-            &mut *out,
-            &End {
-                palworker_ledger_end: records,
-            },
-        )
-        .map_err(|e| io(e.into()))?;
-        out.write_all(b"\n").map_err(io)?;
-        out.flush().map_err(io)?;
+        let records = export.finish()?;
         Ok(Transferred { records })
     }
 
@@ -176,6 +152,56 @@ impl Ledger {
         while store.db.generate_id()? <= highest {}
         store.db.flush()?;
         Ok(Transferred { records })
+    }
+}
+
+/// Writes an export: the header, each record, then the end line with the
+/// count (export, repartition).
+pub(super) struct ExportWriter<'a, W: Write + ?Sized> {
+    out: &'a mut W,
+    records: u64,
+}
+
+fn writing(error: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Rejected(format!("writing the export: {error}"))
+}
+
+impl<'a, W: Write + ?Sized> ExportWriter<'a, W> {
+    /// Writes the header line.
+    pub(super) fn start(out: &'a mut W, exported_at: chrono::DateTime<Utc>) -> Result<Self> {
+        let mut export = ExportWriter { out, records: 0 };
+        export.line(&Header {
+            palworker_ledger: FORMAT,
+            exported_at,
+            trees: TREES.iter().map(|t| (*t).to_owned()).collect(),
+        })?;
+        Ok(export)
+    }
+
+    fn line(&mut self, line: &impl Serialize) -> Result<()> {
+        serde_json::to_writer(&mut *self.out, line).map_err(writing)?;
+        self.out.write_all(b"\n").map_err(writing)
+    }
+
+    /// Writes one record of `tree`.
+    pub(super) fn record(&mut self, tree: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.line(&Line {
+            tree: tree.to_owned(),
+            key: Bytes::of(key),
+            value: Bytes::of(value),
+        })?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Writes the end line and flushes; how many records.
+    pub(super) fn finish(mut self) -> Result<u64> {
+        let records = self.records;
+        self.line(&End {
+            palworker_ledger_end: records,
+        })?;
+        self.out.flush().map_err(writing)?;
+        Ok(records)
     }
 }
 

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use palworker_events::{PartitionCount, PartitionIndex, TenantId};
 
 use super::codec::{INVENTORY_SIZE_KEY, OPEN_COUNT_KEY, millis, read_u64};
-use super::export::{Bytes, End, FORMAT, Header, Line, TREES, read_export};
+use super::export::{ExportWriter, read_export};
 use super::{LedgerError, Result};
 
 /// What a re-partition moved: accounts per output partition, and the
@@ -40,30 +40,10 @@ pub struct Repartitioned {
     pub paused: bool,
 }
 
-/// One output export being written.
+/// One output export being written, and the accounts it got.
 struct Output<'a> {
-    out: &'a mut dyn Write,
-    records: u64,
+    export: ExportWriter<'a, dyn Write + 'a>,
     accounts: u64,
-}
-
-impl Output<'_> {
-    fn write(&mut self, tree: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        let line = Line {
-            tree: tree.to_owned(),
-            key: Bytes::of(key),
-            value: Bytes::of(value),
-        };
-        let mut text = serde_json::to_vec(&line).map_err(io_error)?;
-        text.push(b'\n');
-        self.out.write_all(&text).map_err(io_error)?;
-        self.records += 1;
-        Ok(())
-    }
-}
-
-fn io_error(error: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Rejected(format!("writing a re-partitioned export: {error}"))
 }
 
 /// Where a record goes.
@@ -120,10 +100,10 @@ fn route(tree: &str, key: &[u8], value: &[u8], now: DateTime<Utc>) -> Route {
 /// Reads every source export and writes one export per partition of
 /// `count` to `outputs` (in index order). `sources` are (name, reader);
 /// the name is only for errors. Blocking.
-pub fn repartition(
+pub fn repartition<'a>(
     sources: Vec<(String, Box<dyn BufRead + '_>)>,
     count: PartitionCount,
-    outputs: &mut [&mut dyn Write],
+    outputs: Vec<&'a mut (dyn Write + 'a)>,
     now: DateTime<Utc>,
 ) -> Result<Repartitioned> {
     if outputs.len() != count.get() as usize {
@@ -132,24 +112,15 @@ pub fn repartition(
             outputs.len()
         )));
     }
-    let mut outputs: Vec<Output<'_>> = outputs
-        .iter_mut()
-        .map(|out| Output {
-            out: &mut **out,
-            records: 0,
-            accounts: 0,
+    let mut outputs = outputs
+        .into_iter()
+        .map(|out| {
+            Ok(Output {
+                export: ExportWriter::start(out, now)?,
+                accounts: 0,
+            })
         })
-        .collect();
-    let header = Header {
-        palworker_ledger: FORMAT,
-        exported_at: now,
-        trees: TREES.iter().map(|t| (*t).to_owned()).collect(),
-    };
-    for output in &mut outputs {
-        let mut text = serde_json::to_vec(&header).map_err(io_error)?;
-        text.push(b'\n');
-        output.out.write_all(&text).map_err(io_error)?;
-    }
+        .collect::<Result<Vec<Output<'a>>>>()?;
     let mut markers = 0u64;
     let mut paused = false;
     for (name, source) in sources {
@@ -157,7 +128,7 @@ pub fn repartition(
             match route(tree, &key, &value, now) {
                 Route::Tenant(tenant) => {
                     let output = &mut outputs[count.of(&tenant).get() as usize];
-                    output.write(tree, &key, &value)?;
+                    output.export.record(tree, &key, &value)?;
                     if tree == "inventory" {
                         output.accounts += 1;
                     }
@@ -169,7 +140,7 @@ pub fn repartition(
                         paused = true;
                     }
                     for output in &mut outputs {
-                        output.write(tree, &key, &value)?;
+                        output.export.record(tree, &key, &value)?;
                     }
                 }
                 Route::Drop => {}
@@ -189,15 +160,11 @@ pub fn repartition(
         })?;
     }
     let mut accounts = Vec::with_capacity(outputs.len());
-    for output in &mut outputs {
-        output.write("index", INVENTORY_SIZE_KEY, &output.accounts.to_be_bytes())?;
-        let end = End {
-            palworker_ledger_end: output.records,
-        };
-        let mut text = serde_json::to_vec(&end).map_err(io_error)?;
-        text.push(b'\n');
-        output.out.write_all(&text).map_err(io_error)?;
-        output.out.flush().map_err(io_error)?;
+    for mut output in outputs {
+        output
+            .export
+            .record("index", INVENTORY_SIZE_KEY, &output.accounts.to_be_bytes())?;
+        output.export.finish()?;
         accounts.push(output.accounts);
     }
     Ok(Repartitioned {
