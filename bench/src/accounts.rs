@@ -58,6 +58,27 @@ pub fn assignment_event(id: &str, set: u8, t: u64, index: u64, partner: &str) ->
     )
 }
 
+/// One `project.assignment.started` message (routing key, body) per
+/// account `(t, index)` of a set, linking it to `partner`; CloudEvent ids
+/// `{prefix}-{t}-{index}`.
+pub fn assignment_messages(
+    prefix: &str,
+    set: u8,
+    accounts: &[(u64, u64)],
+    partner: &str,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    accounts
+        .iter()
+        .map(|&(t, index)| {
+            let event = assignment_event(&format!("{prefix}-{t}-{index}"), set, t, index, partner);
+            Ok((
+                "project.assignment.started".to_owned(),
+                serde_json::to_vec(&event)?,
+            ))
+        })
+        .collect()
+}
+
 /// Pads `event` to `bytes` with a data field the worker ignores.
 pub fn padded(mut event: Value, bytes: usize) -> anyhow::Result<Vec<u8>> {
     event["data"]["bench_padding"] = Value::String(String::new());

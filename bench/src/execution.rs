@@ -13,7 +13,7 @@ use palworker::local::{Harness, HarnessOptions, events};
 use palworker_core::{ActionState, EventOutcome};
 use palworker_sim::{FaultProfile, Faults};
 
-use crate::accounts::{SET_EXECUTION, assignment_event, object, principals, tenant};
+use crate::accounts::{SET_EXECUTION, assignment_messages, object, principals, tenant};
 use crate::broker;
 use crate::machine::{cpu_seconds, wait};
 use crate::report::{Sample, Unit, line, log_run, medians};
@@ -116,22 +116,7 @@ async fn execution_phases(
     let published = broker::publish_many(
         url,
         &harness.topology.exchange,
-        accounts
-            .iter()
-            .map(|&(t, p)| {
-                let event = assignment_event(
-                    &format!("bench-exec-{t}-{p}"),
-                    SET_EXECUTION,
-                    t,
-                    p,
-                    PARTNER_A,
-                );
-                Ok((
-                    "project.assignment.started".to_owned(),
-                    serde_json::to_vec(&event)?,
-                ))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
+        assignment_messages("bench-exec", SET_EXECUTION, &accounts, PARTNER_A)?,
         "application/cloudevents+json",
         PUBLISH_WINDOW,
     )

@@ -20,7 +20,9 @@ use palworker::local::{HarnessOptions, PartitionedHarness, Role, TempDir, events
 use palworker_config::Settings;
 use palworker_sim::{FaultProfile, Faults};
 
-use crate::accounts::{SET_EXECUTION, assignment_event, object, principals, tenant};
+use crate::accounts::{
+    SET_EXECUTION, assignment_event, assignment_messages, object, principals, tenant,
+};
 use crate::broker;
 use crate::machine::{broker_pid, cpu_seconds, free_port};
 use crate::report::{Sample, Unit, line, log_run, medians};
@@ -181,22 +183,7 @@ async fn deployment_phases(
         broker::publish_many(
             url,
             &partitioned.harness.settings.amqp.exchange,
-            accounts
-                .iter()
-                .map(|&(t, p)| {
-                    let event = assignment_event(
-                        &format!("bench-part-{t}-{p}"),
-                        SET_EXECUTION,
-                        t,
-                        p,
-                        PARTNER_A,
-                    );
-                    Ok((
-                        "project.assignment.started".to_owned(),
-                        serde_json::to_vec(&event)?,
-                    ))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?,
+            assignment_messages("bench-part", SET_EXECUTION, &accounts, PARTNER_A)?,
             "application/cloudevents+json",
             PUBLISH_WINDOW,
         )

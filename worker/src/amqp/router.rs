@@ -289,12 +289,17 @@ impl Router {
         publisher: Option<&str>,
         partitions: &[PartitionIndex],
     ) -> lapin::Result<Vec<PublisherConfirm>> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        // Only the router says who published: a header the publisher set
-        // itself is dropped.
-        let mut fields = headers.inner().clone();
-        fields.remove(PUBLISHER_HEADER);
-        headers = FieldTable::from(fields);
+        // The original headers but one: only the router says who
+        // published, so a header the publisher set itself is dropped.
+        let mut headers = match delivery.properties.headers() {
+            Some(original) if original.contains_key(PUBLISHER_HEADER) => {
+                let mut fields = original.inner().clone();
+                fields.remove(PUBLISHER_HEADER);
+                FieldTable::from(fields)
+            }
+            Some(original) => original.clone(),
+            None => FieldTable::default(),
+        };
         if let Some(publisher) = publisher {
             headers.insert(
                 PUBLISHER_HEADER.into(),
