@@ -187,9 +187,9 @@ impl Router {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    // Settle what is published; the rest returns to the queue
-                    // when the channel closes.
-                    // (Deliveries waiting to publish again return to the queue.)
+                    // Settle what is published; the rest — deliveries not
+                    // routed yet, or waiting to publish a refused copy
+                    // again — returns to the queue when the channel closes.
                     while let Some((routing, routed)) = confirming.next().await {
                         let _unacked_returns_to_the_queue = self.settle(routing, routed?).await?;
                     }
