@@ -16,7 +16,7 @@ use palworker::local::{
     Harness, HarnessOptions, PartitionedHarness, Role, TempDir, events, sample, wait_until,
     writes_per_identity,
 };
-use palworker_core::{AuditEntry, AuditWhat};
+use palworker_core::{ActionState, AuditEntry, AuditWhat};
 use palworker_events::TenantId;
 use serde_json::Value;
 
@@ -171,6 +171,22 @@ async fn three_partitions_write_every_link_as_one_process_does_and_once() {
         assert_eq!(contract.len(), usize::from(owner == partition));
     }
     assert_eq!(outcomes(&audit), single_audit, "the same audited outcomes");
+    // Each link change written exactly once: one PAL write per action that
+    // ended `done`, identity by identity.
+    let mut done: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for entry in &audit {
+        if let AuditWhat::ActionOutcome(record) = &entry.what
+            && record.outcome == ActionState::Done
+        {
+            *done
+                .entry((
+                    record.action.tenant_id.to_string(),
+                    record.action.object_id.to_string(),
+                ))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(writes, done, "one write per change, no more");
 
     // The router counted its copies per partition.
     let router = p.router.as_ref().unwrap().metrics.render();
